@@ -1,0 +1,468 @@
+"""Typed, validated configuration read from ``params.yaml``.
+
+Every section becomes a frozen dataclass. Unknown keys, missing keys, wrong types and
+out-of-range values raise :class:`ConfigError` naming the dotted key, before any stage does work.
+Field metadata carries the constraints: ``choices``, ``min``/``max`` (inclusive) and
+``gt``/``lt`` (exclusive).
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A params value is invalid; the message names the dotted key."""
+
+
+def _f(default: Any = dataclasses.MISSING, **meta: Any) -> Any:
+    """A dataclass field with validation metadata (choices, min, max, gt, lt)."""
+    return field(default=default, metadata=meta)
+
+
+# ----------------------------------------------------------------------------- sections
+@dataclass(frozen=True)
+class BaseConfig:
+    seed: int = _f(min=0)
+    device: str = _f(choices=("auto", "cuda", "cpu"))
+    threads: int = _f(min=0)
+
+
+@dataclass(frozen=True)
+class MirrorFile:
+    url: str
+    md5: str
+
+
+@dataclass(frozen=True)
+class Mirror:
+    name: str
+    files: dict[str, MirrorFile]
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    num_classes: int = _f(min=2, max=196)
+    train_per_class: int = _f(min=2)
+    test_per_class: int = _f(min=1)
+    min_size: int = _f(min=32)
+    max_size: int = _f(min=32)
+    grayscale_fraction: float = _f(min=0.0, max=1.0)
+
+    def check(self, where: str) -> None:
+        if self.max_size < self.min_size:
+            raise ConfigError(f"{where}.max_size ({self.max_size}) must be >= {where}.min_size ({self.min_size})")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = _f(choices=("mirrors", "local", "synthetic"))
+    path: Optional[str]
+    cache_dir: str
+    skip_bad_images: bool
+    timeout_s: float = _f(gt=0.0)
+    mirrors: tuple[Mirror, ...]
+    synthetic: SyntheticConfig
+
+    def check(self, where: str) -> None:
+        if self.source == "local" and not self.path:
+            raise ConfigError(f"{where}.path must name a directory when {where}.source is 'local'")
+        if self.source == "mirrors" and not self.mirrors:
+            raise ConfigError(f"{where}.mirrors is empty but {where}.source is 'mirrors'")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    strategy: str = _f(choices=("official", "pooled"))
+    val_fraction: float = _f(gt=0.0, lt=1.0)
+    test_fraction: float = _f(gt=0.0, lt=1.0)
+    allow_missing_classes: bool
+
+
+@dataclass(frozen=True)
+class CropConfig:
+    margin: float = _f(min=0.0, max=2.0)
+    size: int = _f(min=16, max=2048)
+    keep_aspect: bool
+    workers: int = _f(min=0)
+    preview: int = _f(min=0)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str
+    weights: str
+    freeze: str = _f(choices=("frozen", "partial", "progressive", "full"))
+    trainable_blocks: int = _f(min=0)
+    unfreeze_every: int = _f(min=1)
+    backbone_lr_mult: float = _f(min=0.0)
+    head_dropout: float = _f(min=0.0, lt=1.0)
+    head_hidden: int = _f(min=0)
+    cnn_widths: tuple[int, ...]
+    cnn_convs_per_block: int = _f(min=1)
+    cnn_batch_norm: bool
+    cnn_dropout: float = _f(min=0.0, lt=1.0)
+    cnn_residual: bool
+    init: str = _f(choices=("default", "he"))
+
+    def check(self, where: str) -> None:
+        if self.arch == "cnn" and not self.cnn_widths:
+            raise ConfigError(f"{where}.cnn_widths must list at least one block width for arch 'cnn'")
+        if any(w < 1 for w in self.cnn_widths):
+            raise ConfigError(f"{where}.cnn_widths must be positive, got {list(self.cnn_widths)}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = _f(min=0)
+    batch_size: int = _f(min=1)
+    lr: float = _f(gt=0.0)
+    optimizer: str = _f(choices=("sgd", "adam", "adamw", "rmsprop"))
+    momentum: float = _f(min=0.0, lt=1.0)
+    weight_decay: float = _f(min=0.0)
+    scheduler: str = _f(choices=("none", "step", "cosine", "plateau"))
+    step_size: int = _f(min=1)
+    gamma: float = _f(gt=0.0, max=1.0)
+    warmup_epochs: int = _f(min=0)
+    label_smoothing: float = _f(min=0.0, lt=1.0)
+    focal_gamma: float = _f(min=0.0)
+    image_size: int = _f(min=16, max=2048)
+    augment: str = _f(choices=("none", "light", "standard", "strong"))
+    randaugment: bool
+    patience: int = _f(min=0)
+    amp: bool
+    channels_last: bool
+    compile: bool
+    eval_batch_size: int = _f(min=1)
+    feature_cache: bool
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    layer: str = _f(choices=("backbone", "penultimate"))
+    l2_normalize: bool
+    gallery: str = _f(choices=("train", "train+val"))
+    batch_size: int = _f(min=1)
+
+
+@dataclass(frozen=True)
+class KnnConfig:
+    k: int = _f(min=1)
+    metric: str = _f(choices=("euclidean", "cosine"))
+    weighting: str = _f(choices=("uniform", "distance"))
+    standardize: bool
+    pca_components: int = _f(min=0)
+    backend: str = _f(choices=("auto", "torch", "faiss"))
+    faiss_min_gallery: int = _f(min=0)
+    retrieval_ks: tuple[int, ...]
+    classical: str = _f(choices=("none", "logreg"))
+
+    def check(self, where: str) -> None:
+        if not self.retrieval_ks or any(k < 1 for k in self.retrieval_ks):
+            raise ConfigError(f"{where}.retrieval_ks must be a non-empty list of positive ints")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    batch_size: int = _f(min=1)
+    tta: bool
+    latency_warmup: int = _f(min=0)
+    latency_runs: int = _f(min=1)
+    misclassified: int = _f(min=0)
+    confused_pairs: int = _f(min=0)
+
+
+CONFIGURATIONS = ("transfer", "scratch", "retrieval")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One of the nine experiments, with the section defaults already merged in."""
+
+    name: str
+    config: str
+    model: Optional[ModelConfig] = None      # transfer / scratch
+    train: Optional[TrainConfig] = None      # transfer / scratch
+    embedder: Optional[str] = None           # retrieval: the trained experiment that embeds
+    embed: Optional[EmbedConfig] = None      # retrieval
+    knn: Optional[KnnConfig] = None          # retrieval
+
+    @property
+    def trained(self) -> bool:
+        return self.config in ("transfer", "scratch")
+
+
+@dataclass(frozen=True)
+class Params:
+    base: BaseConfig
+    data: DataConfig
+    split: SplitConfig
+    crop: CropConfig
+    evaluate: EvaluateConfig
+    experiments: dict[str, Experiment]
+
+    @property
+    def trained(self) -> list[str]:
+        return [n for n, e in self.experiments.items() if e.trained]
+
+    @property
+    def retrieval(self) -> list[str]:
+        return [n for n, e in self.experiments.items() if not e.trained]
+
+
+# ----------------------------------------------------------------------------- conversion
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """Convert a YAML value to annotation ``tp``, raising ConfigError naming ``where``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or value == "null":
+            return None
+        return _convert(value, args[0], where)
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        item_tp = typing.get_args(tp)[0]
+        return tuple(_convert(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        val_tp = typing.get_args(tp)[1]
+        return {str(k): _convert(v, val_tp, f"{where}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            # YAML 1.1 reads "3e-4" (no dot) as a string; accept numeric strings like DVC's -S does.
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{where} must be a number, got {value!r}") from None
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")
+
+
+def _check_field(f: dataclasses.Field, value: Any, where: str) -> None:
+    """Apply a field's ``choices``/``min``/``max``/``gt``/``lt`` metadata."""
+    meta = f.metadata
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"{where} must be one of {list(meta['choices'])}, got {value!r}")
+    if value is None:
+        return
+    if "min" in meta and value < meta["min"]:
+        raise ConfigError(f"{where} must be >= {meta['min']}, got {value!r}")
+    if "max" in meta and value > meta["max"]:
+        raise ConfigError(f"{where} must be <= {meta['max']}, got {value!r}")
+    if "gt" in meta and not value > meta["gt"]:
+        raise ConfigError(f"{where} must be > {meta['gt']}, got {value!r}")
+    if "lt" in meta and not value < meta["lt"]:
+        raise ConfigError(f"{where} must be < {meta['lt']}, got {value!r}")
+
+
+def build(cls: type, raw: Any, where: str) -> Any:
+    """Build dataclass ``cls`` from mapping ``raw``; every field must be given, no extra keys."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown key {where}.{unknown[0]} (known keys: {', '.join(names)})")
+    missing = [n for n in names if n not in raw]
+    if missing:
+        raise ConfigError(f"missing key {where}.{missing[0]}")
+    values = {}
+    for f in dataclasses.fields(cls):
+        key = f"{where}.{f.name}"
+        values[f.name] = _convert(raw[f.name], hints[f.name], key)
+        _check_field(f, values[f.name], key)
+    obj = cls(**values)
+    if hasattr(obj, "check"):
+        obj.check(where)
+    return obj
+
+
+def build_with_overrides(cls: type, defaults: dict, overrides: Any, where: str) -> Any:
+    """Merge an experiment's ``overrides`` over section ``defaults`` and build ``cls``.
+
+    Unknown override keys are reported under the experiment's own path (``where``).
+    """
+    if overrides is None:
+        overrides = {}
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{where} must be a mapping, got {overrides!r}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in overrides:
+        if key not in names:
+            raise ConfigError(f"unknown key {where}.{key} (known keys: {', '.join(sorted(names))})")
+    return build(cls, {**defaults, **overrides}, where)
+
+
+# ----------------------------------------------------------------------------- experiments
+_TRAINED_SECTIONS = ("model", "train")
+_RETRIEVAL_SECTIONS = ("embed", "knn")
+
+
+def _check_configuration(name: str, raw: Any) -> str:
+    """Return an experiment entry's ``config`` after checking the entry is a mapping naming a known one."""
+    where = f"experiments.{name}"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping, got {raw!r}")
+    config = raw.get("config")
+    if config not in CONFIGURATIONS:
+        raise ConfigError(f"{where}.config must be one of {list(CONFIGURATIONS)}, got {config!r}")
+    return config
+
+
+def _build_experiment(name: str, raw: Any, params: dict, embedder: Optional[str]) -> Experiment:
+    where = f"experiments.{name}"
+    config = _check_configuration(name, raw)
+    sections = _RETRIEVAL_SECTIONS if config == "retrieval" else _TRAINED_SECTIONS
+    for key in raw:
+        if key != "config" and key not in sections:
+            raise ConfigError(f"unknown key {where}.{key} (a {config} experiment takes: config, {', '.join(sections)})")
+    for key in sections:
+        # DVC tracks experiments.<name>.<section> as a param, so the key must exist (even as {}).
+        if key not in raw:
+            raise ConfigError(f"missing key {where}.{key} (write `{key}: {{}}` to keep the defaults)")
+    if config == "retrieval":
+        return Experiment(
+            name=name, config=config, embedder=embedder,
+            embed=build_with_overrides(EmbedConfig, _section(params, "embed"), raw["embed"], f"{where}.embed"),
+            knn=build_with_overrides(KnnConfig, _section(params, "knn"), raw["knn"], f"{where}.knn"),
+        )
+    model = build_with_overrides(ModelConfig, _section(params, "model"), raw["model"], f"{where}.model")
+    if config == "scratch" and model.weights != "none":
+        raise ConfigError(f"{where}.model.weights must be 'none' for a scratch experiment, got {model.weights!r}")
+    if config == "transfer" and model.weights == "none":
+        raise ConfigError(f"{where}.model.weights must name pretrained weights for a transfer experiment")
+    train = build_with_overrides(TrainConfig, _section(params, "train"), raw["train"], f"{where}.train")
+    return Experiment(name=name, config=config, model=model, train=train)
+
+
+def _check_dag(params: dict, experiments: dict) -> dict[str, str]:
+    """Check ``dag`` against the experiments; return retrieval name -> embedder."""
+    dag = _section(params, "dag")
+    unknown = sorted(set(dag) - {"train", "retrieval"})
+    if unknown:
+        raise ConfigError(f"unknown key dag.{unknown[0]} (known keys: train, retrieval)")
+    train = dag.get("train") or []
+    retrieval = dag.get("retrieval") or {}
+    if not isinstance(train, list):
+        raise ConfigError("dag.train must be a list of experiment names")
+    if not isinstance(retrieval, dict):
+        raise ConfigError("dag.retrieval must map each retrieval experiment to its embedder")
+    want_train = {n for n, r in experiments.items() if isinstance(r, dict) and r.get("config") in ("transfer", "scratch")}
+    want_retr = {n for n, r in experiments.items() if isinstance(r, dict) and r.get("config") == "retrieval"}
+    for name in train:
+        if name not in want_train:
+            raise ConfigError(f"dag.train names {name!r}, which is not a transfer or scratch experiment")
+    for name in sorted(want_train - set(train)):
+        raise ConfigError(f"dag.train must list the trained experiment {name!r}")
+    for name, embedder in retrieval.items():
+        if name not in want_retr:
+            raise ConfigError(f"dag.retrieval names {name!r}, which is not a retrieval experiment")
+        if embedder not in want_train:
+            raise ConfigError(f"dag.retrieval.{name}: embedder {embedder!r} is not a trained experiment "
+                              f"(one of: {', '.join(sorted(want_train))})")
+    for name in sorted(want_retr - set(retrieval)):
+        raise ConfigError(f"dag.retrieval must map the retrieval experiment {name!r} to its embedder")
+    return {str(k): str(v) for k, v in retrieval.items()}
+
+
+# ----------------------------------------------------------------------------- loading
+SECTIONS = ("base", "data", "split", "crop", "model", "train", "embed", "knn", "evaluate", "experiments", "dag")
+
+
+def _section(params: dict, name: str) -> dict:
+    value = params.get(name)
+    if not isinstance(value, dict):
+        raise ConfigError(f"missing section {name!r} in params (or it is not a mapping)")
+    return value
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a params file; a missing or malformed file is a ConfigError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections")
+    return raw
+
+
+def parse_params(raw: dict) -> Params:
+    """Validate a whole params mapping (every section, every experiment) and type it."""
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"unknown section {unknown[0]!r} in params (known: {', '.join(SECTIONS)})")
+    experiments_raw = _section(raw, "experiments")
+    for name, entry in experiments_raw.items():
+        _check_configuration(str(name), entry)
+    embedders = _check_dag(raw, experiments_raw)
+    # Sections without an experiment are still validated, so a typo never hides until later.
+    build(ModelConfig, _section(raw, "model"), "model")
+    build(TrainConfig, _section(raw, "train"), "train")
+    build(EmbedConfig, _section(raw, "embed"), "embed")
+    build(KnnConfig, _section(raw, "knn"), "knn")
+    experiments = {
+        str(name): _build_experiment(str(name), entry, raw, embedders.get(str(name)))
+        for name, entry in experiments_raw.items()
+    }
+    return Params(
+        base=build(BaseConfig, _section(raw, "base"), "base"),
+        data=build(DataConfig, _section(raw, "data"), "data"),
+        split=build(SplitConfig, _section(raw, "split"), "split"),
+        crop=build(CropConfig, _section(raw, "crop"), "crop"),
+        evaluate=build(EvaluateConfig, _section(raw, "evaluate"), "evaluate"),
+        experiments=experiments,
+    )
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate ``path``; raise ConfigError naming the first bad key."""
+    return parse_params(read_yaml(path))
+
+
+def experiment(params: Params, name: str) -> Experiment:
+    """Look up one experiment by name, with a clear error for a typo."""
+    if name not in params.experiments:
+        raise ConfigError(f"unknown experiment {name!r} (known: {', '.join(params.experiments)})")
+    return params.experiments[name]
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass (tree) as plain dicts/lists, for checkpoints and metrics."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj

@@ -1,0 +1,49 @@
+"""Device choice, CPU threads and seeding: one place, used by every stage."""
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+
+
+class DeviceError(RuntimeError):
+    """The requested device is not available."""
+
+
+def configure(seed: int, threads: int = 0) -> None:
+    """Seed Python, NumPy and torch, and set torch's CPU thread count (0 = all cores).
+
+    Every stage calls this first, so results never depend on which stage ran before.
+    """
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads if threads > 0 else (os.cpu_count() or 1))
+
+
+def select_device(name: str):
+    """Return the torch device for ``base.device`` (auto | cuda | cpu)."""
+    import torch
+
+    if name == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        return torch.device("cuda")
+    if name == "cuda":
+        raise DeviceError("base.device is 'cuda' but torch sees no CUDA device; set base.device to auto or cpu")
+    return torch.device("cpu")
+
+
+def generator(seed: int, device=None):
+    """A torch.Generator seeded for one purpose (shuffling, augmentation), on ``device``."""
+    import torch
+
+    gen = torch.Generator(device=device if device is not None else "cpu")
+    gen.manual_seed(seed)
+    return gen
