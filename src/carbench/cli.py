@@ -2,11 +2,21 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import resource
 import sys
+import time
+from pathlib import Path
 from typing import Callable
 
 from .config import ConfigError
 from .errors import UserError
+
+#: When set, every stage appends one JSON line (stage, seconds, peak RSS) to this file;
+#: scripts/benchmark.py uses it to time each stage of a `dvc repro`.
+STAGE_LOG_ENV = "CARBENCH_STAGE_LOG"
+_KIB_PER_MIB = 1024
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -16,13 +26,43 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def _stage_name() -> str:
+    """``train@cnn_basic``-style name of the running stage, from the script name and ``--name``."""
+    name = Path(sys.argv[0]).stem
+    if "--name" in sys.argv[:-1]:
+        name += "@" + sys.argv[sys.argv.index("--name") + 1]
+    return name
+
+
+def _log_stage(status: str) -> None:
+    """Append this stage's wall time and peak resident memory to $CARBENCH_STAGE_LOG, if set.
+
+    The wall time counts from the process start, so interpreter start-up and imports are included.
+    """
+    path = os.environ.get(STAGE_LOG_ENV)
+    if not path:
+        return
+    import psutil
+
+    seconds = time.time() - psutil.Process().create_time()
+    # ru_maxrss is in KiB on Linux: the peak resident set of this process.
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / _KIB_PER_MIB
+    record = {"stage": _stage_name(), "seconds": round(seconds, 3), "peak_rss_mib": round(peak_mib, 1),
+              "status": status}
+    with open(path, "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
 def run(main: Callable[[], None]) -> None:
     """Run a stage's ``main``; a user error becomes one 'error: ...' line and exit status 1."""
     try:
         main()
     except (ConfigError, UserError) as exc:
+        _log_stage("error")
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
+        _log_stage("interrupted")
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    _log_stage("ok")

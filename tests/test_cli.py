@@ -1,0 +1,40 @@
+"""carbench.cli: user errors are one line and exit 1; the stage log records time and memory."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+
+def _run_script(tmp_path, body: str, env_extra: dict | None = None, argv: tuple = ()) -> subprocess.CompletedProcess:
+    script = tmp_path / "stage_x.py"
+    script.write_text(textwrap.dedent(body))
+    import os
+
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True, env=env)
+
+
+def test_user_error_is_one_line_and_exit_1(tmp_path):
+    result = _run_script(tmp_path, """
+        from carbench.cli import run
+        from carbench.errors import DataError
+        def main():
+            raise DataError("cars_train/00001.jpg is truncated")
+        run(main)
+    """)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: cars_train/00001.jpg is truncated"
+
+
+def test_stage_log_records_name_seconds_and_memory(tmp_path):
+    log = tmp_path / "stages.jsonl"
+    result = _run_script(tmp_path, """
+        from carbench.cli import run
+        run(lambda: None)
+    """, {"CARBENCH_STAGE_LOG": str(log)}, ("--name", "cnn_basic"))
+    assert result.returncode == 0, result.stderr
+    record = json.loads(log.read_text())
+    assert record["stage"] == "stage_x@cnn_basic" and record["status"] == "ok"
+    assert record["seconds"] > 0 and record["peak_rss_mib"] > 1
