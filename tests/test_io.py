@@ -36,3 +36,18 @@ def test_write_json_is_sorted_and_round_trips(tmp_path):
     assert read_json(tmp_path / "m.json") == {"a": [1, 2], "b": 1}
     with pytest.raises(FileNotFoundError, match="nope.json"):
         read_json(tmp_path / "nope.json")
+
+
+def test_outputs_get_umask_permissions_not_private_temp_ones(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "d") as tmp:
+            (tmp / "x").write_text("x")
+        write_json(tmp_path / "m.json", {})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "m.json").stat().st_mode) == 0o644

@@ -11,17 +11,19 @@ class DeviceError(RuntimeError):
     """The requested device is not available."""
 
 
-def configure(seed: int, threads: int = 0) -> None:
-    """Seed Python, NumPy and torch, and set torch's CPU thread count (0 = all cores).
+def configure(seed: int, threads: int = 0, use_torch: bool = True) -> None:
+    """Seed Python, NumPy and (``use_torch``) torch, and set torch's CPU threads (0 = all cores).
 
-    Every stage calls this first, so results never depend on which stage ran before.
+    Every stage calls this first, so results never depend on which stage ran before. The data
+    stages pass ``use_torch=False``: they never use torch, and importing it costs seconds.
     """
-    import torch
-
     random.seed(seed)
     np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.set_num_threads(threads if threads > 0 else (os.cpu_count() or 1))
+    if use_torch:
+        import torch
+
+        torch.manual_seed(seed)
+        torch.set_num_threads(threads if threads > 0 else (os.cpu_count() or 1))
 
 
 def select_device(name: str):

@@ -1,0 +1,97 @@
+"""Devkit .mat files: official structure written and read back, errors naming file, field and row."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.io
+
+from carbench.errors import DataError
+from carbench.matfiles import (BOX_FIELDS, MatAnnotation, read_annotations, read_class_names, write_annotations,
+                               write_class_names)
+
+ROWS = [MatAnnotation("00001.jpg", (1, 2, 30, 40), 5, 1), MatAnnotation("00002.jpg", (3, 4, 50, 60), 196, 2)]
+
+
+def test_annotations_round_trip_with_official_structure(tmp_path):
+    path = tmp_path / "cars_train_annos.mat"
+    write_annotations(path, ROWS, with_class=True)
+    raw = scipy.io.loadmat(path)["annotations"]
+    assert raw.shape == (1, 2)
+    assert raw.dtype.names == BOX_FIELDS + ("class", "fname")
+    assert raw[0, 0]["bbox_x1"].dtype == np.uint16 and raw[0, 0]["class"].dtype == np.uint8
+    assert read_annotations(path) == ROWS
+
+
+def test_test_annotations_without_class(tmp_path):
+    path = tmp_path / "cars_test_annos.mat"
+    write_annotations(path, ROWS, with_class=False)
+    assert "class" not in scipy.io.loadmat(path)["annotations"].dtype.names
+    rows = read_annotations(path, require_class=False)
+    assert [r.official_class for r in rows] == [None, None]
+    assert [r.box for r in rows] == [r.box for r in ROWS]
+
+
+def test_single_row_file_is_read(tmp_path):
+    """squeeze_me turns a 1-row struct array into a 0-d array: still one annotation."""
+    path = tmp_path / "one.mat"
+    write_annotations(path, ROWS[:1])
+    assert read_annotations(path) == ROWS[:1]
+
+
+def test_class_names_round_trip(tmp_path):
+    path = tmp_path / "cars_meta.mat"
+    names = ["AM General Hummer SUV 2000", "Acura RL Sedan 2012"]
+    write_class_names(path, names)
+    assert scipy.io.loadmat(path)["class_names"].shape == (1, 2)
+    assert read_class_names(path) == names
+
+
+def test_missing_field_names_file_and_field(tmp_path):
+    path = tmp_path / "cars_train_annos.mat"
+    write_annotations(path, ROWS, with_class=False)
+    with pytest.raises(DataError, match=r"cars_train_annos\.mat.*'class'"):
+        read_annotations(path, require_class=True)
+
+
+def test_missing_variable_is_named(tmp_path):
+    path = tmp_path / "cars_meta.mat"
+    scipy.io.savemat(path, {"names": np.array(["a"], dtype=object)})
+    with pytest.raises(DataError, match=r"cars_meta\.mat.*'class_names'.*found: names"):
+        read_class_names(path)
+
+
+def test_not_a_mat_file_is_named(tmp_path):
+    path = tmp_path / "cars_meta.mat"
+    path.write_bytes(b"this is not a MATLAB file at all")
+    with pytest.raises(DataError, match=r"cars_meta\.mat"):
+        read_class_names(path)
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(DataError, match="not found.*nothing.mat"):
+        read_annotations(tmp_path / "nothing.mat")
+
+
+def test_bad_value_names_field_and_row(tmp_path):
+    path = tmp_path / "annos.mat"
+    table = np.empty((1, 2), dtype=[(f, object) for f in BOX_FIELDS + ("class", "fname")])
+    for i in range(2):
+        for f in BOX_FIELDS:
+            table[0, i][f] = np.array([[1]], dtype=np.uint16)
+        table[0, i]["class"] = np.array([[1]], dtype=np.uint8)
+        table[0, i]["fname"] = np.array([f"{i:05d}.jpg"])
+    table[0, 1]["bbox_x2"] = np.array(["wide"])
+    scipy.io.savemat(path, {"annotations": table})
+    with pytest.raises(DataError, match=r"annos\.mat: field 'bbox_x2' of row 2"):
+        read_annotations(path)
+
+
+def test_real_devkit_files_parse(shared_data):
+    root = shared_data / "stanford-cars-raw300"
+    assert len(read_class_names(root / "devkit" / "cars_meta.mat")) == 196
+    train = read_annotations(root / "devkit" / "cars_train_annos.mat")
+    test = read_annotations(root / "cars_test_annos_withlabels.mat")
+    unlabelled = read_annotations(root / "devkit" / "cars_test_annos.mat", require_class=False)
+    assert (len(train), len(test), len(unlabelled)) == (156, 144, 144)
+    assert all(1 <= r.official_class <= 196 for r in train + test)
+    assert all(r.box[0] <= r.box[2] and r.box[1] <= r.box[3] for r in train + test)
