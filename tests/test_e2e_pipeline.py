@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from e2e_helpers import (deterministic_metrics, env, make_project, merge, ran_stages, run, status_stages,
-                         tiny_params)
+                         strip_timings, tiny_params)
 
 pytestmark = pytest.mark.e2e
 
@@ -35,6 +39,12 @@ def project(tmp_path_factory):
     run(["git", "add", "-A"], path, environ)
     run(["git", "commit", "-qm", "baseline run"], path, environ)
     return path, environ, result.stdout
+
+
+@pytest.fixture(scope="module")
+def baseline(project):
+    """Deterministic metrics of the first run, taken before any test changes the project."""
+    return deterministic_metrics(project[0])
 
 
 def _restore(path: Path, environ: dict) -> None:
@@ -85,6 +95,46 @@ def test_plots_show_renders_one_html_page(project):
     for name in TRAINED:
         assert f"plots/curves/top1/{name}.tsv" in html
     assert "plots/eval/cnn_basic/confusion.csv" in html
+
+
+def test_same_params_same_seed_give_identical_metrics_in_a_fresh_copy(project, baseline, tmp_path):
+    _, environ, _ = project
+    second = make_project(tmp_path / "second", tiny_params())
+    run(["dvc", "repro"], second, environ)
+    again = deterministic_metrics(second)
+    assert again.keys() == baseline.keys()
+    for key in baseline:
+        assert again[key] == baseline[key], key
+
+
+def test_killed_training_resumes_to_the_same_result(project, baseline, tmp_path):
+    """SIGKILL `train@cnn_bn_dropout` after its first epoch, run it again: same weights, same metrics."""
+    path, environ, _ = project
+    name = "cnn_bn_dropout"
+    cmd = [sys.executable, "stages/train.py", "--params", "params.yaml", "--name", name, "--crops", "data/crops",
+           "--out", str(tmp_path / "models" / name), "--live", str(tmp_path / "live" / name)]
+    resume_file = path / ".cache" / "resume" / f"{name}.pt"
+    proc = subprocess.Popen(cmd, cwd=path, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not resume_file.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "training ended before it could be interrupted: " + proc.stderr.read().decode()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "models" / name).exists(), "a killed run left a half-written model directory"
+    assert resume_file.exists()
+    resumed = run(cmd, path, environ)
+    assert "resum" in (resumed.stdout + resumed.stderr).lower()
+    assert not resume_file.exists(), "the resume state outlived a finished run"
+    import torch
+
+    reference = torch.load(path / "models" / name / "best.pt", weights_only=True, map_location="cpu")
+    got = torch.load(tmp_path / "models" / name / "best.pt", weights_only=True, map_location="cpu")
+    assert reference["epoch"] == got["epoch"]
+    for key, tensor in reference["state_dict"].items():
+        assert torch.equal(tensor, got["state_dict"][key]), key
+    metrics = strip_timings(json.loads((tmp_path / "live" / name / "metrics.json").read_text()))
+    assert metrics == baseline[f"metrics/train/{name}/metrics.json"]
 
 
 def test_second_repro_does_nothing(project):
