@@ -6,8 +6,10 @@ import random
 
 import numpy as np
 
+from .errors import UserError
 
-class DeviceError(RuntimeError):
+
+class DeviceError(UserError):
     """The requested device is not available."""
 
 

@@ -1,0 +1,447 @@
+"""Exact k-nearest-neighbour retrieval and classification on stored embeddings.
+
+Formats (docs/ARCHITECTURE.md): the embedding store ``data/embeddings/<name>/`` (§5; written by
+:mod:`carbench.embed`, read here so the knn stage depends on this module only) and the fitted k-NN
+model ``models/<name>/knn.{npz,json}`` (§6).
+
+Processing chain, fitted on the gallery ONLY: stored embedding (float16) -> float32 ->
+StandardScaler (``knn.standardize``) -> PCA (``knn.pca_components``) -> L2 normalisation (cosine
+metric) -> exact search (torch chunked matrix products, or faiss flat index) -> neighbour vote.
+"""
+from __future__ import annotations
+
+import importlib.util
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from . import metrics as M
+from .config import KnnConfig, Params, experiment, to_dict
+from .errors import UserError
+from .io import atomic_dir, read_json, write_json
+
+EMBEDDINGS_FORMAT = "carbench-embeddings/1"
+KNN_FORMAT = "carbench-knn/1"
+EMBEDDINGS_FILE = "embeddings.npz"
+KNN_ARRAYS = "knn.npz"
+KNN_META = "knn.json"
+META_FILE = "meta.json"
+
+#: Budget for one block of the query x gallery distance matrix (float32), so a 8k x 16k search
+#: never materialises 0.5 GB at once; also bounds the (chunk, k, D) block of the exact re-scoring.
+CHUNK_BYTES = 256 * 2**20
+_FLOAT32_BYTES = 4
+#: Uniform voting: neighbour j of k gets weight 1 + TIE_BREAK * (k - j) / k, so a tied vote goes
+#: to the class with the nearer neighbours instead of the lower class id; probabilities move < 1e-6.
+TIE_BREAK = 1e-6
+#: Iteration cap for the optional logistic-regression baseline (lbfgs converges well before).
+LOGREG_MAX_ITER = 1000
+
+
+# ----------------------------------------------------------------------------- embedding store (§5)
+@dataclass
+class Embeddings:
+    """The embedding store: gallery ``(Ng, D)`` and queries ``(Nq, D)`` (float16 on disk)."""
+
+    gallery: np.ndarray
+    gallery_labels: np.ndarray
+    gallery_split: np.ndarray
+    gallery_row: np.ndarray
+    query: np.ndarray
+    query_labels: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+
+def save_embeddings(emb: Embeddings, out_dir: str | Path) -> None:
+    """Write ``embeddings.npz`` (float16 vectors) and ``meta.json`` into ``out_dir`` (which exists)."""
+    out_dir = Path(out_dir)
+    np.savez(out_dir / EMBEDDINGS_FILE,
+             gallery=emb.gallery.astype(np.float16), gallery_labels=emb.gallery_labels.astype(np.int64),
+             gallery_split=emb.gallery_split.astype(str), gallery_row=emb.gallery_row.astype(np.int64),
+             query=emb.query.astype(np.float16), query_labels=emb.query_labels.astype(np.int64))
+    write_json(out_dir / META_FILE, {"format": EMBEDDINGS_FORMAT, **emb.meta})
+
+
+def load_embeddings(emb_dir: str | Path) -> Embeddings:
+    """Read an embedding store written by :func:`save_embeddings`; vectors come back as float32."""
+    emb_dir = Path(emb_dir)
+    path, meta_path = emb_dir / EMBEDDINGS_FILE, emb_dir / META_FILE
+    for p in (path, meta_path):
+        if not p.is_file():
+            raise UserError(f"embedding store incomplete: {p} not found (run the embed stage first)")
+    meta = read_json(meta_path)
+    if meta.get("format") != EMBEDDINGS_FORMAT:
+        raise UserError(f"{meta_path}: format {meta.get('format')!r} is not {EMBEDDINGS_FORMAT!r}")
+    with np.load(path, allow_pickle=False) as z:
+        return Embeddings(gallery=z["gallery"].astype(np.float32), gallery_labels=z["gallery_labels"],
+                          gallery_split=z["gallery_split"], gallery_row=z["gallery_row"],
+                          query=z["query"].astype(np.float32), query_labels=z["query_labels"], meta=meta)
+
+
+# ----------------------------------------------------------------------------- preprocessing
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` ``(N, D)`` scaled to unit L2 norm (all-zero rows stay zero)."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms > 0, norms, 1.0)
+
+
+def as_stored(x: np.ndarray, l2: bool) -> np.ndarray:
+    """Raw model outputs ``(N, D)`` -> the embedding as stored: optional L2 normalisation (``embed.l2_normalize``)
+    then float16 rounding, returned as float32. Predictors apply the same, so a query embedded at
+    predict time is bit-identical to the stored one."""
+    x = np.asarray(x, dtype=np.float32)
+    if l2:
+        x = l2_normalize(x)
+    return x.astype(np.float16).astype(np.float32)
+
+
+def _empty() -> np.ndarray:
+    return np.zeros((0,), dtype=np.float32)
+
+
+@dataclass
+class Preprocessing:
+    """Standardise -> PCA -> L2-normalise, with parameters fitted on the gallery only.
+
+    Empty arrays mean "step off". ``pca_components`` is ``(P, D)``; ``apply`` maps ``(N, D)`` to
+    ``(N, P)`` (or ``(N, D)`` without PCA).
+    """
+
+    scaler_mean: np.ndarray = field(default_factory=_empty)
+    scaler_scale: np.ndarray = field(default_factory=_empty)
+    pca_mean: np.ndarray = field(default_factory=_empty)
+    pca_components: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    normalize: bool = False
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """Transform raw embeddings ``(N, D)`` into the search space, float32."""
+        x = np.asarray(x, dtype=np.float32)
+        if self.scaler_mean.size:
+            x = (x - self.scaler_mean) / self.scaler_scale
+        if self.pca_components.size:
+            x = (x - self.pca_mean) @ self.pca_components.T
+        if self.normalize:
+            x = l2_normalize(x)
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    @property
+    def num_parameters(self) -> int:
+        """Fitted numbers (scaler and PCA), for the model's parameter count."""
+        return int(sum(a.size for a in (self.scaler_mean, self.scaler_scale, self.pca_mean, self.pca_components)))
+
+
+def fit_preprocessing(gallery: np.ndarray, cfg: KnnConfig, seed: int) -> Preprocessing:
+    """Fit the scaler / PCA of ``cfg`` on ``gallery`` ``(Ng, D)`` only (never on queries)."""
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    prep = Preprocessing(normalize=cfg.metric == "cosine")
+    x = np.asarray(gallery, dtype=np.float32)
+    if cfg.standardize:
+        scaler = StandardScaler().fit(x)
+        prep.scaler_mean, prep.scaler_scale = scaler.mean_.astype(np.float32), scaler.scale_.astype(np.float32)
+        x = (x - prep.scaler_mean) / prep.scaler_scale
+    if cfg.pca_components:
+        if cfg.pca_components > min(x.shape):
+            raise UserError(f"knn.pca_components ({cfg.pca_components}) exceeds min(gallery size, embedding "
+                            f"dim) = {min(x.shape)}")
+        # covariance_eigh is exact and fast when there are more samples than dimensions.
+        solver = "covariance_eigh" if x.shape[0] >= x.shape[1] else "full"
+        pca = PCA(n_components=cfg.pca_components, svd_solver=solver, random_state=seed).fit(x)
+        prep.pca_mean, prep.pca_components = pca.mean_.astype(np.float32), pca.components_.astype(np.float32)
+    return prep
+
+
+# ----------------------------------------------------------------------------- search
+def faiss_available() -> bool:
+    """True when the faiss module can be imported."""
+    return importlib.util.find_spec("faiss") is not None
+
+
+def resolve_backend(backend: str, n_gallery: int, faiss_min_gallery: int) -> str:
+    """``knn.backend`` -> 'torch' | 'faiss' (auto: faiss only when installed and the gallery is big)."""
+    if backend == "faiss" and not faiss_available():
+        raise UserError("knn.backend is 'faiss' but faiss is not installed (pip install faiss-cpu), "
+                        "or set knn.backend to torch/auto")
+    if backend == "auto":
+        return "faiss" if faiss_available() and n_gallery > faiss_min_gallery else "torch"
+    return backend
+
+
+class ExactIndex:
+    """Exact nearest-neighbour index over a fixed processed gallery ``(Ng, D)``, built once.
+
+    backend ``torch``: the gallery lives on ``device`` and queries are scored by chunked matrix
+    products; ``faiss``: a flat (exact) faiss index on the CPU. Either way the k candidates are then
+    re-scored directly (:func:`exact_distances`) and sorted by (distance, gallery index).
+    """
+
+    def __init__(self, gallery: np.ndarray, metric: str, backend: str = "torch", device: Any = "cpu") -> None:
+        import torch
+
+        self.metric, self.backend = metric, backend
+        gallery = np.ascontiguousarray(gallery, dtype=np.float32)
+        self.size = len(gallery)
+        # faiss runs on the CPU, so its re-scoring does too (no second copy of the gallery on a GPU).
+        self.device = torch.device(device if backend == "torch" else "cpu")
+        self.gallery = torch.from_numpy(gallery).to(self.device)
+        self.gallery_sq = (self.gallery * self.gallery).sum(dim=1)
+        self.faiss_index = None
+        if backend == "faiss":
+            import faiss
+
+            dim = gallery.shape[1]
+            self.faiss_index = faiss.IndexFlatL2(dim) if metric == "euclidean" else faiss.IndexFlatIP(dim)
+            self.faiss_index.add(gallery)
+
+    def _candidates_torch(self, queries: np.ndarray, k: int) -> np.ndarray:
+        """Indices ``(Nq, k)`` of the k nearest gallery rows by chunked matrix products."""
+        import torch
+
+        chunk = max(1, CHUNK_BYTES // (_FLOAT32_BYTES * max(1, self.size)))
+        out = []
+        for start in range(0, len(queries), chunk):
+            q = torch.from_numpy(queries[start:start + chunk]).to(self.device)
+            sim = q @ self.gallery.T
+            # Squared euclidean via |q|^2 + |g|^2 - 2 q.g; cosine distance 1 - q.g on unit vectors.
+            if self.metric == "euclidean":
+                dist = (q * q).sum(dim=1, keepdim=True) + self.gallery_sq - 2 * sim
+            else:
+                dist = 1 - sim
+            out.append(torch.topk(dist, k, dim=1, largest=False, sorted=True).indices.cpu())
+        return torch.cat(out).numpy().astype(np.int64) if out else np.zeros((0, k), np.int64)
+
+    def _candidates_faiss(self, queries: np.ndarray, k: int) -> np.ndarray:
+        """Indices ``(Nq, k)`` of the k nearest gallery rows from the faiss flat index."""
+        import faiss
+        import torch
+
+        # faiss uses OpenMP; honour base.threads as configured for torch by runtime.configure.
+        faiss.omp_set_num_threads(torch.get_num_threads())
+        _, idx = self.faiss_index.search(queries, k)
+        return idx.astype(np.int64)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(distances, indices)``, both ``(Nq, min(k, Ng))`` float32 / int64, nearest first."""
+        k = min(k, self.size)
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if self.faiss_index is not None:
+            idx = self._candidates_faiss(queries, k)
+        else:
+            idx = self._candidates_torch(queries, k)
+        dist = exact_distances(queries, self.gallery, idx, self.metric)
+        order = np.lexsort((idx, dist), axis=-1)
+        return np.take_along_axis(dist, order, axis=1), np.take_along_axis(idx, order, axis=1)
+
+
+def exact_distances(queries: np.ndarray, gallery: Any, idx: np.ndarray, metric: str) -> np.ndarray:
+    """Distances ``(Nq, k)`` from each query to the gallery rows ``idx`` ``(Nq, k)``, computed directly.
+
+    ``gallery`` is a torch tensor ``(Ng, D)``; the work runs on its device. Euclidean: ``||q - g||``;
+    cosine: ``1 - q.g`` on unit vectors, clamped at 0. Direct differences avoid the cancellation of
+    the expanded form, so identical vectors give exactly 0 and both backends agree.
+    """
+    import torch
+
+    k = max(1, idx.shape[1])
+    chunk = max(1, CHUNK_BYTES // (_FLOAT32_BYTES * k * max(1, gallery.shape[1])))
+    out = []
+    for start in range(0, len(queries), chunk):
+        q = torch.from_numpy(queries[start:start + chunk]).to(gallery.device)[:, None, :]
+        nb = gallery[torch.from_numpy(idx[start:start + chunk]).to(gallery.device)]
+        d = (q - nb).norm(dim=2) if metric == "euclidean" else (1 - (q * nb).sum(dim=2)).clamp_min(0)
+        out.append(d.cpu())
+    return torch.cat(out).numpy().astype(np.float32) if out else np.zeros(idx.shape, np.float32)
+
+
+def search(queries: np.ndarray, gallery: np.ndarray, k: int, metric: str, backend: str = "torch",
+           device: Any = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest neighbours of processed ``queries`` ``(Nq, D)`` in ``gallery`` ``(Ng, D)``.
+
+    One-off convenience around :class:`ExactIndex`. Returns ``(distances, indices)``, both
+    ``(Nq, min(k, Ng))``, nearest first; equal distances are ordered by gallery index, so both
+    backends give the same answer.
+    """
+    return ExactIndex(gallery, metric, backend, device).search(queries, k)
+
+
+def vote(neighbour_labels: np.ndarray, distances: np.ndarray, num_classes: int, weighting: str) -> np.ndarray:
+    """Class distribution ``(Nq, C)`` float32 of the neighbours' votes (rows sum to 1).
+
+    uniform: each neighbour counts 1 (plus the tiny TIE_BREAK towards nearer neighbours);
+    distance: weight 1/d, and a neighbour at distance 0 takes the whole vote (as scikit-learn).
+    """
+    n, k = neighbour_labels.shape
+    if weighting == "uniform":
+        weights = np.broadcast_to(1.0 + TIE_BREAK * (k - np.arange(k)) / k, (n, k))
+    else:
+        zero = distances <= 0
+        with np.errstate(divide="ignore"):
+            inverse = 1.0 / distances.astype(np.float64)
+        weights = np.where(zero.any(axis=1, keepdims=True), zero.astype(np.float64), inverse)
+    probs = np.zeros((n, num_classes), dtype=np.float64)
+    np.add.at(probs, (np.repeat(np.arange(n), k), neighbour_labels.reshape(-1)), weights.reshape(-1))
+    return (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- the k-NN model (§6)
+@dataclass
+class KnnModel:
+    """A fitted k-NN classifier: processed gallery ``(Ng, D')`` + labels, preprocessing, config.
+
+    ``info`` records where the embeddings came from (embedder, its checkpoint md5, layer, ...).
+    """
+
+    gallery: np.ndarray
+    gallery_labels: np.ndarray
+    gallery_split: np.ndarray
+    gallery_row: np.ndarray
+    prep: Preprocessing
+    config: KnnConfig
+    class_names: list[str]
+    backend: str
+    info: dict = field(default_factory=dict)
+    # One search index per device, built on first use: a predictor called image by image must not
+    # copy the gallery to the GPU (or rebuild a faiss index) on every call.
+    _indexes: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def index(self, device: Any = "cpu") -> ExactIndex:
+        """The (cached) :class:`ExactIndex` of the gallery for ``device``."""
+        key = str(device)
+        if key not in self._indexes:
+            self._indexes[key] = ExactIndex(self.gallery, self.config.metric, self.backend, device)
+        return self._indexes[key]
+
+    def kneighbors(self, raw: np.ndarray, k: Optional[int] = None, device: Any = "cpu") -> tuple[np.ndarray, np.ndarray]:
+        """Distances and gallery indices ``(N, k)`` for raw embeddings ``(N, D)`` (default k = knn.k)."""
+        return self.index(device).search(self.prep.apply(raw), k or self.config.k)
+
+    def predict_proba(self, raw: np.ndarray, device: Any = "cpu") -> np.ndarray:
+        """Vote distribution ``(N, C)`` float32 for raw embeddings ``(N, D)``."""
+        dist, idx = self.kneighbors(raw, device=device)
+        return vote(self.gallery_labels[idx], dist, self.num_classes, self.config.weighting)
+
+
+def fit_knn(emb: Embeddings, cfg: KnnConfig, seed: int) -> KnnModel:
+    """Fit preprocessing on the gallery only and build the k-NN model (no query is looked at)."""
+    prep = fit_preprocessing(emb.gallery, cfg, seed)
+    class_names = list(emb.meta.get("class_names") or [])
+    if not class_names:
+        raise UserError("embedding store meta.json has no class_names (re-run the embed stage)")
+    info = {key: emb.meta.get(key) for key in ("experiment", "embedder", "checkpoint", "checkpoint_md5",
+                                               "layer", "l2_normalize", "gallery", "image_size", "crop_size")}
+    return KnnModel(gallery=prep.apply(emb.gallery), gallery_labels=emb.gallery_labels.astype(np.int64),
+                    gallery_split=emb.gallery_split, gallery_row=emb.gallery_row.astype(np.int64), prep=prep,
+                    config=cfg, class_names=class_names,
+                    backend=resolve_backend(cfg.backend, len(emb.gallery), cfg.faiss_min_gallery), info=info)
+
+
+def save_knn(model: KnnModel, out_dir: str | Path) -> None:
+    """Write ``knn.npz`` (arrays) and ``knn.json`` (config, class names, provenance) into ``out_dir``."""
+    out_dir = Path(out_dir)
+    p = model.prep
+    np.savez(out_dir / KNN_ARRAYS, gallery=model.gallery, gallery_labels=model.gallery_labels,
+             gallery_split=model.gallery_split.astype(str), gallery_row=model.gallery_row,
+             scaler_mean=p.scaler_mean, scaler_scale=p.scaler_scale, pca_mean=p.pca_mean,
+             pca_components=p.pca_components)
+    write_json(out_dir / KNN_META, {"format": KNN_FORMAT, "kind": "knn", "config": to_dict(model.config),
+                                    "normalize": p.normalize, "backend": model.backend,
+                                    "class_names": model.class_names, "num_classes": model.num_classes,
+                                    "dim": int(model.gallery.shape[1]), **model.info})
+
+
+def load_knn(model_dir: str | Path) -> KnnModel:
+    """Read a k-NN model written by :func:`save_knn` (error naming the missing/foreign file)."""
+    model_dir = Path(model_dir)
+    meta_path, arrays_path = model_dir / KNN_META, model_dir / KNN_ARRAYS
+    for p in (meta_path, arrays_path):
+        if not p.is_file():
+            raise UserError(f"k-NN model incomplete: {p} not found (run the knn stage first)")
+    meta = read_json(meta_path)
+    if meta.get("format") != KNN_FORMAT:
+        raise UserError(f"{meta_path}: format {meta.get('format')!r} is not {KNN_FORMAT!r}")
+    cfg = dict(meta["config"])
+    cfg["retrieval_ks"] = tuple(cfg["retrieval_ks"])
+    with np.load(arrays_path, allow_pickle=False) as z:
+        prep = Preprocessing(z["scaler_mean"], z["scaler_scale"], z["pca_mean"], z["pca_components"],
+                             bool(meta["normalize"]))
+        info_keys = ("experiment", "embedder", "checkpoint", "checkpoint_md5", "layer", "l2_normalize",
+                     "gallery", "image_size", "crop_size")
+        return KnnModel(gallery=z["gallery"], gallery_labels=z["gallery_labels"], gallery_split=z["gallery_split"],
+                        gallery_row=z["gallery_row"], prep=prep, config=KnnConfig(**cfg),
+                        class_names=list(meta["class_names"]),
+                        # Both backends give the same neighbours, so a model fitted with faiss still
+                        # loads where faiss is not installed.
+                        backend=meta["backend"] if faiss_available() else "torch",
+                        info={k: meta.get(k) for k in info_keys})
+
+
+# ----------------------------------------------------------------------------- metrics + stage
+def retrieval_metrics(model: KnnModel, query: np.ndarray, query_labels: np.ndarray, device: Any = "cpu") -> dict:
+    """Retrieval and vote metrics of ``model`` on raw query embeddings ``(Nq, D)``.
+
+    ``query_ms_per_image`` times the model's own query path (preprocess + k-search + vote) over
+    all queries at once, divided by Nq; building the index is not timed. A second, deeper search supplies the neighbours for
+    recall@K and MAP@R (R = the query class's gallery count).
+    """
+    cfg = model.config
+    model.index(device)   # build the index (gallery upload / faiss add) outside the timed query
+    start = time.perf_counter()
+    dist, idx = model.kneighbors(query, device=device)
+    probs = vote(model.gallery_labels[idx], dist, model.num_classes, cfg.weighting)
+    elapsed = time.perf_counter() - start
+    class_counts = np.bincount(model.gallery_labels, minlength=model.num_classes)
+    depth = max(cfg.k, max(cfg.retrieval_ks), int(class_counts[query_labels].max(initial=0)))
+    _, deep_idx = model.kneighbors(query, k=depth, device=device)
+    nb_labels = model.gallery_labels[deep_idx]
+    out = {"k": cfg.k, "precision_at_k": M.precision_at_k(nb_labels, query_labels, min(cfg.k, depth)),
+           "map_at_r": M.map_at_r(nb_labels, query_labels, class_counts),
+           "mean_neighbor_distance": float(dist.mean()) if dist.size else float("nan"),
+           "query_ms_per_image": 1000.0 * elapsed / max(1, len(query)),
+           "top1": M.topk_accuracy(probs, query_labels, 1), "top5": M.topk_accuracy(probs, query_labels, 5),
+           "gallery_size": int(len(model.gallery)), "query_size": int(len(query)),
+           "dim": int(model.gallery.shape[1]), "backend": model.backend}
+    for k in cfg.retrieval_ks:
+        out[f"recall_at_{k}"] = M.recall_at_k(nb_labels, query_labels, min(k, depth))
+    return out
+
+
+def logreg_top1(model: KnnModel, query: np.ndarray, query_labels: np.ndarray, seed: int) -> float:
+    """Test top-1 of a LogisticRegression fitted on the same processed gallery embeddings."""
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(max_iter=LOGREG_MAX_ITER, random_state=seed)
+    clf.fit(model.gallery, model.gallery_labels)
+    return float((clf.predict(model.prep.apply(query)) == query_labels).mean())
+
+
+def run_knn(cfg: KnnConfig, embeddings_dir: str | Path, out_dir: str | Path, metrics_path: str | Path,
+            seed: int, device: Any = "cpu") -> dict:
+    """The knn stage: fit on the gallery, write ``out_dir`` (§6) and the retrieval metrics JSON."""
+    emb = load_embeddings(embeddings_dir)
+    model = fit_knn(emb, cfg, seed)
+    result = retrieval_metrics(model, emb.query, emb.query_labels, device)
+    if cfg.classical == "logreg":
+        result["logreg_top1"] = logreg_top1(model, emb.query, emb.query_labels, seed)
+    # JSON has no NaN (e.g. MAP@R when no query class occurs in the gallery): write null instead.
+    result = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in result.items()}
+    with atomic_dir(out_dir) as tmp:
+        save_knn(model, tmp)
+    write_json(metrics_path, result)
+    return result
+
+
+def run_knn_experiment(params: Params, name: str, embeddings_dir: str | Path, out_dir: str | Path,
+                       metrics_path: str | Path, device: Any = "cpu") -> dict:
+    """The knn stage for retrieval experiment ``name`` (its ``knn`` section, ``base.seed``)."""
+    exp = experiment(params, name)
+    if exp.knn is None:
+        raise UserError(f"experiment {name!r} is a {exp.config} experiment, not a retrieval one: it has no knn stage")
+    return run_knn(exp.knn, embeddings_dir, out_dir, metrics_path, params.base.seed, device)
