@@ -189,7 +189,7 @@ def _plain_crop(path, box, size: int) -> np.ndarray:
     with Image.open(path) as img:
         x1, y1, x2, y2 = box
         region = img.convert("RGB").crop((x1 - 1, y1 - 1, x2, y2))
-        return np.asarray(region.resize((size, size), Image.Resampling.BICUBIC), dtype=np.int16)
+        return np.asarray(region.resize((size, size), Image.Resampling.BILINEAR), dtype=np.int16)
 
 
 @pytest.mark.parametrize("size", [224, 96])
