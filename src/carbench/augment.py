@@ -1,0 +1,292 @@
+"""Batched, per-sample image augmentation and eval preprocessing, on the tensors' device.
+
+torchvision's v2 transforms draw ONE set of random parameters per call, so applied to a batch tensor
+every image of the batch would get the same crop/flip/jitter. Here every sample gets its own parameters,
+without a Python loop over images:
+
+* geometry: one fused affine warp per sample (``F.affine_grid`` + ``F.grid_sample``, bilinear, zero
+  fill) covering random resized crop (area ``scale`` and aspect ``ratio``; the crop side is clamped to
+  the image instead of torchvision's 10 rejection tries), horizontal flip, rotation, translation and
+  shear; it also produces the output ``image_size``. Perspective is not implemented.
+* colour: brightness, contrast, saturation, hue (a rotation of the YIQ chroma plane) and random
+  grayscale folded into one per-sample 3x3 matrix + offset (fixed order, a single clamp at the end).
+* ``train.randaugment``: torchvision's ``v2.RandAugment`` applied per sample in a Python loop on uint8,
+  seeded from the augmentation generator. It is much slower than the rest (one call per image).
+
+Before the warp, images larger than needed are resized with antialiasing to
+``ceil(image_size * WARP_OVERSAMPLE)`` so that the bilinear warp never downsamples by much (aliasing).
+On CPU resizing runs on uint8 (torch's fast channels-last path), on CUDA on float32; the two differ by
+at most one grey level.
+
+Input: uint8 ``(B, S, S, 3)`` (crop-store layout) or ``(B, 3, S, S)``. Output: float32
+``(B, 3, image_size, image_size)`` normalised with the model's mean/std. The ``none`` preset is exactly
+:func:`eval_preprocess` (antialiased resize to ``image_size`` + normalisation).
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+#: Pixel scale of uint8 images.
+PIXEL_MAX = 255.0
+#: Pre-resize target = image_size * this, so the warp downsamples by at most this factor.
+WARP_OVERSAMPLE = 1.5
+#: ITU-R BT.601 luma weights (as torchvision's rgb_to_grayscale).
+LUMA = (0.299, 0.587, 0.114)
+#: RGB -> YIQ (rows Y, I, Q); hue rotation turns the (I, Q) plane and keeps Y (so grey stays grey).
+RGB_TO_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
+#: Uniform draws per sample (one column per random quantity, whatever the policy uses), so the
+#: generator advances the same amount per batch for every preset.
+_DRAWS = 14
+
+
+@dataclass(frozen=True)
+class AugmentPolicy:
+    """Ranges of the per-sample random transforms; the default is the identity (``none``)."""
+
+    scale: tuple[float, float] = (1.0, 1.0)   # crop area as a fraction of the image
+    ratio: tuple[float, float] = (1.0, 1.0)   # crop aspect ratio (width / height), sampled log-uniformly
+    hflip: float = 0.0                        # probability of a horizontal flip
+    rotate: float = 0.0                       # max rotation, degrees (uniform in +-rotate)
+    translate: float = 0.0                    # max shift, fraction of the image side
+    shear: float = 0.0                        # max horizontal shear, degrees
+    brightness: float = 0.0                   # factor uniform in [1 - b, 1 + b]
+    contrast: float = 0.0                     # factor uniform in [1 - c, 1 + c]
+    saturation: float = 0.0                   # factor uniform in [1 - s, 1 + s]
+    hue: float = 0.0                          # shift uniform in +-hue, fraction of a full turn (<= 0.5)
+    grayscale: float = 0.0                    # probability of converting to grey
+
+    @property
+    def geometric(self) -> bool:
+        return (self.scale != (1.0, 1.0) or self.ratio != (1.0, 1.0) or self.hflip > 0 or self.rotate > 0
+                or self.translate > 0 or self.shear > 0)
+
+    @property
+    def photometric(self) -> bool:
+        return any(v > 0 for v in (self.brightness, self.contrast, self.saturation, self.hue, self.grayscale))
+
+
+_CROP_RATIO = (3 / 4, 4 / 3)
+
+#: ``train.augment`` presets. Car crops are already tight boxes, so crops keep most of the car.
+PRESETS: dict[str, AugmentPolicy] = {
+    "none": AugmentPolicy(),
+    "light": AugmentPolicy(scale=(0.70, 1.0), ratio=_CROP_RATIO, hflip=0.5,
+                           brightness=0.1, contrast=0.1, saturation=0.1),
+    "standard": AugmentPolicy(scale=(0.40, 1.0), ratio=_CROP_RATIO, hflip=0.5, rotate=10.0,
+                              brightness=0.2, contrast=0.2, saturation=0.2, grayscale=0.02),
+    "strong": AugmentPolicy(scale=(0.25, 1.0), ratio=_CROP_RATIO, hflip=0.5, rotate=15.0, translate=0.1,
+                            shear=10.0, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.05, grayscale=0.1),
+}
+
+
+# ----------------------------------------------------------------------------- eval preprocessing
+def to_nchw(images: torch.Tensor) -> torch.Tensor:
+    """(B, S, S, 3) -> (B, 3, S, S) view (channels-last memory, no copy); (B, 3, S, S) passes through."""
+    if images.dim() != 4:
+        raise ValueError(f"expected a 4-d image batch, got shape {tuple(images.shape)}")
+    if images.shape[-1] == 3 and images.shape[1] != 3:
+        return images.permute(0, 3, 1, 2)
+    if images.shape[1] == 3:
+        return images
+    raise ValueError(f"expected (B,S,S,3) or (B,3,S,S) images, got shape {tuple(images.shape)}")
+
+
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Antialiased bilinear resize of (B, 3, H, W) to (B, 3, size, size); uint8 stays uint8 on CPU.
+
+    On other devices uint8 input is converted to float (0..255) first. No-op when already ``size``.
+    """
+    if images.shape[-2:] == (size, size):
+        return images
+    if images.dtype == torch.uint8 and images.device.type != "cpu":
+        images = images.float()
+    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+def resize_nhwc_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (B, S, S, 3) -> uint8 (B, size, size, 3), antialiased (rounded to uint8 off CPU)."""
+    out = resize(to_nchw(images), size)
+    if out.dtype != torch.uint8:
+        out = out.round_().clamp_(0, PIXEL_MAX).to(torch.uint8)
+    return out.permute(0, 2, 3, 1)
+
+
+def stored_size(augment: str, randaugment: bool, image_size: int, store_size: int) -> int:
+    """Side to which training crops can be resized once, up front, without changing the augmenter's
+    output: the size its first resize produces (``store_size`` when that would upsample, or when
+    RandAugment must see the stored crops)."""
+    policy = PRESETS[augment]
+    if randaugment:
+        return store_size
+    first = math.ceil(image_size * WARP_OVERSAMPLE) if policy.geometric else image_size
+    return min(store_size, first)
+
+
+@functools.lru_cache(maxsize=64)
+def _normalize_constants(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) (1, 3, 1, 1) on ``device``, made once: building them from Python lists every batch
+    would be a blocking host-to-device copy per step on CUDA."""
+    scale = torch.tensor([1.0 / (PIXEL_MAX * s) for s in std], device=device).view(1, 3, 1, 1)
+    shift = torch.tensor([m / s for m, s in zip(mean, std)], device=device).view(1, 3, 1, 1)
+    return scale, shift
+
+
+@functools.lru_cache(maxsize=16)
+def _colour_constants(device: torch.device) -> tuple[torch.Tensor, ...]:
+    """(luma (3,), grey projection (3, 3), RGB->YIQ (3, 3), YIQ->RGB (3, 3)) on ``device``, made once.
+
+    The inverse is computed on CPU: ``linalg.inv`` on CUDA checks for errors with a host sync.
+    """
+    luma = torch.tensor(LUMA)
+    yiq = torch.tensor(RGB_TO_YIQ, dtype=torch.float64)
+    consts = (luma, torch.ones(3, 1) * luma.view(1, 3), yiq.float(), torch.linalg.inv(yiq).float())
+    return tuple(c.to(device) for c in consts)
+
+
+def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """(B, 3, H, W) in 0..255 (any dtype) -> float32 ``(x / 255 - mean) / std``, contiguous NCHW."""
+    scale, shift = _normalize_constants(tuple(map(float, mean)), tuple(map(float, std)), images.device)
+    if images.dtype == torch.uint8:
+        # Make the (small) uint8 tensor contiguous first: float maths on a channels-last view is ~5x
+        # slower on CPU. The float copy is ours, so the rest runs in place.
+        return images.contiguous().float().mul_(scale).sub_(shift)
+    return (images.float().contiguous() * scale).sub_(shift)
+
+
+def eval_preprocess(images: torch.Tensor, image_size: int, mean: Sequence[float],
+                    std: Sequence[float]) -> torch.Tensor:
+    """uint8 (B, S, S, 3) | (B, 3, S, S) -> float32 (B, 3, image_size, image_size), normalised."""
+    return normalize(resize(to_nchw(images), image_size), mean, std)
+
+
+# ----------------------------------------------------------------------------- random parameters
+def _lerp(low: float, high: float, u: torch.Tensor) -> torch.Tensor:
+    return low + (high - low) * u
+
+
+def affine_matrices(policy: AugmentPolicy, u: torch.Tensor) -> torch.Tensor:
+    """(B, _DRAWS) uniforms -> (B, 2, 3) ``affine_grid`` thetas (output coords -> input coords, [-1, 1])."""
+    area = _lerp(*policy.scale, u[:, 0])
+    log_ratio = _lerp(math.log(policy.ratio[0]), math.log(policy.ratio[1]), u[:, 1])
+    # Crop half-sizes in normalised units (the full image is 1), clamped to the image.
+    w = torch.sqrt(area * torch.exp(log_ratio)).clamp(max=1.0)
+    h = torch.sqrt(area / torch.exp(log_ratio)).clamp(max=1.0)
+    shift = 2.0 * policy.translate
+    cx = (1.0 - w) * (2 * u[:, 2] - 1) + shift * (2 * u[:, 3] - 1)
+    cy = (1.0 - h) * (2 * u[:, 4] - 1) + shift * (2 * u[:, 5] - 1)
+    flip = torch.where(u[:, 6] < policy.hflip, -1.0, 1.0)
+    angle = torch.deg2rad(policy.rotate * (2 * u[:, 7] - 1))
+    shear = torch.tan(torch.deg2rad(policy.shear * (2 * u[:, 8] - 1)))
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    # A = R(angle) @ [[1, shear], [0, 1]] @ diag(flip * w, h)
+    a00, a01 = cos * flip * w, (cos * shear - sin) * h
+    a10, a11 = sin * flip * w, (sin * shear + cos) * h
+    return torch.stack([torch.stack([a00, a01, cx], 1), torch.stack([a10, a11, cy], 1)], 1)
+
+
+def affine_grid(theta: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, 2, 3) thetas -> (B, size, size, 2) sampling grid; equals ``F.affine_grid(align_corners=False)``.
+
+    Broadcasting instead of F.affine_grid's batched matmul is about twice as fast on CPU.
+    """
+    lin = (torch.arange(size, dtype=theta.dtype, device=theta.device) * 2 + 1) / size - 1  # pixel centres
+    a = theta.view(-1, 1, 1, 2, 3)
+    return lin.view(1, 1, size, 1) * a[..., 0] + lin.view(1, size, 1, 1) * a[..., 1] + a[..., 2]
+
+
+def colour_matrices(policy: AugmentPolicy, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, _DRAWS) uniforms -> per-sample colour matrix (B, 3, 3) and contrast mix (B,).
+
+    The output is ``M @ rgb + mix * mean_grey(image)``: brightness b, contrast c, saturation s and hue
+    compose to ``M = G @ H @ S * (b c)``, ``mix = (1 - c) b`` (G, H, S map grey to itself).
+    """
+    device = u.device
+    b = 1.0 + policy.brightness * (2 * u[:, 9] - 1)
+    c = 1.0 + policy.contrast * (2 * u[:, 10] - 1)
+    s = 1.0 + policy.saturation * (2 * u[:, 11] - 1)
+    theta = 2 * math.pi * policy.hue * (2 * u[:, 12] - 1)
+    _, grey_proj, yiq, yiq_inv = _colour_constants(device)                       # grey_proj: rgb -> grey rgb
+    eye = torch.eye(3, device=device)
+    sat = s.view(-1, 1, 1) * eye + (1 - s).view(-1, 1, 1) * grey_proj           # (B, 3, 3)
+    rot = torch.zeros(len(u), 3, 3, device=device)
+    rot[:, 0, 0] = 1.0
+    rot[:, 1, 1], rot[:, 1, 2] = torch.cos(theta), -torch.sin(theta)
+    rot[:, 2, 1], rot[:, 2, 2] = torch.sin(theta), torch.cos(theta)
+    hue = yiq_inv @ rot @ yiq
+    grey = (u[:, 13] < policy.grayscale).view(-1, 1, 1)
+    g = torch.where(grey, grey_proj.expand(len(u), 3, 3), eye.expand(len(u), 3, 3))
+    return g @ hue @ sat * (b * c).view(-1, 1, 1), (1 - c) * b
+
+
+def apply_colour(images: torch.Tensor, matrix: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) float 0..255 -> colour-transformed and clamped to 0..255."""
+    bsz, _, hgt, wid = images.shape
+    flat = images.reshape(bsz, 3, hgt * wid)
+    luma = _colour_constants(images.device)[0]
+    grey_mean = (luma.view(1, 3, 1) * flat).sum(1).mean(1)  # (B,)
+    out = torch.baddbmm((mix * grey_mean).view(bsz, 1, 1).expand(bsz, 3, 1), matrix, flat)
+    return out.clamp_(0.0, PIXEL_MAX).view(bsz, 3, hgt, wid)
+
+
+# ----------------------------------------------------------------------------- the augmenter
+class BatchAugmenter:
+    """Per-sample random augmentation of uint8 batches (see the module docstring).
+
+    ``generator`` (on the images' device) drives every random draw, so a seed fixes the output.
+    """
+
+    def __init__(self, policy: AugmentPolicy | str, image_size: int, mean: Sequence[float],
+                 std: Sequence[float], generator: torch.Generator, randaugment: bool = False) -> None:
+        self.policy = PRESETS[policy] if isinstance(policy, str) else policy
+        self.image_size = image_size
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.generator = generator
+        self.randaugment = randaugment
+
+    @property
+    def identity(self) -> bool:
+        """True when the output equals :func:`eval_preprocess` (no random transform at all)."""
+        return not (self.policy.geometric or self.policy.photometric or self.randaugment)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, S, S, 3) | (B, 3, S, S) -> float32 (B, 3, image_size, image_size), normalised."""
+        x = to_nchw(images)
+        if self.randaugment:
+            x = self._randaugment(x)
+        if self.identity:
+            return eval_preprocess(x, self.image_size, self.mean, self.std)
+        u = torch.rand(len(x), _DRAWS, generator=self.generator, device=self.generator.device).to(x.device)
+        if not self.policy.geometric:
+            x = resize(x, self.image_size).float()
+        else:
+            x = resize(x, min(x.shape[-1], math.ceil(self.image_size * WARP_OVERSAMPLE))).float()
+            grid = affine_grid(affine_matrices(self.policy, u), self.image_size)
+            x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        if self.policy.photometric:
+            x = apply_colour(x, *colour_matrices(self.policy, u))
+        return normalize(x, self.mean, self.std)
+
+    def _randaugment(self, x: torch.Tensor) -> torch.Tensor:
+        """torchvision RandAugment per sample (slow Python loop), seeded from ``self.generator``."""
+        from torchvision.transforms import v2
+
+        transform = v2.RandAugment()
+        seed = int(torch.randint(0, 2**62, (1,), generator=self.generator, device=self.generator.device))
+        devices = [x.device] if x.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)  # v2 transforms draw from the global RNG; keep it reproducible
+            return torch.stack([transform(img) for img in x.contiguous()])
+
+
+def build_augmenter(augment: str, randaugment: bool, image_size: int, mean: Sequence[float],
+                    std: Sequence[float], generator: torch.Generator) -> BatchAugmenter:
+    """The training augmenter for ``train.augment`` / ``train.randaugment``."""
+    if augment not in PRESETS:
+        raise ValueError(f"train.augment must be one of {list(PRESETS)}, got {augment!r}")
+    return BatchAugmenter(augment, image_size, mean, std, generator, randaugment)

@@ -1,0 +1,600 @@
+"""One training engine for every trained experiment (transfer and scratch).
+
+``train_experiment(exp, base, crops_dir, out_dir, live_dir, resume_dir)`` trains ``exp`` on the crop store
+and writes ``out_dir/best.pt`` (atomically: ``out_dir`` appears only once training finished) and the dvclive
+directory ``live_dir`` (per-epoch ``train/loss``, ``train/top1``, ``val/loss``, ``val/top1``, ``lr``,
+``epoch_seconds``, ``images_per_second``; summary ``metrics.json`` adds ``best_val_top1``, ``best_epoch``,
+``params_count``, ``train_seconds``).
+
+Design:
+
+* Data: each split's uint8 crops ``(N, S, S, 3)`` are copied once into a device tensor when they fit in
+  :data:`RESIDENT_FRACTION` of free device memory (host RAM on CPU); otherwise batches are gathered from
+  the memory-mapped store and streamed. Resident crops are resized once, while copying, to the size
+  every batch would be resized to first (:func:`carbench.augment.stored_size`): same results, less
+  memory and work. Batches come from seeded permutations: no DataLoader, no per-image Python.
+  Augmentation runs batched on the device (:mod:`carbench.augment`).
+* Frozen backbone + ``augment: none`` + ``train.feature_cache``: backbone features of train/val are
+  computed once and only the head is trained on them (identical maths, orders of magnitude faster).
+* CUDA only: autocast (bf16 if supported, else fp16 with GradScaler), channels_last, torch.compile.
+  The CPU path runs the same code without them. Losses/correct counts accumulate on the device and are
+  read once per epoch (no host-device sync per step).
+* ``train/loss`` is the training objective (label smoothing / focal); ``val/loss`` is plain
+  cross-entropy, comparable across experiments. ``lr`` is the head's lr at the epoch's last step.
+* Resume: after every epoch the full training state (model, optimizer, schedule, scaler, every RNG and
+  generator, best checkpoint so far, metric history) goes to ``resume_dir/<name>.pt``, keyed by a hash of
+  the experiment config, seed, device type and the crop store's meta and file sizes. A matching state is
+  resumed (the dvclive files are rewritten from the saved history, so they end identical); a stale one
+  is replaced. The file is deleted after success. On CPU a resumed run equals an uninterrupted one.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .augment import build_augmenter, eval_preprocess, resize_nhwc_uint8, stored_size
+from .checkpoint import cpu_state, make_checkpoint, save_checkpoint
+from .config import BaseConfig, Experiment, to_dict
+from .errors import DataError
+from .io import atomic_dir, atomic_file
+from .losses import build_loss
+from .models import CarNet, apply_freeze, build_model, count_parameters
+from .optim import build_optimizer, build_scheduler, param_groups
+from .runtime import generator, select_device
+from .store import load_meta, load_split
+
+PathLike = Union[str, os.PathLike]
+EpochCallback = Callable[[int, dict], None]
+
+#: Per-epoch metric names (dvclive), in logging order.
+METRIC_KEYS = ("train/loss", "train/top1", "val/loss", "val/top1", "lr", "epoch_seconds", "images_per_second")
+#: Overlaid train/val curves written for dvc.yaml's top-level plots: file stem -> (train key, val key).
+CURVES = {"top1": ("train/top1", "val/top1"), "loss": ("train/loss", "val/loss")}
+#: Metrics that measure time and so differ between otherwise identical runs.
+TIMING_KEYS = ("epoch_seconds", "images_per_second", "train_seconds")
+RESUME_FORMAT = "carbench-resume/1"
+#: A split is kept resident on the device when it needs at most this fraction of free memory.
+RESIDENT_FRACTION = 0.5
+#: Seed offsets, so the shuffling and augmentation streams differ from each other and from init.
+SHUFFLE_SEED_OFFSET = 1
+AUGMENT_SEED_OFFSET = 2
+#: A last training batch smaller than this is dropped (BatchNorm cannot train on one sample).
+MIN_TRAIN_BATCH = 2
+#: Host memory used at a time while copying a split to the device.
+LOAD_CHUNK_BYTES = 256 * 2**20
+STORE_FILES = ("meta.json", "train.npy", "train.csv", "val.npy", "val.csv")
+
+
+def say(message: str) -> None:
+    """One progress/log line on stderr (stdout stays clean)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- crop store access
+def read_split(crops_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images (N, S, S, 3) uint8 memory-mapped, labels (N,) int64) of one split."""
+    data = load_split(crops_dir, split, mmap=True)
+    return data.images, np.asarray(data.labels, dtype=np.int64)
+
+
+@dataclass
+class Order:
+    """A sample order (N,) int64 on CPU and on the device (copied once per epoch)."""
+
+    cpu: torch.Tensor
+    device: torch.Tensor
+
+    @classmethod
+    def make(cls, perm: torch.Tensor, device: torch.device) -> "Order":
+        return cls(perm, perm.to(device))
+
+
+class SplitData:
+    """One split: images resident on ``device`` or streamed from the mmap; labels (N,) int64 on device."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, device: torch.device, resident: bool,
+                 size: Optional[int] = None) -> None:
+        self.device = device
+        self.resident = resident
+        self.labels = torch.from_numpy(np.array(labels, dtype=np.int64)).to(device)
+        self.source = images
+        self.images = copy_to_device(images, device, size) if resident else None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, order: Order, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 images (B, S, S, 3) and labels (B,) of ``order[start:stop]``, on the device."""
+        idx = order.device[start:stop]
+        if self.resident:
+            return self.images.index_select(0, idx), self.labels.index_select(0, idx)
+        rows = torch.from_numpy(self.source[order.cpu[start:stop].numpy()])
+        if self.device.type == "cuda":
+            rows = rows.pin_memory()
+        return rows.to(self.device, non_blocking=True), self.labels.index_select(0, idx)
+
+
+def copy_to_device(images: np.ndarray, device: torch.device, size: Optional[int] = None) -> torch.Tensor:
+    """Copy a (memory-mapped) uint8 array (N, S, S, 3) to a new device tensor, resized to ``size`` when
+    smaller than S, in chunks of ~LOAD_CHUNK_BYTES (the whole store is never held twice on the host).
+
+    Resizing once here is what every batch would otherwise do first (same antialiased resize), so
+    results are unchanged while memory and per-step work shrink by (S / size)**2.
+    """
+    side = size if size is not None and size < images.shape[1] else images.shape[1]
+    out = torch.empty((len(images), side, side, 3), dtype=torch.uint8, device=device)
+    rows = max(1, LOAD_CHUNK_BYTES // max(1, images[:1].nbytes))
+    for start in range(0, len(images), rows):
+        chunk = torch.from_numpy(np.array(images[start:start + rows])).to(device)
+        out[start:start + rows] = resize_nhwc_uint8(chunk, side) if side != images.shape[1] else chunk
+    return out
+
+
+class FeatureData:
+    """Cached backbone features (N, D) float32 and labels (N,) on the device; same interface as SplitData."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        self.features, self.labels = features, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, order: Order, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = order.device[start:stop]
+        return self.features.index_select(0, idx), self.labels.index_select(0, idx)
+
+
+def free_memory_bytes(device: torch.device) -> int:
+    """Free device memory (CUDA) or available host RAM (CPU), in bytes."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # not POSIX: assume it fits
+        return sys.maxsize
+
+
+def load_split_data(crops_dir: Path, split: str, device: torch.device, num_classes: int,
+                    budget: Optional[int] = None, size: Optional[int] = None) -> SplitData:
+    """Open one split and place it: resident (resized once to ``size`` when smaller than the store's)
+    when it fits ``budget`` bytes (default: a fraction of the free memory), else streamed at full size."""
+    images, labels = read_split(crops_dir, split)
+    if len(labels) == 0 or len(images) != len(labels):
+        raise DataError(f"{crops_dir}/{split}.npy: {len(images)} images for {len(labels)} labels "
+                        f"(a split needs at least one image and one label per image)")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise DataError(f"{crops_dir}/{split}.csv: class_id outside 0..{num_classes - 1}")
+    budget = int(free_memory_bytes(device) * RESIDENT_FRACTION) if budget is None else budget
+    side = min(size or images.shape[1], images.shape[1])
+    return SplitData(images, labels, device, resident=len(images) * side * side * 3 <= budget, size=side)
+
+
+# ----------------------------------------------------------------------------- the trainer
+@dataclass
+class BestSoFar:
+    """The best epoch by val top-1 (1-based ``epoch``; 0 = none yet) and its checkpoint parts."""
+
+    top1: float = -1.0
+    epoch: int = 0
+    state_dict: Optional[dict] = None
+    optimizer: Optional[dict] = None
+    scheduler: Optional[dict] = None
+
+
+@dataclass
+class TrainState:
+    """Everything that changes during training besides model/optimizer (kept for resume)."""
+
+    epoch: int = 0                      # completed epochs
+    history: list = field(default_factory=list)
+    best: BestSoFar = field(default_factory=BestSoFar)
+    train_seconds: float = 0.0
+
+
+class Trainer:
+    """Trains one CarNet (or only its head on cached features) with the experiment's settings."""
+
+    def __init__(self, exp: Experiment, base: BaseConfig, model: CarNet, train: Any, val: Any,
+                 device: torch.device, feature_mode: bool) -> None:
+        self.exp, self.cfg, self.model, self.device = exp, exp.train, model, device
+        self.train_data, self.val_data, self.feature_mode = train, val, feature_mode
+        self.steps_per_epoch = batches_per_epoch(len(train), self.cfg.batch_size)
+        self.optimizer = build_optimizer(param_groups(model, exp.model, self.cfg), self.cfg)
+        self.schedule = build_scheduler(self.optimizer, self.cfg, self.steps_per_epoch)
+        self.criterion = build_loss(self.cfg)
+        self.amp_dtype = amp_dtype(device, self.cfg.amp)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        self.channels_last = device.type == "cuda" and self.cfg.channels_last and not feature_mode
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.forward = model.head if feature_mode else model
+        if device.type == "cuda" and self.cfg.compile:
+            self.forward = torch.compile(self.forward)
+        self.shuffle_gen = generator(base.seed + SHUFFLE_SEED_OFFSET)
+        self.augment_gen = generator(base.seed + AUGMENT_SEED_OFFSET, device)
+        self.augment = build_augmenter(self.cfg.augment, self.cfg.randaugment, self.cfg.image_size,
+                                       model.mean, model.std, self.augment_gen)
+        self.state = TrainState()
+        self.last_lr = self.schedule.last_lr()
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed precision on CUDA when ``train.amp``; nothing on CPU."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def prepare(self, raw: torch.Tensor, train: bool) -> torch.Tensor:
+        """Raw batch -> model input: augmented/preprocessed images (or the cached features as they are)."""
+        if self.feature_mode:
+            return raw
+        x = self.augment(raw) if train else eval_preprocess(raw, self.cfg.image_size, self.model.mean,
+                                                            self.model.std)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def train_epoch(self, epoch: int, progress: Any) -> dict:
+        """One pass over the training split (0-based ``epoch``); returns loss, top-1, images and seconds."""
+        if not self.feature_mode:
+            apply_freeze(self.model, self.exp.model, epoch)
+        self.model.train()
+        start = time.perf_counter()
+        order = Order.make(torch.randperm(len(self.train_data), generator=self.shuffle_gen), self.device)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        seen = 0
+        for step in range(self.steps_per_epoch):
+            bs = self.cfg.batch_size
+            raw, y = self.train_data.batch(order, step * bs, min((step + 1) * bs, len(self.train_data)))
+            loss, logits = self.train_step(self.prepare(raw, train=True), y)
+            loss_sum += loss.detach().float() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += len(y)
+            progress.update(1)
+        loss_total, correct_total = torch.stack([loss_sum, correct.float()]).tolist()  # the one sync
+        seconds = time.perf_counter() - start
+        return {"loss": loss_total / seen, "top1": correct_total / seen, "images": seen, "seconds": seconds}
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward, backward, optimizer and schedule step on one batch; returns (loss, logits)."""
+        with self.autocast():
+            logits = self.forward(x)
+            loss = self.criterion(logits, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.last_lr = self.schedule.last_lr()  # the lr this step uses (a Python float: no sync)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.schedule.step()
+        return loss, logits
+
+    @torch.inference_mode()
+    def evaluate(self) -> tuple[float, float]:
+        """(val cross-entropy, val top-1) with batches of ``train.eval_batch_size``."""
+        self.model.eval()
+        data, bs = self.val_data, self.cfg.eval_batch_size
+        order = Order.make(torch.arange(len(data)), self.device)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        for start in range(0, len(data), bs):
+            raw, y = data.batch(order, start, min(start + bs, len(data)))
+            with self.autocast():
+                logits = self.forward(self.prepare(raw, train=False))
+            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
+        loss_total, correct_total = torch.stack([loss_sum, correct.float()]).tolist()
+        return loss_total / len(data), correct_total / len(data)
+
+    def run_epoch(self, epoch: int, progress: Any) -> dict:
+        """Train + validate one epoch, update best/history; returns the epoch's metric row."""
+        stats = self.train_epoch(epoch, progress)
+        val_loss, val_top1 = self.evaluate()
+        self.schedule.epoch_end(val_top1)
+        row = {"train/loss": stats["loss"], "train/top1": stats["top1"], "val/loss": val_loss,
+               "val/top1": val_top1, "lr": self.last_lr, "epoch_seconds": stats["seconds"],
+               "images_per_second": stats["images"] / stats["seconds"] if stats["seconds"] > 0 else 0.0}
+        st = self.state
+        st.epoch, st.train_seconds = epoch + 1, st.train_seconds + stats["seconds"]
+        st.history.append(row)
+        if val_top1 > st.best.top1:
+            st.best = BestSoFar(val_top1, epoch + 1, cpu_state(self.model.state_dict()),
+                                cpu_state(self.optimizer.state_dict()), self.schedule.state_dict())
+        return row
+
+    def should_stop(self) -> bool:
+        """Early stopping: ``train.patience`` epochs without a new best val top-1 (0 = never)."""
+        st = self.state
+        return self.cfg.patience > 0 and st.best.epoch > 0 and st.epoch - st.best.epoch >= self.cfg.patience
+
+    # ------------------------------------------------------------------ resume state
+    def resume_state(self, key: str) -> dict:
+        """Everything needed to continue bit-identically after the last completed epoch."""
+        st = self.state
+        return {"format": RESUME_FORMAT, "key": key, "epoch": st.epoch, "history": st.history,
+                "train_seconds": st.train_seconds, "best": vars(st.best).copy(),
+                "model": cpu_state(self.model.state_dict()), "optimizer": cpu_state(self.optimizer.state_dict()),
+                "scheduler": self.schedule.state_dict(), "scaler": self.scaler.state_dict(),
+                "rng": capture_rng(), "shuffle_gen": self.shuffle_gen.get_state(),
+                "augment_gen": self.augment_gen.get_state().cpu()}
+
+    def load_resume_state(self, state: dict) -> None:
+        """Restore :meth:`resume_state` output."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        restore_rng(state["rng"])
+        self.shuffle_gen.set_state(state["shuffle_gen"])
+        self.augment_gen.set_state(state["augment_gen"])
+        self.state = TrainState(int(state["epoch"]), list(state["history"]), BestSoFar(**state["best"]),
+                                float(state["train_seconds"]))
+
+
+def batches_per_epoch(n: int, batch_size: int) -> int:
+    """ceil(n / batch_size), minus a last batch smaller than MIN_TRAIN_BATCH (never below 1)."""
+    full, rest = divmod(n, batch_size)
+    return max(1, full + (1 if rest >= MIN_TRAIN_BATCH else 0))
+
+
+def amp_dtype(device: torch.device, enabled: bool) -> Optional[torch.dtype]:
+    """bf16 when the GPU supports it, else fp16; None (no autocast) on CPU or when disabled."""
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+# ----------------------------------------------------------------------------- RNG state
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) so a run never depends on what ran before it."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def capture_rng() -> dict:
+    """torch (CPU + every CUDA device), NumPy and Python RNG states as weights_only-loadable values."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+            "python": list(random.getstate()[1]), "python_version": random.getstate()[0],
+            "python_gauss": random.getstate()[2]}
+
+
+def restore_rng(state: dict) -> None:
+    """Inverse of :func:`capture_rng`."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+
+
+# ----------------------------------------------------------------------------- resume files
+def resume_key(exp: Experiment, base: BaseConfig, device: torch.device, crops_dir: Path, meta: dict) -> str:
+    """sha256 of what determines the run: experiment config, seed, device type, store meta + file sizes."""
+    sizes = {name: (Path(crops_dir) / name).stat().st_size for name in STORE_FILES
+             if (Path(crops_dir) / name).exists()}
+    payload = {"format": RESUME_FORMAT, "experiment": to_dict(exp), "seed": base.seed,
+               "device": device.type, "meta": meta, "sizes": sizes}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def load_resume_file(path: Path, key: str) -> Optional[dict]:
+    """The saved state at ``path`` when it matches ``key``; None (with a log line) otherwise."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated or foreign file: start afresh, it will be replaced
+        say(f"ignoring unreadable resume state {path} ({exc.__class__.__name__}); starting from scratch")
+        return None
+    if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT or state.get("key") != key:
+        say(f"ignoring resume state {path}: it belongs to another config or data; it will be replaced")
+        return None
+    return state
+
+
+def save_resume_file(path: Path, state: dict) -> None:
+    """Write the resume state atomically (an interrupted write never corrupts the previous one)."""
+    with atomic_file(path, "wb") as handle:
+        torch.save(state, handle)
+
+
+# ----------------------------------------------------------------------------- dvclive
+def open_live(live_dir: Path, history: list) -> Any:
+    """A fresh dvclive logger at ``live_dir`` with ``history`` (resumed epochs) replayed step by step."""
+    from dvclive import Live
+
+    shutil.rmtree(live_dir, ignore_errors=True)
+    live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None)
+    for row in history:
+        log_epoch(live, row)
+    return live
+
+
+def log_epoch(live: Any, row: dict) -> None:
+    """Log one epoch's metrics as one dvclive step."""
+    for key in METRIC_KEYS:
+        live.log_metric(key, float(row[key]))
+    live.next_step()
+
+
+def write_curves(curves_dir: Path, name: str, history: list) -> None:
+    """``curves_dir/{top1,loss}/<name>.tsv`` (columns step, train, val): train and val overlaid in one
+    DVC plot per experiment (``plots:`` in dvc.yaml)."""
+    for kind, (train_key, val_key) in CURVES.items():
+        with atomic_file(curves_dir / kind / f"{name}.tsv") as handle:
+            handle.write("step\ttrain\tval\n")
+            for step, row in enumerate(history):
+                handle.write(f"{step}\t{row[train_key]!r}\t{row[val_key]!r}\n")
+
+
+def finish_live(live: Any, trainer: Trainer) -> dict:
+    """Add the run summary to metrics.json and close the logger; returns the summary values."""
+    st = trainer.state
+    summary = {"best_val_top1": max(st.best.top1, 0.0), "best_epoch": st.best.epoch,
+               "params_count": count_parameters(trainer.model), "train_seconds": st.train_seconds}
+    live.summary.update(summary)
+    live.end()
+    return summary
+
+
+# ----------------------------------------------------------------------------- progress
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(epoch: int, epochs: int, steps: int) -> Any:
+    """A tqdm bar on a terminal; nothing otherwise (one summary line per epoch is printed anyway)."""
+    if not sys.stderr.isatty():
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", leave=False, file=sys.stderr, unit="batch")
+
+
+def epoch_line(name: str, epoch: int, epochs: int, row: dict, blocks: str) -> str:
+    return (f"[{name}] epoch {epoch + 1}/{epochs}: train loss {row['train/loss']:.4f} top1 {row['train/top1']:.4f}"
+            f" | val loss {row['val/loss']:.4f} top1 {row['val/top1']:.4f} | lr {row['lr']:.3g}{blocks}"
+            f" | {row['epoch_seconds']:.1f}s, {row['images_per_second']:.0f} img/s")
+
+
+# ----------------------------------------------------------------------------- feature cache
+def use_feature_cache(exp: Experiment) -> bool:
+    """Frozen backbone, no augmentation and ``train.feature_cache``: train the head on cached features."""
+    m, t = exp.model, exp.train
+    return m.freeze == "frozen" and t.augment == "none" and not t.randaugment and t.feature_cache
+
+
+@torch.no_grad()  # not inference_mode: the cached tensors are later inputs of autograd (head training)
+def compute_features(model: CarNet, data: SplitData, image_size: int, batch_size: int,
+                     device: torch.device, amp: Optional[torch.dtype]) -> FeatureData:
+    """Backbone features (N, D) float32 of a split, in eval mode, batched."""
+    model.eval()
+    out = torch.empty(len(data), model.feature_dim, device=device)
+    order = Order.make(torch.arange(len(data)), device)
+    for start in range(0, len(data), batch_size):
+        stop = min(start + batch_size, len(data))
+        raw, _ = data.batch(order, start, stop)
+        x = eval_preprocess(raw, image_size, model.mean, model.std)
+        with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
+            out[start:stop] = model.features(x).float()
+    return FeatureData(out, data.labels)
+
+
+# ----------------------------------------------------------------------------- the whole run
+def setup_trainer(exp: Experiment, base: BaseConfig, crops_dir: Path, device: torch.device) -> tuple[Trainer, dict]:
+    """Read the store, build the model (pretrained weights), optionally cache features; -> (trainer, meta)."""
+    meta = load_meta(crops_dir)
+    num_classes, cfg = int(meta["num_classes"]), exp.train
+    train_size = stored_size("none" if use_feature_cache(exp) else cfg.augment, cfg.randaugment,
+                             cfg.image_size, int(meta["size"]))
+    train = load_split_data(crops_dir, "train", device, num_classes, size=train_size)
+    val = load_split_data(crops_dir, "val", device, num_classes, size=cfg.image_size)
+    model = build_model(exp.model, num_classes, pretrained=True).to(device)
+    apply_freeze(model, exp.model, 0)
+    feature_mode = use_feature_cache(exp)
+    size = train.source.shape[1]
+    placement = (f"resident on the device at {train.images.shape[1]}px" if train.resident
+                 else "streamed from the memory-mapped store")
+    say(f"[{exp.name}] {exp.model.arch} ({count_parameters(model):,} params, {model.num_blocks} backbone blocks, "
+        f"freeze {exp.model.freeze}) on {device}: train {len(train)} / val {len(val)} crops {size}px -> "
+        f"{cfg.image_size}px, {placement}, augment {cfg.augment}")
+    if feature_mode:
+        say(f"[{exp.name}] feature cache: frozen backbone and no augmentation, so backbone features are computed "
+            f"once and only the head is trained on them ({model.feature_dim}-d features)")
+        amp = amp_dtype(device, cfg.amp)
+        train = compute_features(model, train, cfg.image_size, cfg.eval_batch_size, device, amp)
+        val = compute_features(model, val, cfg.image_size, cfg.eval_batch_size, device, amp)
+    return Trainer(exp, base, model, train, val, device, feature_mode), meta
+
+
+def fit(trainer: Trainer, live: Any, resume_path: Path, key: str, on_epoch_end: Optional[EpochCallback]) -> None:
+    """Run the remaining epochs: train, validate, log, save resume state, stop early on patience."""
+    name, epochs = trainer.exp.name, trainer.cfg.epochs
+    for epoch in range(trainer.state.epoch, epochs):
+        if trainer.should_stop():
+            say(f"[{name}] early stopping: no better val top-1 for {trainer.cfg.patience} epochs "
+                f"(best {trainer.state.best.top1:.4f} at epoch {trainer.state.best.epoch})")
+            break
+        bar = progress_bar(epoch, epochs, trainer.steps_per_epoch)
+        try:
+            row = trainer.run_epoch(epoch, bar)
+        finally:
+            bar.close()
+        log_epoch(live, row)
+        save_resume_file(resume_path, trainer.resume_state(key))
+        blocks = "" if trainer.feature_mode else f" | {trainer.model.trainable_blocks}/{trainer.model.num_blocks} blocks"
+        say(epoch_line(name, epoch, epochs, row, blocks))
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, row)
+
+
+def keep_untrained_as_best(trainer: Trainer) -> None:
+    """``train.epochs: 0``: the initial model is the best (epoch 0), scored on val."""
+    _, top1 = trainer.evaluate()
+    trainer.state.best = BestSoFar(top1, 0, cpu_state(trainer.model.state_dict()),
+                                   cpu_state(trainer.optimizer.state_dict()), trainer.schedule.state_dict())
+
+
+def write_best(trainer: Trainer, meta: dict, out_dir: Path) -> None:
+    """Write ``out_dir/best.pt`` (the best epoch's weights) atomically."""
+    best = trainer.state.best
+    trainer.model.load_state_dict(best.state_dict)
+    ckpt = make_checkpoint(trainer.model, trainer.exp.model, trainer.cfg, meta["class_names"], best.epoch,
+                           max(best.top1, 0.0), best.optimizer, best.scheduler)
+    with atomic_dir(out_dir) as tmp:
+        save_checkpoint(ckpt, tmp / "best.pt")
+
+
+def train_experiment(exp: Experiment, base: BaseConfig, crops_dir: PathLike, out_dir: PathLike,
+                     live_dir: PathLike, resume_dir: PathLike = Path(".cache/resume"),
+                     on_epoch_end: Optional[EpochCallback] = None, curves_dir: Optional[PathLike] = None) -> dict:
+    """Train a transfer/scratch experiment; write ``out_dir/best.pt`` and the dvclive dir ``live_dir``.
+
+    With ``curves_dir``, also ``curves_dir/{top1,loss}/<name>.tsv`` (:func:`write_curves`).
+    ``on_epoch_end(epoch, row)`` (0-based epoch, metric row) runs after each epoch's resume state is
+    saved (tests use it to interrupt a run). Returns the summary (best_val_top1, best_epoch,
+    params_count, train_seconds).
+    """
+    if not exp.trained:
+        raise DataError(f"experiment {exp.name!r} is a {exp.config} experiment; only transfer/scratch ones train")
+    crops_dir, out_dir, live_dir, resume_dir = Path(crops_dir), Path(out_dir), Path(live_dir), Path(resume_dir)
+    device = select_device(base.device)
+    seed_everything(base.seed)
+    trainer, meta = setup_trainer(exp, base, crops_dir, device)
+    key = resume_key(exp, base, device, crops_dir, meta)
+    resume_path = resume_dir / f"{exp.name}.pt"
+    saved = load_resume_file(resume_path, key)
+    if saved is not None:
+        trainer.load_resume_state(saved)
+        say(f"[{exp.name}] resuming after epoch {trainer.state.epoch} from {resume_path}")
+    live = open_live(live_dir, trainer.state.history)
+    fit(trainer, live, resume_path, key, on_epoch_end)
+    if trainer.state.best.state_dict is None:
+        keep_untrained_as_best(trainer)
+    write_best(trainer, meta, out_dir)
+    summary = finish_live(live, trainer)
+    if curves_dir is not None:
+        write_curves(Path(curves_dir), exp.name, trainer.state.history)
+    resume_path.unlink(missing_ok=True)
+    say(f"[{exp.name}] best val top1 {summary['best_val_top1']:.4f} at epoch {summary['best_epoch']}; "
+        f"wrote {out_dir / 'best.pt'}")
+    return summary

@@ -1,0 +1,255 @@
+"""carbench.engine and stages/train.py on a tiny crop store written here with NumPy."""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from carbench.augment import build_augmenter, eval_preprocess, stored_size
+from carbench.checkpoint import load_classifier
+from carbench.config import load_params
+from carbench.engine import (RESUME_FORMAT, TIMING_KEYS, load_split_data, Order, seed_everything,
+                             setup_trainer, train_experiment)
+from carbench.models import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES, STORE_SIZE, IMAGE_SIZE = 4, 20, 16
+COUNTS = {"train": 24, "val": 12, "test": 8}
+METRIC_FILES = ("train/loss", "train/top1", "val/loss", "val/top1", "lr")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one thread is faster and immune to other processes competing for the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_store(root: Path, seed: int = 0) -> Path:
+    """A crop store in the documented format: each class has its own mean colour plus noise."""
+    rng = np.random.default_rng(seed)
+    colours = rng.integers(40, 216, (CLASSES, 3))
+    root.mkdir(parents=True, exist_ok=True)
+    for split, n in COUNTS.items():
+        labels = np.arange(n) % CLASSES
+        noise = rng.integers(-40, 41, (n, STORE_SIZE, STORE_SIZE, 3))
+        np.save(root / f"{split}.npy", np.clip(colours[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8))
+        with open(root / f"{split}.csv", "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["image", "class_id"])
+            writer.writerows([f"cars_{split}/{i:05d}.jpg", int(c)] for i, c in enumerate(labels))
+    meta = {"size": STORE_SIZE, "margin": 0.0, "keep_aspect": False, "num_classes": CLASSES,
+            "class_names": [f"car {i}" for i in range(CLASSES)], "counts": COUNTS}
+    (root / "meta.json").write_text(json.dumps(meta))
+    return root
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    return write_store(tmp_path_factory.mktemp("crops"))
+
+
+def tiny(name: str = "cnn_bn_dropout", model: dict | None = None, train: dict | None = None):
+    """(experiment, base) from the repository's params with CPU-sized settings."""
+    params = load_params(ROOT / "params.yaml")
+    exp = params.experiments[name]
+    m = dataclasses.replace(exp.model, **{"cnn_widths": (4, 8), **(model or {})})
+    t = dataclasses.replace(exp.train, **{"epochs": 2, "batch_size": 8, "eval_batch_size": 16, "image_size": IMAGE_SIZE,
+                                          "warmup_epochs": 0, **(train or {})})
+    return dataclasses.replace(exp, model=m, train=t), dataclasses.replace(params.base, device="cpu")
+
+
+def run(tmp: Path, store: Path, exp, base, tag: str, **kwargs) -> tuple[Path, Path]:
+    out, live = tmp / tag / "model", tmp / tag / "live"
+    train_experiment(exp, base, store, out, live, resume_dir=tmp / "resume", **kwargs)
+    return out, live
+
+
+def weights_of(out: Path) -> dict:
+    return torch.load(out / "best.pt", weights_only=True)["state_dict"]
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def deterministic_metrics(live: Path) -> dict:
+    metrics = json.loads((live / "metrics.json").read_text())
+    return {k: v for k, v in metrics.items() if k not in TIMING_KEYS}
+
+
+def test_loop_overfits_a_tiny_batch(store):
+    exp, base = tiny("cnn_basic", model={"init": "he"}, train={"optimizer": "adam", "lr": 0.01, "scheduler": "none"})
+    seed_everything(base.seed)
+    trainer, _ = setup_trainer(exp, base, store, torch.device("cpu"))
+    x, y = trainer.train_data.batch(Order.make(torch.arange(8), torch.device("cpu")), 0, 8)
+    trainer.model.train()
+    for _ in range(150):
+        loss, logits = trainer.train_step(trainer.prepare(x, train=True), y)
+    assert loss.item() < 0.05 and torch.equal(logits.argmax(1), y)
+
+
+def test_outputs_metrics_and_checkpoint(tmp_path, store):
+    exp, base = tiny()
+    summary = train_experiment(exp, base, store, tmp_path / "m", tmp_path / "live", resume_dir=tmp_path / "r")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["best.pt"]
+    metrics = json.loads((tmp_path / "live" / "metrics.json").read_text())
+    for key in ("best_val_top1", "best_epoch", "params_count", "train_seconds", "lr", "epoch_seconds",
+                "images_per_second"):
+        assert key in metrics, key
+    assert set(metrics["train"]) == {"loss", "top1"} and set(metrics["val"]) == {"loss", "top1"}
+    assert summary["best_epoch"] == metrics["best_epoch"] >= 1
+    for name in METRIC_FILES + ("epoch_seconds", "images_per_second"):
+        rows = (tmp_path / "live" / "plots" / "metrics" / f"{name}.tsv").read_text().splitlines()
+        assert len(rows) == 1 + exp.train.epochs, name
+    model, info = load_classifier(tmp_path / "m" / "best.pt", "cpu")
+    assert info["best_val_top1"] == metrics["best_val_top1"] and info["epoch"] == metrics["best_epoch"]
+    assert model(torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)).shape == (2, CLASSES)
+    assert not list((tmp_path / "r").glob("*.pt"))  # resume state removed after success
+
+
+def test_two_runs_give_identical_weights(tmp_path, store):
+    exp, base = tiny(train={"augment": "strong"})
+    out_a, live_a = run(tmp_path, store, exp, base, "a")
+    out_b, live_b = run(tmp_path, store, exp, base, "b")
+    assert_same_weights(weights_of(out_a), weights_of(out_b))
+    assert deterministic_metrics(live_a) == deterministic_metrics(live_b)
+
+
+class Interrupt:
+    """on_epoch_end callback that raises KeyboardInterrupt after (0-based) epoch ``after``."""
+
+    def __init__(self, after: int) -> None:
+        self.after = after
+
+    def __call__(self, epoch: int, row: dict) -> None:
+        if epoch == self.after:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_then_resumed_run_equals_uninterrupted(tmp_path, store, capsys):
+    exp, base = tiny(train={"epochs": 3, "augment": "standard", "warmup_epochs": 1})
+    out_a, live_a = run(tmp_path, store, exp, base, "a")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, store, exp, base, "b", on_epoch_end=Interrupt(after=0))
+    assert not (tmp_path / "b" / "model").exists()  # the model dir appears only when training finished
+    assert (tmp_path / "resume" / f"{exp.name}.pt").is_file()
+    epochs_run: list[int] = []
+    out_b, live_b = run(tmp_path, store, exp, base, "b", on_epoch_end=lambda epoch, row: epochs_run.append(epoch))
+    assert epochs_run == [1, 2]  # really resumed after the first epoch
+    assert "resuming after epoch 1" in capsys.readouterr().err
+    assert_same_weights(weights_of(out_a), weights_of(out_b))
+    assert deterministic_metrics(live_a) == deterministic_metrics(live_b)
+    for name in METRIC_FILES:
+        path = Path("plots") / "metrics" / f"{name}.tsv"
+        assert (live_a / path).read_text() == (live_b / path).read_text(), name
+    assert not (tmp_path / "resume" / f"{exp.name}.pt").exists()
+
+
+def test_stale_resume_state_is_ignored_and_replaced(tmp_path, store, capsys):
+    exp, base = tiny(train={"epochs": 1})
+    (tmp_path / "resume").mkdir()
+    torch.save({"format": RESUME_FORMAT, "key": "another config"}, tmp_path / "resume" / f"{exp.name}.pt")
+    out, _ = run(tmp_path, store, exp, base, "a")
+    assert "ignoring resume state" in capsys.readouterr().err
+    assert (out / "best.pt").is_file()
+
+
+def test_feature_cache_trains_the_head_on_cached_features(tmp_path, store, capsys):
+    exp, base = tiny("cnn_basic", model={"freeze": "frozen"},
+                     train={"optimizer": "adam", "lr": 0.05, "epochs": 3, "feature_cache": True})
+    out_cached, _ = run(tmp_path, store, exp, base, "cached")
+    assert "feature cache" in capsys.readouterr().err
+    plain = dataclasses.replace(exp, train=dataclasses.replace(exp.train, feature_cache=False))
+    out_plain, _ = run(tmp_path, store, plain, base, "plain")
+    assert "feature cache" not in capsys.readouterr().err
+    cached, uncached = weights_of(out_cached), weights_of(out_plain)
+    torch.manual_seed(base.seed)
+    initial = build_model(exp.model, CLASSES, pretrained=True).state_dict()
+    for key, value in cached.items():
+        if key.startswith("backbone."):
+            assert torch.equal(value, initial[key]), key  # frozen backbone untouched
+        else:
+            assert not torch.equal(value, initial[key]), key  # the head trained
+            assert torch.allclose(value, uncached[key], atol=1e-4), key  # same maths as without the cache
+
+
+def test_early_stopping_on_patience(tmp_path, store):
+    exp, base = tiny(train={"epochs": 6, "patience": 1, "lr": 1e-12, "scheduler": "none"})
+    _, live = run(tmp_path, store, exp, base, "a")
+    metrics = json.loads((live / "metrics.json").read_text())
+    assert metrics["best_epoch"] == 1 and metrics["step"] == 1  # stopped after epoch 2
+
+
+def test_zero_epochs_saves_the_initial_model(tmp_path, store):
+    exp, base = tiny(train={"epochs": 0})
+    out, live = run(tmp_path, store, exp, base, "a")
+    assert torch.load(out / "best.pt", weights_only=True)["epoch"] == 0
+    assert json.loads((live / "metrics.json").read_text())["best_epoch"] == 0
+
+
+def test_streamed_split_gives_the_same_batches(store):
+    cpu = torch.device("cpu")
+    resident = load_split_data(store, "train", cpu, CLASSES)
+    streamed = load_split_data(store, "train", cpu, CLASSES, budget=0)
+    assert resident.resident and not streamed.resident
+    order = Order.make(torch.randperm(COUNTS["train"]), cpu)
+    for a, b in zip(resident.batch(order, 3, 11), streamed.batch(order, 3, 11)):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("augment", ["none", "standard", "strong"])
+def test_resizing_the_resident_store_once_changes_no_batch(store, augment):
+    cpu, size, mean, std = torch.device("cpu"), 8, (0.5, 0.4, 0.3), (0.2, 0.3, 0.4)
+    side = stored_size(augment, False, size, STORE_SIZE)
+    resident = load_split_data(store, "train", cpu, CLASSES, size=side)
+    streamed = load_split_data(store, "train", cpu, CLASSES, budget=0, size=side)
+    assert resident.images.shape[1] == side < STORE_SIZE and not streamed.resident
+    order = Order.make(torch.randperm(COUNTS["train"]), cpu)
+    small, full = resident.batch(order, 0, 10)[0], streamed.batch(order, 0, 10)[0]
+    augment_a, augment_b = (build_augmenter(augment, False, size, mean, std, torch.Generator().manual_seed(0))
+                            for _ in range(2))
+    assert torch.equal(augment_a(small), augment_b(full))
+    val_order = Order.make(torch.arange(COUNTS["val"]), cpu)
+    val_small = load_split_data(store, "val", cpu, CLASSES, size=size).batch(val_order, 0, COUNTS["val"])[0]
+    val_full = load_split_data(store, "val", cpu, CLASSES, budget=0).batch(val_order, 0, COUNTS["val"])[0]
+    assert torch.equal(eval_preprocess(val_small, size, mean, std), eval_preprocess(val_full, size, mean, std))
+
+
+def stage(tmp_path: Path, store: Path, name: str) -> subprocess.CompletedProcess:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["base"].update(device="cpu", threads=1)
+    for entry in params["experiments"].values():
+        if "train" in entry:
+            entry["train"].update(epochs=1, batch_size=8, eval_batch_size=16, image_size=IMAGE_SIZE)
+            entry["model"]["cnn_widths"] = [4, 8]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    cmd = [sys.executable, str(ROOT / "stages" / "train.py"), "--params", "params.yaml", "--name", name,
+           "--crops", str(store), "--out", f"models/{name}", "--live", f"metrics/train/{name}"]
+    return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+
+
+def test_train_stage_script(tmp_path, store):
+    result = stage(tmp_path, store, "cnn_residual")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "models" / "cnn_residual" / "best.pt").is_file()
+    assert (tmp_path / "metrics" / "train" / "cnn_residual" / "metrics.json").is_file()
+    assert "epoch 1/1" in result.stderr
+    for kind in ("top1", "loss"):
+        rows = (tmp_path / "plots" / "curves" / kind / "cnn_residual.tsv").read_text().splitlines()
+        assert rows[0] == "step\ttrain\tval" and len(rows) == 2
+    bad = stage(tmp_path, store, "no_such_experiment")
+    assert bad.returncode == 1 and bad.stderr.startswith("error: unknown experiment 'no_such_experiment'")
