@@ -22,12 +22,12 @@ TINY = {
     "train": {"image_size": 32, "batch_size": 32, "eval_batch_size": 128},
     "evaluate": {"latency_runs": 2, "latency_warmup": 1, "misclassified": 4, "confused_pairs": 3},
     "experiments": {
-        "tl_resnet50_frozen": {"train": {"epochs": 4}},
-        "tl_resnet50_finetune": {"train": {"epochs": 2}},
-        "tl_densenet121_progressive": {"model": {"unfreeze_every": 1}, "train": {"epochs": 2}},
-        "cnn_basic": {"train": {"epochs": 12}},
-        "cnn_bn_dropout": {"train": {"epochs": 12}},
-        "cnn_residual": {"train": {"epochs": 12}},
+        "tl_resnet50_frozen": {"train": {"epochs": 4, "image_size": 32}},
+        "tl_resnet50_finetune": {"train": {"epochs": 2, "image_size": 32}},
+        "tl_densenet121_progressive": {"model": {"unfreeze_every": 1}, "train": {"epochs": 2, "image_size": 32}},
+        "cnn_basic": {"train": {"epochs": 12, "image_size": 32}},
+        "cnn_bn_dropout": {"train": {"epochs": 12, "image_size": 32}},
+        "cnn_residual": {"train": {"epochs": 12, "image_size": 32}},
     },
 }
 
