@@ -17,14 +17,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def flatten(tree: dict, prefix: str = "") -> list[str]:
-    """Turn a nested mapping into `dotted.key=value` strings (values as JSON/YAML flow)."""
+    """Turn a nested mapping into `++dotted.key=value` strings (values as JSON/YAML flow).
+
+    `++` is Hydra's add-or-override, which `dvc exp run -S` needs for keys params.yaml lacks
+    (e.g. an experiment's `image_size` when only the `train` section sets it).
+    """
     pairs = []
     for key, value in tree.items():
         dotted = f"{prefix}{key}"
         if isinstance(value, dict):
             pairs.extend(flatten(value, dotted + "."))
         else:
-            pairs.append(f"{dotted}={json.dumps(value)}")
+            pairs.append(f"++{dotted}={json.dumps(value)}")
     return pairs
 
 

@@ -86,3 +86,128 @@ def print_crop(report: dict[str, Any]) -> None:
         verdict = "MET" if row["ratio"] >= CROP_TARGET_RATIO else "NOT MET"
         print(f"crop stage {row['size']:4d} px, {row['workers']} worker(s): {row['images_per_second']:8.1f} images/s"
               f"   ratio {row['ratio']:.2f}x (target >= {CROP_TARGET_RATIO}x: {verdict})")
+
+
+# ----------------------------------------------------------------------------- 2. training loop
+#: (label, experiment, overrides, store side, images) per device type. The CPU cases are the offline demo's
+#: models; the CUDA case is the full-data fine-tune (ResNet-50 at 224 px, AMP, channels_last).
+TRAIN_CASES = {
+    "cpu": [
+        ("cnn_bn_dropout 64px", "cnn_bn_dropout",
+         {"model": {"cnn_widths": [16, 32, 64, 128]}, "train": {"image_size": 64, "batch_size": 64}}, 64, 512),
+        ("mobilenet_v2 full fine-tune 64px", "tl_resnet50_finetune",
+         {"model": {"arch": "mobilenet_v2"}, "train": {"image_size": 64, "batch_size": 64}}, 64, 512),
+    ],
+    "cuda": [
+        ("resnet50 full fine-tune 224px AMP", "tl_resnet50_finetune",
+         {"model": {"weights_none": True}, "train": {"image_size": 224, "batch_size": 128}}, 256, 4096),
+    ],
+}
+TRAIN_EPOCHS_TIMED = 2          # after one warm-up epoch
+BENCH_CLASSES = 196
+
+
+def _write_random_store(root: Path, size: int, count: int, seed: int = 0) -> Path:
+    """A crop store of random uint8 crops (ARCHITECTURE.md §3) for throughput measurements."""
+    import json
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", count), ("val", max(count // 8, BENCH_CLASSES))):
+        np.save(root / f"{split}.npy", rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8))
+        labels = rng.integers(0, BENCH_CLASSES, n)
+        lines = ["image,class_id"] + [f"{split}/{i:05d}.jpg,{c}" for i, c in enumerate(labels)]
+        (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    names = [f"class {i}" for i in range(BENCH_CLASSES)]
+    (root / "meta.json").write_text(json.dumps({"size": size, "margin": 0.0, "keep_aspect": False,
+                                                "class_names": names, "num_classes": BENCH_CLASSES,
+                                                "counts": {"train": count}}))
+    return root
+
+
+def _bench_experiment(name: str, overrides: dict):
+    """The repository's experiment ``name`` with ``overrides`` (weights off: speed does not depend on them)."""
+    import copy
+
+    from .config import parse_params, read_yaml
+
+    raw = read_yaml(Path(__file__).resolve().parents[2] / "params.yaml")
+    entry = copy.deepcopy(raw["experiments"][name])
+    overrides = copy.deepcopy(overrides)
+    overrides.get("model", {}).pop("weights_none", None)
+    for section, values in overrides.items():
+        entry.setdefault(section, {}).update(values)
+    entry["config"] = "scratch"                  # random init: no weight files needed to time a step
+    entry["model"]["weights"] = "none"
+    raw["experiments"] = {name: entry}
+    raw["dag"] = {"train": [name], "retrieval": {}}
+    return parse_params(raw), name
+
+
+def _bare_step_rate(trainer, steps: int) -> float:
+    """Images/s of forward+backward+step of ``trainer``'s model on random tensors already on the device."""
+    import torch
+
+    cfg, device = trainer.cfg, trainer.device
+    x = torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size, device=device)
+    if trainer.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, BENCH_CLASSES, (cfg.batch_size,), device=device)
+    for _ in range(2):                            # warm-up (cudnn autotuning, allocator)
+        trainer.train_step(x, y)
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        trainer.train_step(x, y)
+    _sync(device)
+    return steps * cfg.batch_size / (time.perf_counter() - start)
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _loop_rate(trainer) -> float:
+    """Images/s of the real training loop (store -> device batch -> augmentation -> step), after a warm-up."""
+    from .engine import _NoBar
+
+    trainer.train_epoch(0, _NoBar())
+    _sync(trainer.device)
+    images = seconds = 0.0
+    for epoch in range(1, 1 + TRAIN_EPOCHS_TIMED):
+        row = trainer.train_epoch(epoch, _NoBar())
+        images, seconds = images + row["images"], seconds + row["seconds"]
+    return images / seconds
+
+
+def measure_train(device_name: str = "auto") -> dict[str, Any]:
+    """Training-loop images/s vs bare forward+backward+step, for the cases of the current device type."""
+    from . import runtime
+    from .engine import setup_trainer
+
+    device = runtime.select_device(device_name)
+    rows = []
+    for label, name, overrides, size, count in TRAIN_CASES[device.type]:
+        params, name = _bench_experiment(name, overrides)
+        with tempfile.TemporaryDirectory(prefix="carbench-train-") as tmp:
+            store = _write_random_store(Path(tmp), size, count)
+            runtime.configure(params.base.seed, params.base.threads)
+            trainer, _ = setup_trainer(params.experiments[name], params.base, store, device)
+            loop = _loop_rate(trainer)
+            bare = _bare_step_rate(trainer, trainer.steps_per_epoch * TRAIN_EPOCHS_TIMED)
+        rows.append({"case": label, "batch_size": trainer.cfg.batch_size, "augment": trainer.cfg.augment,
+                     "loop_images_per_second": loop, "bare_images_per_second": bare, "ratio": loop / bare})
+    return {"device": str(device), "rows": rows}
+
+
+def print_train(report: dict[str, Any]) -> None:
+    """Print the training-loop benchmark table."""
+    print(f"\n== 2. training loop vs forward+backward+step on random on-device tensors ({report['device']}) ==")
+    for row in report["rows"]:
+        verdict = "MET" if row["ratio"] >= TRAIN_TARGET_RATIO else "NOT MET"
+        print(f"{row['case']:38s} batch {row['batch_size']:4d}, augment {row['augment']:8s}: loop "
+              f"{row['loop_images_per_second']:8.1f} img/s, bare {row['bare_images_per_second']:8.1f} img/s, "
+              f"ratio {row['ratio']:.2f}x (target >= {TRAIN_TARGET_RATIO}x: {verdict})")

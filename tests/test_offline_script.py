@@ -1,0 +1,28 @@
+"""scripts/offline.py: the overrides file becomes `dvc exp run -S` arguments that DVC accepts."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("offline_script", ROOT / "scripts" / "offline.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_flatten_uses_add_or_override_and_json_values():
+    pairs = _load().flatten({"data": {"source": "synthetic"}, "model": {"cnn_widths": [8, 16]}, "a": {"b": {"c": 1}}})
+    assert pairs == ['++data.source="synthetic"', "++model.cnn_widths=[8, 16]", "++a.b.c=1"]
+
+
+def test_every_offline_override_names_a_known_section():
+    overrides = yaml.safe_load((ROOT / "configs" / "offline.yaml").read_text())
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert set(overrides) <= set(params)
+    assert set(overrides["experiments"]) <= set(params["experiments"])
