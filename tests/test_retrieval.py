@@ -133,6 +133,12 @@ def test_pca_larger_than_data_is_a_user_error():
         R.fit_preprocessing(np.zeros((5, 4), np.float32), knn_cfg(pca_components=6), 0)
 
 
+def test_k_larger_than_the_gallery_is_a_user_error(tmp_path):
+    store = make_store(tmp_path, np.zeros((4, 2)), np.array([0, 0, 1, 1]), np.zeros((1, 2)), np.array([0]))
+    with pytest.raises(UserError, match=r"knn.k \(5\) is larger than the gallery \(4 embeddings\)"):
+        R.fit_knn(R.load_embeddings(store), knn_cfg(k=5), 0)
+
+
 def test_cosine_model_normalises_after_pca():
     rng = np.random.default_rng(3)
     prep = R.fit_preprocessing(rng.standard_normal((30, 5)).astype(np.float32), knn_cfg(metric="cosine",

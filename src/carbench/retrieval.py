@@ -331,6 +331,10 @@ class KnnModel:
 
 def fit_knn(emb: Embeddings, cfg: KnnConfig, seed: int) -> KnnModel:
     """Fit preprocessing on the gallery only and build the k-NN model (no query is looked at)."""
+    if cfg.k > len(emb.gallery):
+        # Checked here, not in params: the gallery size is known only once the data is.
+        raise UserError(f"knn.k ({cfg.k}) is larger than the gallery ({len(emb.gallery)} embeddings); "
+                        f"lower knn.k or use embed.gallery: train+val")
     prep = fit_preprocessing(emb.gallery, cfg, seed)
     class_names = list(emb.meta.get("class_names") or [])
     if not class_names:
