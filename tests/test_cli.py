@@ -38,3 +38,19 @@ def test_stage_log_records_name_seconds_and_memory(tmp_path):
     record = json.loads(log.read_text())
     assert record["stage"] == "stage_x@cnn_basic" and record["status"] == "ok"
     assert record["seconds"] > 0 and record["peak_rss_mib"] > 1
+
+
+def test_cuda_requested_without_a_gpu_is_one_error_line(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        import pytest
+
+        pytest.skip("this machine has a GPU: base.device cuda is valid here")
+    result = _run_script(tmp_path, """
+        from carbench.cli import run
+        from carbench.runtime import select_device
+        run(lambda: select_device("cuda"))
+    """)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: base.device is 'cuda' but torch sees no CUDA device; set base.device to auto or cpu"
