@@ -218,3 +218,14 @@ def http_server(monkeypatch) -> Iterator[FileServer]:
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     with FileServer() as server:
         yield server
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test with one torch thread: tiny models run faster so, and other processes cannot slow them."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

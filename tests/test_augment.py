@@ -11,13 +11,8 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 BATCH, STORE, SIZE = 6, 24, 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is faster and immune to other processes competing for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models: one thread is faster and immune to other processes competing for the cores.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def images(seed: int = 0, batch: int = BATCH, size: int = STORE) -> torch.Tensor:

@@ -17,13 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["a", "b", "c"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is faster and immune to other processes competing for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models: one thread is faster and immune to other processes competing for the cores.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_checkpoint(path: Path, exp_name: str = "cnn_bn_dropout", **model_over) -> torch.nn.Module:

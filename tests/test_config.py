@@ -64,7 +64,7 @@ def test_numeric_string_lr_from_cli_is_accepted(raw):
     # YAML 1.1 reads 3e-4 (no dot) as a string; `dvc exp run -S train.lr=3e-4` must still work.
     params = parse_params(_with(raw, "train.lr", "3e-4"))
     assert params.experiments["cnn_bn_dropout"].train.lr == 0.05   # overridden by the experiment
-    assert params.experiments["cnn_basic"].train.lr == pytest.approx(3e-4)   # takes the knob
+    assert params.experiments["tl_resnet50_finetune"].train.lr == pytest.approx(3e-4)   # takes the knob
 
 
 @pytest.mark.parametrize(

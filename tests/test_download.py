@@ -7,7 +7,8 @@ import os
 import pytest
 
 from carbench.config import DataConfig, MirrorFile, build
-from carbench.download import KAGGLE_DATASETS, OFFICIAL_FILES, fetch_file, md5sum, run_download
+from carbench.download import KAGGLE_DATASETS, OFFICIAL_FILES, fetch_file, run_download
+from carbench.io import file_md5
 from carbench.errors import DataError
 from carbench.manifest import read_manifest
 
@@ -22,9 +23,9 @@ def _entry(server, path: str, md5: str = PAYLOAD_MD5) -> MirrorFile:
     return MirrorFile(url=server.url(path), md5=md5)
 
 
-def test_md5sum(tmp_path):
+def test_file_md5(tmp_path):
     (tmp_path / "f").write_bytes(PAYLOAD)
-    assert md5sum(tmp_path / "f") == PAYLOAD_MD5
+    assert file_md5(tmp_path / "f") == PAYLOAD_MD5
 
 
 def test_download_verifies_md5(http_server, tmp_path):
@@ -39,7 +40,7 @@ def test_resumes_a_partial_file_with_range(http_server, tmp_path):
     (tmp_path / "cars_test.tgz.m1.part").write_bytes(PAYLOAD[:half])
     http_server.files["cars_test.tgz"] = PAYLOAD
     path = fetch_file("cars_test.tgz", [("m1", _entry(http_server, "cars_test.tgz"))], tmp_path, TIMEOUT_S)
-    assert md5sum(path) == PAYLOAD_MD5
+    assert file_md5(path) == PAYLOAD_MD5
     assert http_server.requests == [("cars_test.tgz", f"bytes={half}-")]
     assert http_server.sent["cars_test.tgz"] == len(PAYLOAD) - half  # only the rest crossed the wire
 
@@ -52,7 +53,7 @@ def test_interrupted_download_is_resumed_on_the_next_run(http_server, tmp_path):
         fetch_file("cars_test.tgz", candidates, tmp_path, TIMEOUT_S)
     assert (tmp_path / "cars_test.tgz.m1.part").stat().st_size == 100_000
     del http_server.drop_after["cars_test.tgz"]
-    assert md5sum(fetch_file("cars_test.tgz", candidates, tmp_path, TIMEOUT_S)) == PAYLOAD_MD5
+    assert file_md5(fetch_file("cars_test.tgz", candidates, tmp_path, TIMEOUT_S)) == PAYLOAD_MD5
     assert http_server.requests[-1] == ("cars_test.tgz", "bytes=100000-")
 
 
@@ -61,7 +62,7 @@ def test_server_ignoring_range_restarts_cleanly(http_server, tmp_path):
     http_server.files["cars_test.tgz"] = PAYLOAD
     http_server.ignore_range = True
     path = fetch_file("cars_test.tgz", [("m1", _entry(http_server, "cars_test.tgz"))], tmp_path, TIMEOUT_S)
-    assert md5sum(path) == PAYLOAD_MD5
+    assert file_md5(path) == PAYLOAD_MD5
 
 
 def test_md5_mismatch_tries_the_next_mirror(http_server, tmp_path):
@@ -69,7 +70,7 @@ def test_md5_mismatch_tries_the_next_mirror(http_server, tmp_path):
     http_server.files["good/cars_test.tgz"] = PAYLOAD
     candidates = [("bad", _entry(http_server, "bad/cars_test.tgz")), ("good", _entry(http_server, "good/cars_test.tgz"))]
     path = fetch_file("cars_test.tgz", candidates, tmp_path, TIMEOUT_S)
-    assert md5sum(path) == PAYLOAD_MD5
+    assert file_md5(path) == PAYLOAD_MD5
     assert not (tmp_path / "cars_test.tgz.bad.part").exists()  # the wrong bytes are not kept
 
 

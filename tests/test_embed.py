@@ -97,13 +97,8 @@ def fit_retrieval(world: SimpleNamespace, name: str) -> None:
     run_knn_experiment(world.params, name, emb, world.models / name, world.root / "metrics" / "knn" / f"{name}.json")
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny tensors: one torch thread avoids OpenMP hand-off costs (10x slower convs on a busy 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny tensors: one torch thread avoids OpenMP hand-off costs (10x slower convs on a busy 2-core box).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- tests
@@ -112,7 +107,7 @@ RETRIEVAL = "knn_resnet50_k3"      # embedder: tl_resnet50_finetune
 
 def test_embed_writes_the_store_format(tmp_path):
     from carbench.embed import run_embed
-    from carbench.predictor import file_md5
+    from carbench.io import file_md5
     from carbench.retrieval import load_embeddings
 
     world = make_world(tmp_path)

@@ -27,13 +27,8 @@ COUNTS = {"train": 24, "val": 12, "test": 8}
 METRIC_FILES = ("train/loss", "train/top1", "val/loss", "val/top1", "lr")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is faster and immune to other processes competing for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models: one thread is faster and immune to other processes competing for the cores.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_store(root: Path, seed: int = 0) -> Path:

@@ -14,7 +14,9 @@ import pytest
 from carbench import evaluate as E
 from carbench.errors import UserError
 from carbench.metrics import PAIR_COLUMNS, PER_CLASS_COLUMNS
-from test_embed import CLASS_NAMES, PER_CLASS, ROOT, fit_retrieval, make_world, single_thread  # noqa: F401
+from test_embed import CLASS_NAMES, PER_CLASS, ROOT, fit_retrieval, make_world
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 RETRIEVAL = "knn_resnet50_k3"
 N_TEST = PER_CLASS["test"] * len(CLASS_NAMES)

@@ -18,13 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 STEPS = 5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is faster and immune to other processes competing for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models: one thread is faster and immune to other processes competing for the cores.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def configs(model=None, train=None):

@@ -8,7 +8,9 @@ import pytest
 from PIL import Image
 
 from carbench import predict as P
-from test_embed import CLASS_NAMES, class_colours, fit_retrieval, make_world, single_thread  # noqa: F401
+from test_embed import CLASS_NAMES, class_colours, fit_retrieval, make_world
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 RETRIEVAL = "knn_resnet50_k3"
 PHOTO_W, PHOTO_H = 64, 48

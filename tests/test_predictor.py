@@ -8,7 +8,9 @@ import torch
 from carbench.errors import UserError
 from carbench.predictor import ClassifierPredictor, KnnPredictor, load_predictor
 from carbench.retrieval import load_embeddings, load_knn
-from test_embed import CLASS_NAMES, fit_retrieval, make_world, single_thread, write_checkpoint  # noqa: F401
+from test_embed import CLASS_NAMES, fit_retrieval, make_world, write_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 RETRIEVAL, EMBEDDER = "knn_resnet50_k3", "tl_resnet50_finetune"
 

@@ -9,7 +9,6 @@ with a message naming the three ways forward; no URL is ever presented as workin
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import http.client
 import os
 import sys
@@ -22,7 +21,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 from .config import DataConfig, Mirror, MirrorFile
 from .errors import DataError
-from .io import write_json
+from .io import file_md5, write_json
 from .layouts import Source, open_local
 from .manifest import build_raw
 
@@ -32,15 +31,6 @@ CHUNK_BYTES = 1 << 20
 HTTP_PARTIAL_CONTENT = 206
 HTTP_RANGE_NOT_SATISFIABLE = 416
 PROGRESS_MIN_INTERVAL_S = 1.0
-
-
-def md5sum(path: str | Path) -> str:
-    """Hex md5 of a file, read in 1 MiB chunks."""
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _open_url(url: str, start: int, timeout: float):
@@ -90,7 +80,7 @@ def fetch_file(name: str, candidates: Sequence[tuple[str, MirrorFile]], cache_di
     """
     final = cache_dir / name
     md5s = {entry.md5.lower() for _, entry in candidates}
-    if final.is_file() and md5sum(final) in md5s:
+    if final.is_file() and file_md5(final) in md5s:
         print(f"{name}: cached in {final}", file=sys.stderr)
         return final
     failures = []
@@ -102,7 +92,7 @@ def fetch_file(name: str, candidates: Sequence[tuple[str, MirrorFile]], cache_di
             # HTTP errors, refused/reset connections, timeouts, truncated bodies, malformed URLs
             failures.append(f"{mirror} ({entry.url}): {exc}")
             continue
-        got = md5sum(part)
+        got = file_md5(part)
         if got != entry.md5.lower():
             part.unlink()
             failures.append(f"{mirror} ({entry.url}): md5 mismatch, got {got}, expected {entry.md5}")

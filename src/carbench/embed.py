@@ -16,7 +16,8 @@ import numpy as np
 from .config import EmbedConfig, Params, experiment
 from .errors import UserError
 from .io import atomic_dir
-from .predictor import CHECKPOINT, ClassifierPredictor, file_md5, load_classifier_predictor
+from .io import file_md5
+from .predictor import CHECKPOINT, ClassifierPredictor, load_classifier_predictor
 from .retrieval import Embeddings, as_stored, save_embeddings
 from .store import load_meta, load_split
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -70,3 +71,15 @@ def read_json(path: str | os.PathLike) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"expected file not found: {path}")
     return json.loads(path.read_text())
+
+
+_MD5_BLOCK_BYTES = 1 << 20   # read in 1 MiB blocks: constant memory for multi-GB archives
+
+
+def file_md5(path: str | os.PathLike) -> str:
+    """Hex md5 of a file's bytes (archive checksums; pinning an embedder checkpoint)."""
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(_MD5_BLOCK_BYTES), b""):
+            digest.update(block)
+    return digest.hexdigest()

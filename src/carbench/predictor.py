@@ -8,7 +8,6 @@ checkpoint's ``image_size`` + its mean/std) and return probabilities ``(N, C)`` 
 """
 from __future__ import annotations
 
-import hashlib
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -17,19 +16,10 @@ import numpy as np
 import torch
 
 from .errors import UserError
+from .io import file_md5
 from .retrieval import KNN_ARRAYS, KNN_META, KnnModel, as_stored, load_knn
 
 CHECKPOINT = "best.pt"
-_MD5_BLOCK = 1 << 20   # read files in 1 MiB blocks
-
-
-def file_md5(path: str | Path) -> str:
-    """Hex md5 of a file's bytes (how embeddings and k-NN models pin their embedder checkpoint)."""
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(_MD5_BLOCK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def as_tensor(images: Any) -> torch.Tensor:
