@@ -65,16 +65,23 @@ def save_embeddings(emb: Embeddings, out_dir: str | Path) -> None:
     write_json(out_dir / META_FILE, {"format": EMBEDDINGS_FORMAT, **emb.meta})
 
 
+def _read_checked_meta(meta_path: Path, fmt: str, required: tuple[Path, ...], what: str, stage: str) -> dict:
+    """Read ``meta_path`` after checking every ``required`` file exists (in order) and the JSON names ``fmt``."""
+    for p in required:
+        if not p.is_file():
+            raise UserError(f"{what} incomplete: {p} not found (run the {stage} stage first)")
+    meta = read_json(meta_path)
+    if meta.get("format") != fmt:
+        raise UserError(f"{meta_path}: format {meta.get('format')!r} is not {fmt!r}")
+    return meta
+
+
 def load_embeddings(emb_dir: str | Path) -> Embeddings:
     """Read an embedding store written by :func:`save_embeddings`; vectors come back as float32."""
     emb_dir = Path(emb_dir)
-    path, meta_path = emb_dir / EMBEDDINGS_FILE, emb_dir / META_FILE
-    for p in (path, meta_path):
-        if not p.is_file():
-            raise UserError(f"embedding store incomplete: {p} not found (run the embed stage first)")
-    meta = read_json(meta_path)
-    if meta.get("format") != EMBEDDINGS_FORMAT:
-        raise UserError(f"{meta_path}: format {meta.get('format')!r} is not {EMBEDDINGS_FORMAT!r}")
+    path = emb_dir / EMBEDDINGS_FILE
+    meta_path = emb_dir / META_FILE
+    meta = _read_checked_meta(meta_path, EMBEDDINGS_FORMAT, (path, meta_path), "embedding store", "embed")
     with np.load(path, allow_pickle=False) as z:
         return Embeddings(gallery=z["gallery"].astype(np.float32), gallery_labels=z["gallery_labels"],
                           gallery_split=z["gallery_split"], gallery_row=z["gallery_row"],
@@ -364,13 +371,9 @@ def save_knn(model: KnnModel, out_dir: str | Path) -> None:
 def load_knn(model_dir: str | Path) -> KnnModel:
     """Read a k-NN model written by :func:`save_knn` (error naming the missing/foreign file)."""
     model_dir = Path(model_dir)
-    meta_path, arrays_path = model_dir / KNN_META, model_dir / KNN_ARRAYS
-    for p in (meta_path, arrays_path):
-        if not p.is_file():
-            raise UserError(f"k-NN model incomplete: {p} not found (run the knn stage first)")
-    meta = read_json(meta_path)
-    if meta.get("format") != KNN_FORMAT:
-        raise UserError(f"{meta_path}: format {meta.get('format')!r} is not {KNN_FORMAT!r}")
+    arrays_path = model_dir / KNN_ARRAYS
+    meta_path = model_dir / KNN_META
+    meta = _read_checked_meta(meta_path, KNN_FORMAT, (meta_path, arrays_path), "k-NN model", "knn")
     cfg = dict(meta["config"])
     cfg["retrieval_ks"] = tuple(cfg["retrieval_ks"])
     with np.load(arrays_path, allow_pickle=False) as z:
