@@ -100,7 +100,7 @@ TRAIN_CASES = {
     ],
     "cuda": [
         ("resnet50 full fine-tune 224px AMP", "tl_resnet50_finetune",
-         {"model": {"weights_none": True}, "train": {"image_size": 224, "batch_size": 128}}, 256, 4096),
+         {"train": {"image_size": 224, "batch_size": 128}}, 256, 4096),
     ],
 }
 TRAIN_EPOCHS_TIMED = 3          # after one warm-up epoch; more epochs, less timing noise
@@ -133,9 +133,7 @@ def _bench_experiment(name: str, overrides: dict):
 
     raw = read_yaml(Path(__file__).resolve().parents[2] / "params.yaml")
     entry = copy.deepcopy(raw["experiments"][name])
-    overrides = copy.deepcopy(overrides)
-    overrides.get("model", {}).pop("weights_none", None)
-    for section, values in overrides.items():
+    for section, values in copy.deepcopy(overrides).items():
         entry.setdefault(section, {}).update(values)
     entry["config"] = "scratch"                  # random init: no weight files needed to time a step
     entry["model"]["weights"] = "none"
