@@ -1,7 +1,12 @@
 """Run the whole DAG offline: `dvc exp run` with the overrides in configs/offline.yaml.
 
 Usage: python scripts/offline.py [--overrides FILE] [extra `dvc exp run` arguments...]
-Extra arguments come last, so `python scripts/offline.py -S train.lr=0.003` wins over the file.
+Extra arguments come last, so `python scripts/offline.py -n lr3e-4 -S train.lr=3e-4` wins over the file.
+
+The run is a DVC experiment (`dvc exp show` lists it with its params; compare runs by name with
+`dvc metrics diff A B`). `dvc exp run -S` writes the overrides into params.yaml; this script puts
+params.yaml back byte for byte afterwards (also when the run fails), so the demo leaves the tracked
+files as it found them and a later `dvc repro` runs the real settings again.
 """
 from __future__ import annotations
 
@@ -41,8 +46,21 @@ def main() -> int:
     for pair in flatten(overrides):
         cmd += ["-S", pair]
     cmd += extra
+    return run_keeping_params(cmd, ROOT)
+
+
+def run_keeping_params(cmd: list[str], cwd: Path) -> int:
+    """Run ``cmd`` in ``cwd``; then restore ``cwd/params.yaml`` to its bytes before the run, whatever happened."""
+    params = cwd / "params.yaml"
+    before = params.read_bytes()
     print("+", " ".join(cmd), flush=True)
-    return subprocess.call(cmd, cwd=ROOT)
+    try:
+        return subprocess.call(cmd, cwd=cwd)
+    finally:
+        if params.read_bytes() != before:
+            params.write_bytes(before)
+            print("(params.yaml restored; the experiment keeps the values it ran with: "
+                  "`dvc exp show`, `dvc params diff A B`)", flush=True)
 
 
 if __name__ == "__main__":

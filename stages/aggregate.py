@@ -12,10 +12,11 @@ def main() -> None:
     parser.add_argument("--knn", required=True, help="k-NN metrics directory (metrics/knn)")
     parser.add_argument("--out", required=True, help="summary directory (metrics/summary)")
     parser.add_argument("--plots", required=True, help="summary plots directory (plots/summary)")
+    parser.add_argument("--headline", help="flat headline metrics JSON (metrics/headline.json)")
     args = parser.parse_args()
     params = config.load_params(args.params)
     runtime.configure(params.base.seed, params.base.threads)
-    run_aggregate(params, args.eval, args.train_live, args.knn, args.out, args.plots)
+    run_aggregate(params, args.eval, args.train_live, args.knn, args.out, args.plots, args.headline)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Download stage: get Stanford Cars (mirrors | local | synthetic) and pack it into data/raw."""
+"""Download stage: get Stanford Cars (routes | local | synthetic), check its fingerprint, pack it into data/raw."""
 from carbench.cli import parser, run
 from carbench.config import load_params
 from carbench.download import run_download
@@ -12,7 +12,7 @@ def main() -> None:
     args = p.parse_args()
     params = load_params(args.params)
     configure(params.base.seed, params.base.threads, use_torch=False)
-    run_download(params.data, params.base.seed, args.out, args.metrics)
+    run_download(params.data, params.base.seed, args.out, args.metrics, offline=params.base.offline)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from carbench import cli, config, runtime
-from carbench.embed import run_embed
+from carbench.embed import embed_experiment
 
 
 def main() -> None:
@@ -11,11 +11,13 @@ def main() -> None:
     parser.add_argument("--crops", required=True, help="crop store directory (data/crops)")
     parser.add_argument("--models", required=True, help="models root holding <embedder>/best.pt")
     parser.add_argument("--out", required=True, help="output directory (data/embeddings/<name>)")
+    parser.add_argument("--resolved", help="its resolved config (data/resolved/embed/<name>.yaml); read instead "
+                                           "of --params when given")
     args = parser.parse_args()
-    params = config.load_params(args.params)
-    runtime.configure(params.base.seed, params.base.threads)
-    device = runtime.select_device(params.base.device)
-    run_embed(params, args.name, args.crops, args.models, args.out, device)
+    base, exp = config.stage_experiment(args.params, args.resolved, args.name)
+    runtime.configure(base.seed, base.threads)
+    device = runtime.select_device(base.device)
+    embed_experiment(exp, args.crops, args.models, args.out, device)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from carbench import cli, config, runtime
-from carbench.retrieval import run_knn_experiment
+from carbench.retrieval import knn_experiment
 
 
 def main() -> None:
@@ -11,11 +11,13 @@ def main() -> None:
     parser.add_argument("--embeddings", required=True, help="embedding store (data/embeddings/<name>)")
     parser.add_argument("--out", required=True, help="model directory (models/<name>)")
     parser.add_argument("--metrics", required=True, help="metrics JSON (metrics/knn/<name>.json)")
+    parser.add_argument("--resolved", help="its resolved config (data/resolved/knn/<name>.yaml); read instead "
+                                           "of --params when given")
     args = parser.parse_args()
-    params = config.load_params(args.params)
-    runtime.configure(params.base.seed, params.base.threads)
-    device = runtime.select_device(params.base.device)
-    run_knn_experiment(params, args.name, args.embeddings, args.out, args.metrics, device)
+    base, exp = config.stage_experiment(args.params, args.resolved, args.name)
+    runtime.configure(base.seed, base.threads)
+    device = runtime.select_device(base.device)
+    knn_experiment(exp, base.seed, args.embeddings, args.out, args.metrics, device)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@ Session-scoped, built once and **read-only** (copy them before changing anything
 - ``synthetic_split``: the split-stage output (``split.csv``; official strategy, val_fraction 0.2);
 - ``synthetic_crops``: the crop store (``CROP_SIZE_TINY`` px crops; read it with ``carbench.store``).
 
+Tests never read the workspace's params.yaml: ``params_path`` (session fixture) is a copy of the committed
+one, ``repo_params()`` its content (see ``committed_params_text``).
+
 Plain helpers (import them with ``from conftest import ...``): ``repo_params``, ``deep_merge``,
 ``synthetic_config``/``split_config``/``crop_config`` (validated config sections), ``make_official_archives``.
 
@@ -43,9 +46,42 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+#: Tests read the committed params.yaml (``git show HEAD:params.yaml``), never the workspace's: that file is
+#: the user's to change (`dvc exp run -S ...` writes into it). Set this variable to a params file to test
+#: that one instead (e.g. ``CARBENCH_TEST_PARAMS=params.yaml`` while editing params.yaml before a commit).
+TEST_PARAMS_ENV = "CARBENCH_TEST_PARAMS"
+
+
+def committed_params_text() -> str:
+    """The text of the committed params.yaml (outside a git checkout: the file shipped beside the tests)."""
+    import os
+    import subprocess
+
+    chosen = os.environ.get(TEST_PARAMS_ENV)
+    if chosen:
+        return Path(chosen).read_text()
+    result = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=ROOT, capture_output=True, text=True)
+    if result.returncode == 0:
+        return result.stdout
+    return (ROOT / "params.yaml").read_text()
+
+
+def committed_params_file(tmp_path_factory) -> Path:
+    """The committed params.yaml written into a fresh temporary directory."""
+    path = tmp_path_factory.mktemp("committed") / "params.yaml"
+    path.write_text(committed_params_text())
+    return path
+
+
 def repo_params(overrides: Optional[dict] = None) -> dict:
-    """The repository's params.yaml as a dict, with ``overrides`` deep-merged."""
-    return deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), overrides or {})
+    """The repository's committed params.yaml as a dict, with ``overrides`` deep-merged."""
+    return deep_merge(yaml.safe_load(committed_params_text()), overrides or {})
+
+
+@pytest.fixture(scope="session")
+def params_path(tmp_path_factory) -> Path:
+    """Path of a copy of the committed params.yaml (read-only)."""
+    return committed_params_file(tmp_path_factory)
 
 
 def synthetic_config(**overrides: Any):

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import yaml
+from conftest import committed_params_text
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -46,17 +47,24 @@ def merge(base: dict, over: dict) -> dict:
     return out
 
 
-def tiny_params() -> dict:
-    """params.yaml + configs/offline.yaml + TINY."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+def tiny_overrides() -> dict:
+    """configs/offline.yaml + TINY: what `scripts/offline.py --overrides` gets in the demo tests."""
     offline = yaml.safe_load((ROOT / "configs" / "offline.yaml").read_text())
-    return merge(merge(params, offline), TINY)
+    return merge(offline, TINY)
+
+
+def tiny_params() -> dict:
+    """The committed params.yaml + configs/offline.yaml + TINY (never the workspace's params.yaml)."""
+    return merge(yaml.safe_load(committed_params_text()), tiny_overrides())
 
 
 def project_files() -> list[str]:
-    """The files a clone of this repository would have (tracked + untracked, not ignored)."""
-    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    """The files a clone of this repository would have: the git-tracked ones (their working-tree content).
+
+    Untracked files never travel (a `.venv` inside the clone, data, outputs): `git add` a new file first.
+    """
+    out = subprocess.run(["git", "ls-files", "--cached"], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout
     return [line for line in out.splitlines() if (ROOT / line).is_file()]
 
 
@@ -69,15 +77,17 @@ def env(torch_home: Path, stage_log: Path | None = None) -> dict:
     return out
 
 
-def make_project(dest: Path, params: dict) -> Path:
-    """Copy the project to ``dest``, write ``params`` as params.yaml, and commit it in a new git repo."""
+def make_project(dest: Path, params: dict | None) -> Path:
+    """Copy the project to ``dest``, write ``params`` as params.yaml (None: the committed file, byte for
+    byte), and commit it in a new git repo."""
     for rel in project_files():
         if rel.startswith("tests/"):
             continue
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, target)
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    text = committed_params_text() if params is None else yaml.safe_dump(params, sort_keys=False)
+    (dest / "params.yaml").write_text(text)
     git = ["git", "-c", "init.defaultBranch=main"]
     subprocess.run([*git, "init", "-q"], cwd=dest, check=True)
     subprocess.run(["git", "add", "-A"], cwd=dest, check=True)

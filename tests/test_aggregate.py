@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from carbench import aggregate as A
-from carbench.config import load_params
+from carbench.config import parse_params
+from conftest import repo_params
 from carbench.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,7 +22,7 @@ EPOCHS = 3
 @pytest.fixture()
 def inputs(tmp_path):
     """Fake outputs of evaluate / train (real dvclive layout) / knn for the nine experiments in params.yaml."""
-    params = load_params(ROOT / "params.yaml")
+    params = parse_params(repo_params())
     ev, train, knn = tmp_path / "metrics" / "eval", tmp_path / "metrics" / "train", tmp_path / "metrics" / "knn"
     ev.mkdir(parents=True)
     knn.mkdir(parents=True)
@@ -97,10 +98,22 @@ def test_missing_inputs_are_named(inputs, tmp_path):
     assert A.read_best(tmp_path / "nowhere") is None
 
 
-def test_aggregate_stage_script(inputs, tmp_path, monkeypatch):
+def test_aggregate_stage_script(inputs, tmp_path, monkeypatch, params_path):
     params, ev, train, knn = inputs
-    monkeypatch.setattr(sys, "argv", ["aggregate.py", "--params", str(ROOT / "params.yaml"), "--eval", str(ev),
+    monkeypatch.setattr(sys, "argv", ["aggregate.py", "--params", str(params_path), "--eval", str(ev),
                                       "--train-live", str(train), "--knn", str(knn), "--out",
                                       str(tmp_path / "out"), "--plots", str(tmp_path / "pl")])
     runpy.run_path(str(ROOT / "stages" / "aggregate.py"), run_name="__main__")
     assert len(pd.read_csv(tmp_path / "out" / "summary.csv")) == len(params.experiments)
+
+
+def test_headline_is_flat_nine_experiments_by_headline_columns(inputs, tmp_path):
+    params, ev, train, knn = inputs
+    table = A.build_table(params, ev, train, knn)
+    A.write_headline(table, tmp_path / "headline.json")
+    headline = json.loads((tmp_path / "headline.json").read_text())
+    assert set(headline) == set(params.experiments)
+    for name, values in headline.items():
+        assert set(values) == set(A.HEADLINE_COLUMNS), name
+        row = table.set_index("experiment").loc[name]
+        assert values["top1"] == pytest.approx(row["top1"], abs=1e-4)

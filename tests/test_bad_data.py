@@ -14,7 +14,7 @@ from PIL import Image
 
 from carbench.config import DataConfig, build
 from carbench.crops import crop_box, run_crop
-from carbench.download import OFFICIAL_FILES, run_download
+from carbench.download import run_download
 from carbench.errors import DataError
 from carbench.layouts import open_local
 from carbench.manifest import read_manifest
@@ -155,11 +155,11 @@ def test_skip_bad_images_at_download_lists_them(source, tmp_path):
     with pytest.warns(UserWarning, match="skipped 3 bad image"):
         metrics = _download(source, tmp_path, skip=True)
     assert metrics["counts"]["total"] == TOTAL - 3
-    assert [s["image"] for s in json.loads((tmp_path / "data.json").read_text())["skipped"]] == \
+    assert sorted(s["image"] for s in json.loads((tmp_path / "data.json").read_text())["skipped"]) == \
         ["cars_train/00002.jpg", "cars_train/00003.jpg", "cars_train/00005.jpg"]
 
 
-# ----------------------------------------------------------------------------- archives and mirrors
+# ----------------------------------------------------------------------------- archives and URLs
 def _tar_with(path, member: tarfile.TarInfo, data: bytes = b"x") -> None:
     with tarfile.open(path, "w:gz") as tar:
         member.size = len(data) if member.isfile() else 0
@@ -190,15 +190,16 @@ def test_corrupt_archive(synthetic_source, tmp_path):
     _assert_no_download_output(tmp_path)
 
 
-def test_md5_mismatch_on_every_mirror(http_server, tmp_path):
-    http_server.files.update({name: b"tampered" for name in OFFICIAL_FILES})
-    raw = repo_params({"data": {"source": "mirrors", "cache_dir": str(tmp_path / "cache")}})
-    raw["data"]["mirrors"] = [{"name": "loopback", "files": {
-        name: {"url": http_server.url(name), "md5": hashlib.md5(b"genuine").hexdigest()} for name in OFFICIAL_FILES}}]
-    with pytest.raises(DataError, match=r"could not download cars_train\.tgz: loopback .*md5 mismatch"):
+def test_md5_mismatch_on_every_url(http_server, tmp_path):
+    official = ("cars_train.tgz", "cars_test.tgz", "car_devkit.tgz", "cars_test_annos_withlabels.mat")
+    http_server.files.update({name: b"tampered" for name in official})
+    raw = repo_params({"data": {"source": "auto", "cache_dir": str(tmp_path / "cache")}})
+    raw["data"]["routes"] = [{"name": "loopback", "kind": "urls", "files": {
+        name: {"urls": [http_server.url(name)], "md5": hashlib.md5(b"genuine").hexdigest()} for name in official}}]
+    with pytest.raises(DataError, match=r"loopback \(urls .*could not download cars_train\.tgz: .*md5 mismatch"):
         run_download(build(DataConfig, raw["data"], "data"), 0, tmp_path / "raw", tmp_path / "data.json")
     _assert_no_download_output(tmp_path)
-    assert not (tmp_path / "cache" / "cars_train.tgz").exists()
+    assert not (tmp_path / "cache" / "loopback" / "cars_train.tgz").exists()
 
 
 # ----------------------------------------------------------------------------- crop-time problems

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from carbench.checkpoint import FORMAT, load_classifier, make_checkpoint, save_checkpoint
-from carbench.config import load_params
+from carbench.config import parse_params
 from carbench.errors import UserError
 from carbench.models import build_model
 from carbench.optim import build_optimizer, build_scheduler, param_groups
+from conftest import repo_params
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["a", "b", "c"]
@@ -21,8 +22,9 @@ NAMES = ["a", "b", "c"]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def write_checkpoint(path: Path, exp_name: str = "cnn_bn_dropout", **model_over) -> torch.nn.Module:
-    exp = load_params(ROOT / "params.yaml").experiments[exp_name]
+def write_checkpoint(path: Path, exp_name: str = "cnn_bn_dropout", record: dict | None = None,
+                     **model_over) -> torch.nn.Module:
+    exp = parse_params(repo_params()).experiments[exp_name]
     m = dataclasses.replace(exp.model, **model_over)
     t = dataclasses.replace(exp.train, image_size=16)
     torch.manual_seed(0)
@@ -31,7 +33,8 @@ def write_checkpoint(path: Path, exp_name: str = "cnn_bn_dropout", **model_over)
     model(torch.randn(4, 3, 16, 16)).sum().backward()  # some BN statistics and optimizer state
     opt.step()
     sched = build_scheduler(opt, t, 3)
-    save_checkpoint(make_checkpoint(model, m, t, NAMES, 2, 0.5, opt.state_dict(), sched.state_dict()), path)
+    save_checkpoint(make_checkpoint(model, m, t, NAMES, 2, 0.5, opt.state_dict(), sched.state_dict(),
+                                    weights=record), path)
     return model.eval()
 
 
@@ -40,9 +43,19 @@ def test_checkpoint_has_the_documented_keys_and_loads_weights_only(tmp_path):
     ckpt = torch.load(tmp_path / "best.pt", weights_only=True)
     assert ckpt["format"] == FORMAT and ckpt["kind"] == "classifier"
     for key in ("model", "num_classes", "class_names", "image_size", "mean", "std", "state_dict", "epoch",
-                "best_val_top1", "train", "optimizer", "scheduler"):
+                "best_val_top1", "train", "optimizer", "scheduler", "weights_file", "weights_sha256"):
         assert key in ckpt, key
     assert ckpt["class_names"] == NAMES and ckpt["image_size"] == 16 and ckpt["epoch"] == 2
+
+
+def test_checkpoint_records_the_weights_file_and_its_sha256(tmp_path):
+    record = {"weights_file": "resnet50-11ad3fa6.pth", "weights_sha256": "11ad3fa6" + "0" * 56}
+    write_checkpoint(tmp_path / "best.pt", record=record)
+    _, info = load_classifier(tmp_path / "best.pt", "cpu")
+    assert {k: info[k] for k in record} == record
+    write_checkpoint(tmp_path / "other.pt")  # a caller that does not say which weights it started from
+    ckpt = torch.load(tmp_path / "other.pt", weights_only=True)
+    assert ckpt["weights_file"] == ckpt["weights_sha256"] == "unknown"
 
 
 def test_load_classifier_gives_the_same_logits(tmp_path):

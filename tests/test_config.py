@@ -8,13 +8,14 @@ import pytest
 import yaml
 
 from carbench.config import ConfigError, load_params, parse_params
+from conftest import repo_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def raw() -> dict:
-    return yaml.safe_load((ROOT / "params.yaml").read_text())
+    return repo_params()
 
 
 def _with(raw: dict, dotted: str, value) -> dict:
@@ -28,8 +29,8 @@ def _with(raw: dict, dotted: str, value) -> dict:
     return out
 
 
-def test_repository_params_are_valid():
-    params = load_params(ROOT / "params.yaml")
+def test_repository_params_are_valid(params_path):
+    params = load_params(params_path)
     assert len(params.experiments) == 9
     configs = [e.config for e in params.experiments.values()]
     assert configs.count("transfer") == configs.count("scratch") == configs.count("retrieval") == 3

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from e2e_helpers import (deterministic_metrics, env, make_project, merge, ran_stages, run, status_stages,
-                         strip_timings, tiny_params)
+                         strip_timings, tiny_overrides, tiny_params)
 
 pytestmark = pytest.mark.e2e
 
@@ -26,6 +26,13 @@ TRAINED = ["tl_resnet50_frozen", "tl_resnet50_finetune", "tl_densenet121_progres
 RETRIEVAL = ["knn_resnet50_k3", "knn_resnet50_k10", "knn_densenet121_cosine"]
 ALL = TRAINED + RETRIEVAL
 NUM_CLASSES = 6
+#: The trained experiments that take `train.lr` from the section (the others set their own lr).
+TAKE_SECTION_LR = ["tl_resnet50_finetune", "tl_densenet121_progressive"]
+#: What `-S train.lr=...` must rerun: resolve, those two, every retrieval experiment (their embedders are
+#: those two), their evaluations, aggregate. Nothing else.
+LR_RERUN = ({"resolve", "aggregate"} | {f"train@{n}" for n in TAKE_SECTION_LR}
+            | {f"{stage}@{n}" for n in RETRIEVAL for stage in ("embed", "knn")}
+            | {f"evaluate@{n}" for n in TAKE_SECTION_LR + RETRIEVAL})
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +60,7 @@ def _restore(path: Path, environ: dict) -> None:
 
 def test_repro_runs_every_stage_of_the_dag(project):
     path, _, output = project
-    expected = {"download", "split", "crop", "aggregate"}
+    expected = {"download", "split", "crop", "resolve", "aggregate"}
     expected |= {f"train@{n}" for n in TRAINED} | {f"evaluate@{n}" for n in ALL}
     expected |= {f"embed@{n}" for n in RETRIEVAL} | {f"knn@{n}" for n in RETRIEVAL}
     assert ran_stages(output) == expected
@@ -96,16 +103,8 @@ def test_plots_show_renders_one_html_page(project):
     for name in TRAINED:
         assert f"plots/curves/top1/{name}.tsv" in html
     assert "Confusion matrix (cnn_basic)" in html   # the confusion template's title from dvc.yaml
-
-
-def test_same_params_same_seed_give_identical_metrics_in_a_fresh_copy(project, baseline, tmp_path):
-    _, environ, _ = project
-    second = make_project(tmp_path / "second", tiny_params())
-    run(["dvc", "repro"], second, environ)
-    again = deterministic_metrics(second)
-    assert again.keys() == baseline.keys()
-    for key in baseline:
-        assert again[key] == baseline[key], key
+    assert "plots/summary/top1_f1.png" in html and "plots/summary/val_top1.png" in html   # summary charts
+    assert "Test top-1 per experiment" in html       # DVC's own bar chart of metrics/summary/summary.csv
 
 
 def test_killed_training_resumes_to_the_same_result(project, baseline, tmp_path):
@@ -154,13 +153,18 @@ def test_evaluate_knob_reruns_no_training(project):
         _restore(path, environ)
 
 
+def _write_params(path: Path, over: dict) -> None:
+    params = yaml.safe_load((path / "params.yaml").read_text())
+    (path / "params.yaml").write_text(yaml.safe_dump(merge(params, over), sort_keys=False))
+
+
 def test_one_experiment_key_reruns_only_that_experiment(project):
     path, environ, _ = project
-    params = yaml.safe_load((path / "params.yaml").read_text())
-    changed = merge(params, {"experiments": {"cnn_basic": {"train": {"epochs": 3}},
-                                             "knn_resnet50_k3": {"knn": {"k": 2}}}})
-    (path / "params.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
+    _write_params(path, {"experiments": {"cnn_basic": {"train": {"epochs": 3}}, "knn_resnet50_k3": {"knn": {"k": 2}}}})
     try:
+        # params reach train@/knn@ through their resolved config files: first resolve, then exactly those two
+        assert status_stages(path, environ) == {"resolve"}
+        run(["dvc", "repro", "resolve"], path, environ)
         assert status_stages(path, environ) == {"train@cnn_basic", "knn@knn_resnet50_k3"}
         ran = ran_stages(run(["dvc", "repro"], path, environ).stdout)
         assert ran == {"train@cnn_basic", "evaluate@cnn_basic", "knn@knn_resnet50_k3",
@@ -170,20 +174,94 @@ def test_one_experiment_key_reruns_only_that_experiment(project):
         run(["dvc", "repro"], path, environ)
 
 
-def test_exp_run_lr_knob_reruns_training_and_shows_in_metrics_diff(project):
+def test_code_change_marks_the_stages_that_import_it(project):
+    """dvc.yaml deps follow the imports (tests/test_dvc_yaml.py): a change to plots.py reaches aggregate."""
     path, environ, _ = project
-    before = deterministic_metrics(path)
-    result = run(["dvc", "exp", "run", "-S", "train.lr=0.02"], path, environ)
-    assert {f"train@{n}" for n in TRAINED} <= ran_stages(result.stdout)
-    after = deterministic_metrics(path)
-    diff = json.loads(run(["dvc", "metrics", "diff", "--json"], path, environ).stdout)
+    plots = path / "src" / "carbench" / "plots.py"
+    original = plots.read_bytes()
+    plots.write_bytes(original + b"\n# a change\n")
+    try:
+        changed = status_stages(path, environ)
+        assert "aggregate" in changed
+        assert {f"evaluate@{n}" for n in ALL} <= changed
+        assert not any(s.startswith(("train@", "knn@")) or s == "resolve" for s in changed), changed
+    finally:
+        plots.write_bytes(original)
+    assert status_stages(path, environ) == set()
+
+
+def test_lr_knob_marks_only_the_experiments_that_take_it(project):
+    """`dvc status` after `train.lr` changes: resolve, then only the two train@ stages without their own lr.
+    (The `dvc exp run -S train.lr=...` itself runs in the demo test below: exactly LR_RERUN reruns.)"""
+    path, environ, _ = project
+    _write_params(path, {"train": {"lr": 0.02}})
+    try:
+        assert status_stages(path, environ) == {"resolve"}
+        run(["dvc", "repro", "resolve"], path, environ)
+        assert status_stages(path, environ) == {f"train@{n}" for n in TAKE_SECTION_LR}
+    finally:
+        _restore(path, environ)
+        run(["dvc", "repro", "resolve"], path, environ)
+    assert status_stages(path, environ) == set()
+
+
+# ----------------------------------------------------------------------------- the offline demo
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The README's flow in a clone with the committed params.yaml: `python scripts/offline.py -n base` with the
+    offline overrides made tiny. Returns (path, environment, overrides file, params.yaml bytes, output)."""
+    root = tmp_path_factory.mktemp("demo")
+    environ = env(root / "torch_home")
+    path = make_project(root / "project", None)
+    overrides = root / "tiny.yaml"
+    overrides.write_text(yaml.safe_dump(tiny_overrides(), sort_keys=False))
+    before = (path / "params.yaml").read_bytes()
+    result = run([sys.executable, "scripts/offline.py", "--overrides", str(overrides), "-n", "base"], path, environ)
+    return path, environ, overrides, before, result.stdout
+
+
+def test_demo_runs_everything_and_leaves_tracked_files_as_found(demo):
+    path, environ, _, before, output = demo
+    assert "download" in ran_stages(output) and "aggregate" in ran_stages(output)
+    assert (path / "params.yaml").read_bytes() == before
+    assert run(["git", "diff", "--stat"], path, environ).stdout == ""
+    assert (path / "metrics" / "headline.json").is_file()
+
+
+def test_demo_in_a_fresh_copy_gives_the_same_metrics_as_the_same_params(demo, baseline):
+    """Same effective params and seed (params.yaml + overrides vs. the merged file), another clone: same numbers."""
+    again = deterministic_metrics(demo[0])
+    assert again.keys() == baseline.keys()
+    for key in baseline:
+        assert again[key] == baseline[key], key
+
+
+def test_demo_knob_reruns_only_what_it_changes_and_the_review_report_shows_it(demo):
+    path, environ, overrides, before, _ = demo
+    metrics_before = deterministic_metrics(path)
+    cmd = [sys.executable, "scripts/offline.py", "--overrides", str(overrides), "-n", "lr", "-S", "train.lr=0.02"]
+    assert ran_stages(run(cmd, path, environ).stdout) == LR_RERUN
+    assert (path / "params.yaml").read_bytes() == before
+    metrics_after = deterministic_metrics(path)
     for name in TRAINED:
         key = f"metrics/train/{name}/metrics.json"
-        assert key in diff, f"{name} missing from dvc metrics diff"
-        overrides_lr = "lr" in (tiny_params()["experiments"][name].get("train") or {})
-        if overrides_lr:
-            # its own lr is fixed, so retraining reproduces it exactly
-            assert after[key] == before[key], name
+        if name in TAKE_SECTION_LR:
+            assert metrics_after[key] != metrics_before[key], f"{name} ignored train.lr"
         else:
-            assert after[key] != before[key], f"{name} ignored train.lr"
-    _restore(path, environ)
+            assert metrics_after[key] == metrics_before[key], name
+    report = run([sys.executable, "scripts/review_report.py", "base", "lr"], path, environ).stdout
+    assert max(len(line) for line in report.splitlines()) <= 120, report
+    assert "| params.yaml | train.lr | 0.01 " in report and "0.02" in report
+    metrics_table = report.split("Headline test metrics")[1].split("Params that changed")[0]
+    rows = [line.split("|")[1].strip() for line in metrics_table.splitlines() if line.startswith("| ")]
+    changed = {row.split(".")[0] for row in rows[1:] if "." in row}    # rows[0] is the header
+    assert changed and changed <= set(TAKE_SECTION_LR + RETRIEVAL), report
+
+
+def test_failed_demo_run_restores_params_yaml(demo):
+    path, environ, overrides, before, _ = demo
+    cmd = [sys.executable, "scripts/offline.py", "--overrides", str(overrides), "-S", "++train.lrr=1"]
+    result = run(cmd, path, environ, check=False)
+    assert result.returncode != 0
+    assert "unknown key train.lrr" in result.stdout + result.stderr
+    assert (path / "params.yaml").read_bytes() == before

@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from carbench.config import ModelConfig, TrainConfig, build, parse_params
+from conftest import repo_params
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASS_NAMES = ["Audi A4 Sedan 2012", "Audi S4 Sedan 2012", "BMW X5 SUV 2007", "BMW M3 Coupe 2012",
@@ -28,7 +29,7 @@ NOISE = 20.0
 
 def raw_params() -> dict:
     """params.yaml with CPU-tiny evaluate/embed settings."""
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw = repo_params()
     raw["evaluate"].update(batch_size=7, latency_warmup=1, latency_runs=2, misclassified=4, confused_pairs=3)
     raw["embed"]["batch_size"] = 5
     raw["base"]["threads"] = 1        # stage subprocesses: tiny tensors, and pytest may share the cores

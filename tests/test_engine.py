@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,10 +18,11 @@ import yaml
 
 from carbench.augment import build_augmenter, eval_preprocess, stored_size
 from carbench.checkpoint import load_classifier
-from carbench.config import load_params
+from carbench.config import parse_params
 from carbench.engine import (RESUME_FORMAT, TIMING_KEYS, load_split_data, Order, seed_everything,
                              setup_trainer, train_experiment)
 from carbench.models import build_model
+from conftest import repo_params
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES, STORE_SIZE, IMAGE_SIZE = 4, 20, 16
@@ -57,7 +60,7 @@ def store(tmp_path_factory) -> Path:
 
 def tiny(name: str = "cnn_bn_dropout", model: dict | None = None, train: dict | None = None):
     """(experiment, base) from the repository's params with CPU-sized settings."""
-    params = load_params(ROOT / "params.yaml")
+    params = parse_params(repo_params())
     exp = params.experiments[name]
     m = dataclasses.replace(exp.model, **{"cnn_widths": (4, 8), **(model or {})})
     t = dataclasses.replace(exp.train, **{"epochs": 2, "batch_size": 8, "eval_batch_size": 16, "image_size": IMAGE_SIZE,
@@ -112,6 +115,8 @@ def test_outputs_metrics_and_checkpoint(tmp_path, store):
         assert len(rows) == 1 + exp.train.epochs, name
     model, info = load_classifier(tmp_path / "m" / "best.pt", "cpu")
     assert info["best_val_top1"] == metrics["best_val_top1"] and info["epoch"] == metrics["best_epoch"]
+    for key in ("weights_file", "weights_sha256"):  # random init: recorded as "none"
+        assert info[key] == metrics[key] == summary[key] == "none", key
     assert model(torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)).shape == (2, CLASSES)
     assert not list((tmp_path / "r").glob("*.pt"))  # resume state removed after success
 
@@ -182,6 +187,31 @@ def test_feature_cache_trains_the_head_on_cached_features(tmp_path, store, capsy
             assert torch.allclose(value, uncached[key], atol=1e-4), key  # same maths as without the cache
 
 
+def test_checkpoint_and_metrics_record_the_weights_file_and_its_sha256(tmp_path, store, capsys):
+    exp, base = tiny("cnn_basic", train={"epochs": 2})
+    path = tmp_path / "start.pth"
+    torch.manual_seed(7)
+    torch.save(build_model(exp.model, CLASSES, pretrained=False).state_dict(), path)
+    exp = dataclasses.replace(exp, model=dataclasses.replace(exp.model, weights=str(path)))
+    expected = {"weights_file": "start.pth", "weights_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    out, live = run(tmp_path, store, exp, base, "a")
+    ckpt = torch.load(out / "best.pt", weights_only=True)
+    metrics = json.loads((live / "metrics.json").read_text())
+    assert {k: ckpt[k] for k in expected} == expected == {k: metrics[k] for k in expected}
+    # Other bytes under the same name: another sha256 in the metrics (dvc metrics diff shows it), and a
+    # resume state saved while training from the first file is not resumed.
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, store, exp, base, "b", on_epoch_end=Interrupt(after=0))
+    torch.manual_seed(8)
+    torch.save(build_model(exp.model, CLASSES, pretrained=False).state_dict(), path)
+    capsys.readouterr()
+    _, live_c = run(tmp_path, store, exp, base, "b")
+    assert "ignoring resume state" in capsys.readouterr().err
+    changed = json.loads((live_c / "metrics.json").read_text())
+    assert changed["weights_file"] == "start.pth"
+    assert changed["weights_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest() != expected["weights_sha256"]
+
+
 def test_early_stopping_on_patience(tmp_path, store):
     exp, base = tiny(train={"epochs": 6, "patience": 1, "lr": 1e-12, "scheduler": "none"})
     _, live = run(tmp_path, store, exp, base, "a")
@@ -224,9 +254,10 @@ def test_resizing_the_resident_store_once_changes_no_batch(store, augment):
     assert torch.equal(eval_preprocess(val_small, size, mean, std), eval_preprocess(val_full, size, mean, std))
 
 
-def stage(tmp_path: Path, store: Path, name: str) -> subprocess.CompletedProcess:
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["base"].update(device="cpu", threads=1)
+def stage(tmp_path: Path, store: Path, name: str, base: dict | None = None,
+          env: dict | None = None) -> subprocess.CompletedProcess:
+    params = repo_params()
+    params["base"].update(device="cpu", threads=1, **(base or {}))
     for entry in params["experiments"].values():
         if "train" in entry:
             entry["train"].update(epochs=1, batch_size=8, eval_batch_size=16, image_size=IMAGE_SIZE)
@@ -234,7 +265,8 @@ def stage(tmp_path: Path, store: Path, name: str) -> subprocess.CompletedProcess
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     cmd = [sys.executable, str(ROOT / "stages" / "train.py"), "--params", "params.yaml", "--name", name,
            "--crops", str(store), "--out", f"models/{name}", "--live", f"metrics/train/{name}"]
-    return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+    return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONHASHSEED": "0", **(env or {})})
 
 
 def test_train_stage_script(tmp_path, store):
@@ -248,3 +280,17 @@ def test_train_stage_script(tmp_path, store):
         assert rows[0] == "step\ttrain\tval" and len(rows) == 2
     bad = stage(tmp_path, store, "no_such_experiment")
     assert bad.returncode == 1 and bad.stderr.startswith("error: unknown experiment 'no_such_experiment'")
+
+
+def test_train_stage_offline_stops_before_downloading_weights(tmp_path, store):
+    """base.offline reaches the weights code from params.yaml; any download would go to a closed loopback port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    env = {"TORCH_HOME": str(tmp_path / "torch"), "http_proxy": dead, "https_proxy": dead, "HTTP_PROXY": dead,
+           "HTTPS_PROXY": dead, "no_proxy": "", "NO_PROXY": "", "CARBENCH_OFFLINE": "", "HF_HUB_OFFLINE": ""}
+    result = stage(tmp_path, store, "tl_resnet50_frozen", base={"offline": True}, env=env)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: pretrained weights ResNet50_Weights.IMAGENET1K_V2 are not available")
+    assert "offline mode is on (base.offline: true" in result.stderr and "downloading" not in result.stderr
+    assert not (tmp_path / "models").exists() and not (tmp_path / "torch" / "hub" / "checkpoints").exists()

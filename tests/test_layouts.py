@@ -50,7 +50,7 @@ def test_official_archives_are_extracted_to_a_temporary_folder(synthetic_source,
     before = _snapshot(tmp_path / "archives")
     scratch = tmp_path / "scratch"
     with open_local(tmp_path / "archives", scratch) as source:
-        assert source.kind == "archives"
+        assert source.kind == "archives/torchvision"
         assert all(item.path.is_file() for item in source.images)
         images = [(i.image, i.official_class, i.box) for i in source.images]
     assert images == _read(synthetic_source, scratch)[1]
@@ -122,3 +122,45 @@ def test_real_crops20(shared_data, tmp_path):
     image, _, box = images[0]
     with Image.open(shared_data / "stanford-cars-crops20" / image) as img:
         assert box == (1, 1, *img.size)  # boxes cover the whole crop
+
+
+def test_a_kaggle_zip_beside_the_test_labels(synthetic_source, tmp_path):
+    """Kaggle's browser download (one zip, nested folders, devkit without test labels) + the labels file."""
+    import zipfile
+
+    import packagings
+
+    loose = packagings.kaggle_jessicali(synthetic_source, tmp_path / "loose")
+    folder = tmp_path / "download"
+    folder.mkdir()
+    with zipfile.ZipFile(folder / "archive.zip", "w") as zf:
+        for path in sorted(loose.rglob("*")):
+            if path.is_file():
+                zf.write(path, path.relative_to(loose).as_posix())
+    shutil.copyfile(synthetic_source / "cars_test_annos_withlabels.mat", folder / "cars_test_annos_withlabels.mat")
+    kind, images, _ = _read(folder, tmp_path / "scratch")
+    assert kind == "archives/torchvision"
+    assert sorted(images) == sorted(_read(synthetic_source, tmp_path / "scratch2")[1])
+
+
+def test_the_all_in_one_packaging(synthetic_source, tmp_path):
+    import packagings
+
+    root = packagings.all_in_one(synthetic_source, tmp_path / "aio")
+    kind, images, names = _read(root.parent, tmp_path / "scratch")  # found one level down
+    assert kind == "all_in_one" and images[0][0] == "car_ims/000001.jpg" and len(images) == TRAIN + TEST
+    reference = _read(synthetic_source, tmp_path / "scratch2")
+    assert sorted((c, b) for _, c, b in images) == sorted((c, b) for _, c, b in reference[1])
+    assert names == reference[2]
+
+
+def test_zip_member_escaping_the_target_is_refused(tmp_path):
+    import zipfile
+
+    folder = tmp_path / "download"
+    folder.mkdir()
+    with zipfile.ZipFile(folder / "evil.zip", "w") as zf:
+        zf.writestr("../outside.txt", "x")
+    with pytest.raises(DataError, match=r"evil\.zip: member '\.\./outside\.txt' would be extracted outside"):
+        _read(folder, tmp_path / "scratch")
+    assert not (tmp_path / "outside.txt").exists() and not (tmp_path / "scratch" / "outside.txt").exists()

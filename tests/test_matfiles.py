@@ -95,3 +95,22 @@ def test_real_devkit_files_parse(shared_data):
     assert (len(train), len(test), len(unlabelled)) == (156, 144, 144)
     assert all(1 <= r.official_class <= 196 for r in train + test)
     assert all(r.box[0] <= r.box[2] and r.box[1] <= r.box[3] for r in train + test)
+
+
+def test_all_in_one_round_trip_and_a_missing_field(tmp_path):
+    import scipy.io
+
+    from carbench.matfiles import AllInOneAnnotation, read_all_in_one, write_all_in_one
+
+    rows = [AllInOneAnnotation("car_ims/000001.jpg", (1, 2, 30, 40), 2, False, 1),
+            AllInOneAnnotation("car_ims/000002.jpg", (5, 6, 70, 80), 1, True, 2)]
+    write_all_in_one(tmp_path / "cars_annos.mat", ["A", "B"], rows)
+    assert read_all_in_one(tmp_path / "cars_annos.mat") == (["A", "B"], rows)
+    content = scipy.io.loadmat(tmp_path / "cars_annos.mat")
+    table = content["annotations"]
+    stripped = np.empty(table.shape, dtype=[(n, object) for n in table.dtype.names if n != "test"])
+    for name in stripped.dtype.names:
+        stripped[name] = table[name]
+    scipy.io.savemat(tmp_path / "bad.mat", {"annotations": stripped, "class_names": content["class_names"]})
+    with pytest.raises(DataError, match=r"bad\.mat: annotations have no field 'test'"):
+        read_all_in_one(tmp_path / "bad.mat")

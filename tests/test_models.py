@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from carbench.config import load_params
+from carbench.config import parse_params
 from carbench.errors import UserError
 from carbench.models import (CarNet, apply_freeze, build_model, count_parameters, trainable_blocks_for_epoch)
+from conftest import repo_params
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 7
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cfg(**overrides):
-    base = load_params(ROOT / "params.yaml").experiments["cnn_basic"].model
+    base = parse_params(repo_params()).experiments["cnn_basic"].model
     return dataclasses.replace(base, **overrides)
 
 

@@ -5,6 +5,7 @@ import importlib.util
 from pathlib import Path
 
 import yaml
+from conftest import repo_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,6 +24,17 @@ def test_flatten_uses_add_or_override_and_json_values():
 
 def test_every_offline_override_names_a_known_section():
     overrides = yaml.safe_load((ROOT / "configs" / "offline.yaml").read_text())
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = repo_params()
     assert set(overrides) <= set(params)
     assert set(overrides["experiments"]) <= set(params["experiments"])
+
+
+def test_params_yaml_is_restored_byte_for_byte_even_when_the_run_fails(tmp_path):
+    import sys
+
+    original = b"# a comment Hydra would drop\ntrain: {lr: 0.01}\n"
+    (tmp_path / "params.yaml").write_bytes(original)
+    rewrite = "import pathlib, sys; pathlib.Path('params.yaml').write_text('train:\\n  lr: 3e-4\\n'); sys.exit(3)"
+    status = _load().run_keeping_params([sys.executable, "-c", rewrite], tmp_path)
+    assert status == 3
+    assert (tmp_path / "params.yaml").read_bytes() == original

@@ -9,10 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from carbench.config import load_params
+from carbench.config import parse_params
 from carbench.losses import FocalLoss, build_loss
 from carbench.models import build_model
 from carbench.optim import PLATEAU_PATIENCE, build_optimizer, build_scheduler, param_groups
+from conftest import repo_params
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 5
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def configs(model=None, train=None):
-    exp = load_params(ROOT / "params.yaml").experiments["cnn_basic"]
+    exp = parse_params(repo_params()).experiments["cnn_basic"]
     return dataclasses.replace(exp.model, **(model or {})), dataclasses.replace(exp.train, **(train or {}))
 
 

@@ -26,6 +26,9 @@ KNN_COLUMNS = ("k", "precision_at_k", "map_at_r", "query_ms_per_image", "logreg_
 #: Counts: kept as integers (nullable, empty where not applicable) rather than floats like 3.0.
 INTEGER_COLUMNS = ("params_count", "k")
 BAR_COLUMNS = ("top1", "f1_macro")
+#: Per experiment, the numbers ``metrics/headline.json`` holds: the file a reviewer diffs first
+#: (``dvc metrics diff --targets metrics/headline.json``). No timings: they differ between identical runs.
+HEADLINE_COLUMNS = ("top1", "f1_macro")
 #: Where dvclive 3.x writes a logged metric ``val/top1`` under ``Live(dir=...)``.
 VAL_CURVE = Path("plots") / "metrics" / "val" / "top1.tsv"
 FLOAT_DIGITS = 4
@@ -128,6 +131,20 @@ def write_summary(table: pd.DataFrame, out_dir: str | Path) -> None:
         write_json(tmp / "summary.json", {"columns": list(table.columns), "best": best, "experiments": records})
 
 
+def headline(table: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """``{experiment: {metric: value}}`` for :data:`HEADLINE_COLUMNS`, rounded like the summary table."""
+    out = {}
+    for row in table.to_dict(orient="records"):
+        values = {col: round(float(row[col]), FLOAT_DIGITS) for col in HEADLINE_COLUMNS if not _missing(row[col])}
+        out[row["experiment"]] = values
+    return out
+
+
+def write_headline(table: pd.DataFrame, path: str | Path) -> None:
+    """The flat headline metrics file (nine experiments x :data:`HEADLINE_COLUMNS`)."""
+    write_json(path, headline(table))
+
+
 def write_summary_plots(params: Params, table: pd.DataFrame, train_dir: str | Path, plots_dir: str | Path) -> None:
     """Bar chart of top-1 / macro-F1 per experiment and overlaid validation top-1 curves."""
     curves = {n: read_val_curve(Path(train_dir), n) for n in params.trained}
@@ -138,11 +155,13 @@ def write_summary_plots(params: Params, table: pd.DataFrame, train_dir: str | Pa
 
 
 def run_aggregate(params: Params, eval_dir: str | Path, train_dir: str | Path, knn_dir: str | Path,
-                  out_dir: str | Path, plots_dir: str | Path) -> pd.DataFrame:
-    """The aggregate stage: read every metrics file, write the summary table and plots."""
+                  out_dir: str | Path, plots_dir: str | Path, headline_path: str | Path | None = None) -> pd.DataFrame:
+    """The aggregate stage: read every metrics file, write the summary table, plots and headline metrics."""
     table = build_table(params, Path(eval_dir), Path(train_dir), Path(knn_dir))
     write_summary_plots(params, table, train_dir, plots_dir)
     write_summary(table, out_dir)
+    if headline_path is not None:
+        write_headline(table, headline_path)
     return table
 
 

@@ -3,12 +3,14 @@
 A checkpoint is a plain dict of tensors and builtins, so ``torch.load(path, weights_only=True)`` reads it:
 ``format``, ``kind``, ``model`` (ModelConfig as dict), ``num_classes``, ``class_names``, ``image_size``,
 ``mean``, ``std``, ``state_dict``, ``epoch`` (1-based epoch of the best val top-1), ``best_val_top1``,
-``train`` (TrainConfig as dict), ``optimizer`` and ``scheduler`` (state dicts at that epoch).
+``train`` (TrainConfig as dict), ``optimizer`` and ``scheduler`` (state dicts at that epoch),
+``weights_file`` and ``weights_sha256`` (base name and sha256 of the pretrained weights file training
+started from, ``"none"`` for random init; :func:`carbench.weights.weights_record`).
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -21,11 +23,18 @@ FORMAT = "carbench/1"
 KIND_CLASSIFIER = "classifier"
 REQUIRED_KEYS = ("format", "kind", "model", "num_classes", "class_names", "image_size", "mean", "std",
                  "state_dict")
+#: Recorded when the caller does not say which weights file training started from.
+WEIGHTS_UNKNOWN = "unknown"
 
 
 def make_checkpoint(model: CarNet, model_cfg: ModelConfig, train_cfg: TrainConfig, class_names: Sequence[str],
-                    epoch: int, best_val_top1: float, optimizer_state: dict, scheduler_state: dict) -> dict:
-    """The checkpoint dict for ``model`` (state tensors are copied to CPU)."""
+                    epoch: int, best_val_top1: float, optimizer_state: dict, scheduler_state: dict,
+                    weights: Optional[Mapping[str, str]] = None) -> dict:
+    """The checkpoint dict for ``model`` (state tensors are copied to CPU).
+
+    ``weights``: :func:`carbench.weights.weights_record` of the pretrained weights (``"unknown"`` when None).
+    """
+    weights = weights or {}
     return {
         "format": FORMAT,
         "kind": KIND_CLASSIFIER,
@@ -41,6 +50,8 @@ def make_checkpoint(model: CarNet, model_cfg: ModelConfig, train_cfg: TrainConfi
         "train": to_dict(train_cfg),
         "optimizer": cpu_state(optimizer_state),
         "scheduler": dict(scheduler_state),
+        "weights_file": str(weights.get("weights_file", WEIGHTS_UNKNOWN)),
+        "weights_sha256": str(weights.get("weights_sha256", WEIGHTS_UNKNOWN)),
     }
 
 

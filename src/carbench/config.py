@@ -32,18 +32,54 @@ class BaseConfig:
     seed: int = _f(min=0)
     device: str = _f(choices=("auto", "cuda", "cpu"))
     threads: int = _f(min=0)
+    offline: bool          # true: no download of any kind (data and weights); see carbench.runtime.is_offline
 
 
 @dataclass(frozen=True)
-class MirrorFile:
-    url: str
-    md5: str
+class RouteFile:
+    """One file a route fetches: URLs tried in order (a Hugging Face route names repo files, no URL)."""
+
+    urls: tuple[str, ...] = ()
+    md5: Optional[str] = None          # checked when given; the dataset fingerprint is checked always
+
+
+ROUTE_KINDS = ("kaggle", "urls", "huggingface", "hf_parquet")
 
 
 @dataclass(frozen=True)
-class Mirror:
+class Route:
+    """A way to get Stanford Cars from the internet (``data.routes``; see carbench.routes)."""
+
     name: str
-    files: dict[str, MirrorFile]
+    kind: str = _f(choices=ROUTE_KINDS)
+    ref: Optional[str] = None          # kaggle: owner/dataset; huggingface, hf_parquet: the dataset repo id
+    revision: Optional[str] = None     # huggingface, hf_parquet: pinned commit; kaggle: dataset version number
+    files: dict[str, RouteFile] = field(default_factory=dict)  # urls, huggingface: what to fetch; kaggle: extras
+    patterns: tuple[str, ...] = ("*.parquet",)                 # hf_parquet: repo files to fetch
+    checked: bool = False              # true only once this route was fetched and matched the fingerprint
+
+    def check(self, where: str) -> None:
+        if self.kind in ("kaggle", "huggingface", "hf_parquet") and not self.ref:
+            raise ConfigError(f"{where}.ref must name the {self.kind} dataset for route {self.name!r}")
+        if self.kind in ("urls", "huggingface") and not self.files:
+            raise ConfigError(f"{where}.files must list what route {self.name!r} fetches")
+        if self.kind == "urls":
+            for name, entry in self.files.items():
+                if not entry.urls:
+                    raise ConfigError(f"{where}.files.{name}.urls must list at least one URL")
+        if self.kind in ("huggingface", "hf_parquet") and not self.revision:
+            raise ConfigError(f"{where}.revision must pin a commit of {self.ref} (route {self.name!r})")
+
+
+@dataclass(frozen=True)
+class ExpectedData:
+    """The dataset every downloaded route must match (carbench.fingerprint)."""
+
+    sha256: str                        # fingerprint over split, class and box of every image
+    labels_sha256: str                 # the same over split and class only (routes without boxes)
+    train: int = _f(min=0)
+    test: int = _f(min=0)
+    annotations: Optional[str] = None  # reference lines (csv.gz), to name what differs
 
 
 @dataclass(frozen=True)
@@ -62,19 +98,24 @@ class SyntheticConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = _f(choices=("mirrors", "local", "synthetic"))
+    source: str = _f(choices=("auto", "local", "synthetic"))
     path: Optional[str]
     cache_dir: str
     skip_bad_images: bool
     timeout_s: float = _f(gt=0.0)
-    mirrors: tuple[Mirror, ...]
+    expected: ExpectedData
+    routes: tuple[Route, ...]
     synthetic: SyntheticConfig
 
     def check(self, where: str) -> None:
         if self.source == "local" and not self.path:
             raise ConfigError(f"{where}.path must name a directory when {where}.source is 'local'")
-        if self.source == "mirrors" and not self.mirrors:
-            raise ConfigError(f"{where}.mirrors is empty but {where}.source is 'mirrors'")
+        if self.source == "auto" and not self.routes:
+            raise ConfigError(f"{where}.routes is empty but {where}.source is 'auto'")
+        names = [r.name for r in self.routes]
+        for name in names:
+            if names.count(name) > 1:
+                raise ConfigError(f"{where}.routes: two routes are named {name!r}")
 
 
 @dataclass(frozen=True)
@@ -281,8 +322,12 @@ def _check_field(f: dataclasses.Field, value: Any, where: str) -> None:
         raise ConfigError(f"{where} must be < {meta['lt']}, got {value!r}")
 
 
+def _has_default(f: dataclasses.Field) -> bool:
+    return f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+
+
 def build(cls: type, raw: Any, where: str) -> Any:
-    """Build dataclass ``cls`` from mapping ``raw``; every field must be given, no extra keys."""
+    """Build dataclass ``cls`` from mapping ``raw``: no extra keys; every field without a default given."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
@@ -290,11 +335,13 @@ def build(cls: type, raw: Any, where: str) -> Any:
     unknown = sorted(set(raw) - set(names))
     if unknown:
         raise ConfigError(f"unknown key {where}.{unknown[0]} (known keys: {', '.join(names)})")
-    missing = [n for n in names if n not in raw]
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in raw and not _has_default(f)]
     if missing:
         raise ConfigError(f"missing key {where}.{missing[0]}")
     values = {}
     for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            continue  # the dataclass default applies
         key = f"{where}.{f.name}"
         values[f.name] = _convert(raw[f.name], hints[f.name], key)
         _check_field(f, values[f.name], key)
@@ -466,3 +513,74 @@ def to_dict(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: to_dict(v) for k, v in obj.items()}
     return obj
+
+
+# ----------------------------------------------------------------------------- resolved configs
+#: Per stage kind, the experiment sections a resolved config file holds (besides ``base``): each stage
+#: instance depends on exactly its own file, so a knob reruns only the experiments whose value it changes.
+RESOLVED_SECTIONS = {"train": ("model", "train"), "embed": ("embedder", "embed"), "knn": ("knn",)}
+_RESOLVED_HEAD = ("experiment", "config", "base")
+
+
+def resolved_config(params: Params, name: str, kind: str) -> dict:
+    """The effective config one ``<kind>@<name>`` stage uses, as plain data (the resolve stage writes it)."""
+    exp = experiment(params, name)
+    sections = RESOLVED_SECTIONS[kind]
+    if (kind == "train") != exp.trained:
+        raise ConfigError(f"experiment {name!r} is a {exp.config} experiment: it has no {kind} stage")
+    out = {"experiment": name, "config": exp.config, "base": to_dict(params.base)}
+    out.update({key: to_dict(getattr(exp, key)) for key in sections})
+    return out
+
+
+def parse_resolved(raw: Any, where: str) -> tuple[BaseConfig, Experiment]:
+    """Validate a resolved config (see :func:`resolved_config`) with the same checks as ``params.yaml``.
+
+    Its sections are complete, so they are built as the section defaults of an experiment that
+    overrides nothing: every type, range and configuration check of :func:`parse_params` applies.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must hold a mapping")
+    kinds = [k for k, sections in RESOLVED_SECTIONS.items() if set(raw) == {*_RESOLVED_HEAD, *sections}]
+    if not kinds:
+        known = "; ".join(", ".join((*_RESOLVED_HEAD, *s)) for s in RESOLVED_SECTIONS.values())
+        raise ConfigError(f"{where}: keys {sorted(raw)} match no resolved config (one of: {known})")
+    name = str(raw["experiment"])
+    config = _check_configuration(name, {"config": raw["config"]})
+    base = build(BaseConfig, raw["base"], "base")
+    kind = kinds[0]
+    if kind == "train":
+        entry = {"config": config, "model": {}, "train": {}}
+        exp = _build_experiment(name, entry, {"model": raw["model"], "train": raw["train"]}, None)
+    elif config != "retrieval":
+        raise ConfigError(f"{where}: a {kind} config needs a retrieval experiment, got {config!r}")
+    elif kind == "embed":
+        embedder = raw["embedder"]
+        if not isinstance(embedder, str) or not embedder:
+            raise ConfigError(f"experiments.{name}.embedder must name a trained experiment, got {embedder!r}")
+        exp = Experiment(name=name, config=config, embedder=embedder,
+                         embed=build(EmbedConfig, raw["embed"], f"experiments.{name}.embed"))
+    else:
+        exp = Experiment(name=name, config=config, knn=build(KnnConfig, raw["knn"], f"experiments.{name}.knn"))
+    return base, exp
+
+
+def load_resolved(path: str | Path) -> tuple[BaseConfig, Experiment]:
+    """Read and validate a resolved config file; errors name the file and the key."""
+    try:
+        return parse_resolved(read_yaml(path), str(path))
+    except ConfigError as exc:
+        message = str(exc)
+        raise ConfigError(message if message.startswith(str(path)) else f"{path}: {message}") from None
+
+
+def stage_experiment(params_path: str | Path, resolved_path: Optional[str | Path],
+                     name: str) -> tuple[BaseConfig, Experiment]:
+    """What a per-experiment stage runs on: its resolved config file (as in dvc.yaml), else ``params.yaml``."""
+    if resolved_path is None:
+        params = load_params(params_path)
+        return params.base, experiment(params, name)
+    base, exp = load_resolved(resolved_path)
+    if exp.name != name:
+        raise ConfigError(f"{resolved_path} resolves experiment {exp.name!r}, not {name!r}")
+    return base, exp

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import EmbedConfig, Params, experiment
+from .config import EmbedConfig, Experiment, Params, experiment
 from .errors import UserError
 from .io import atomic_dir
 from .io import file_md5
@@ -57,8 +57,14 @@ def build_embeddings(predictor: ClassifierPredictor, crops_dir: str | Path, cfg:
 
 def run_embed(params: Params, name: str, crops_dir: str | Path, models_root: str | Path, out_dir: str | Path,
               device: Any) -> dict:
-    """The embed stage for retrieval experiment ``name``; returns the written meta.json content."""
-    exp = experiment(params, name)
+    """The embed stage for retrieval experiment ``name`` of ``params``; returns the written meta.json content."""
+    return embed_experiment(experiment(params, name), crops_dir, models_root, out_dir, device)
+
+
+def embed_experiment(exp: Experiment, crops_dir: str | Path, models_root: str | Path, out_dir: str | Path,
+                     device: Any) -> dict:
+    """Embed gallery and query crops for retrieval experiment ``exp``; returns the written meta.json content."""
+    name = exp.name
     if exp.embed is None or exp.embedder is None:
         raise UserError(f"experiment {name!r} is a {exp.config} experiment, not a retrieval one: it has no embed stage")
     ckpt_path = Path(models_root) / exp.embedder / CHECKPOINT

@@ -4,7 +4,9 @@
 and writes ``out_dir/best.pt`` (atomically: ``out_dir`` appears only once training finished) and the dvclive
 directory ``live_dir`` (per-epoch ``train/loss``, ``train/top1``, ``val/loss``, ``val/top1``, ``lr``,
 ``epoch_seconds``, ``images_per_second``; summary ``metrics.json`` adds ``best_val_top1``, ``best_epoch``,
-``params_count``, ``train_seconds``).
+``params_count``, ``train_seconds``, and the strings ``weights_file`` / ``weights_sha256`` naming the pretrained
+weights file training started from, also stored in ``best.pt``, so ``dvc metrics diff`` shows a change of
+weights). Pretrained weights may be downloaded (torchvision's cache) unless ``base.offline`` forbids it.
 
 Design:
 
@@ -23,7 +25,8 @@ Design:
   cross-entropy, comparable across experiments. ``lr`` is the head's lr at the epoch's last step.
 * Resume: after every epoch the full training state (model, optimizer, schedule, scaler, every RNG and
   generator, best checkpoint so far, metric history) goes to ``resume_dir/<name>.pt``, keyed by a hash of
-  the experiment config, seed, device type and the crop store's meta and file sizes. A matching state is
+  the experiment config, seed, device type, the weights file's sha256 and the crop store's meta and file
+  sizes. A matching state is
   resumed (the dvclive files are rewritten from the saved history, so they end identical); a stale one
   is replaced. The file is deleted after success. On CPU a resumed run equals an uninterrupted one.
 """
@@ -55,6 +58,7 @@ from .models import CarNet, apply_freeze, build_model, count_parameters
 from .optim import build_optimizer, build_scheduler, param_groups
 from .runtime import generator, select_device
 from .store import load_meta, load_split
+from .weights import WEIGHTS_NONE, weights_record
 
 PathLike = Union[str, os.PathLike]
 EpochCallback = Callable[[int, dict], None]
@@ -208,8 +212,9 @@ class Trainer:
     """Trains one CarNet (or only its head on cached features) with the experiment's settings."""
 
     def __init__(self, exp: Experiment, base: BaseConfig, model: CarNet, train: Any, val: Any,
-                 device: torch.device, feature_mode: bool) -> None:
+                 device: torch.device, feature_mode: bool, weights: Optional[dict] = None) -> None:
         self.exp, self.cfg, self.model, self.device = exp, exp.train, model, device
+        self.weights = weights  # weights_record of the pretrained weights (checkpoint and metrics)
         self.train_data, self.val_data, self.feature_mode = train, val, feature_mode
         self.steps_per_epoch = batches_per_epoch(len(train), self.cfg.batch_size)
         self.optimizer = build_optimizer(param_groups(model, exp.model, self.cfg), self.cfg)
@@ -383,12 +388,14 @@ def restore_rng(state: dict) -> None:
 
 
 # ----------------------------------------------------------------------------- resume files
-def resume_key(exp: Experiment, base: BaseConfig, device: torch.device, crops_dir: Path, meta: dict) -> str:
-    """sha256 of what determines the run: experiment config, seed, device type, store meta + file sizes."""
+def resume_key(exp: Experiment, base: BaseConfig, device: torch.device, crops_dir: Path, meta: dict,
+               weights: Optional[dict] = None) -> str:
+    """sha256 of what determines the run: experiment config, seed, device type, weights record, store meta +
+    file sizes."""
     sizes = {name: (Path(crops_dir) / name).stat().st_size for name in STORE_FILES
              if (Path(crops_dir) / name).exists()}
     payload = {"format": RESUME_FORMAT, "experiment": to_dict(exp), "seed": base.seed,
-               "device": device.type, "meta": meta, "sizes": sizes}
+               "device": device.type, "meta": meta, "sizes": sizes, "weights": weights}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -446,7 +453,8 @@ def finish_live(live: Any, trainer: Trainer) -> dict:
     """Add the run summary to metrics.json and close the logger; returns the summary values."""
     st = trainer.state
     summary = {"best_val_top1": max(st.best.top1, 0.0), "best_epoch": st.best.epoch,
-               "params_count": count_parameters(trainer.model), "train_seconds": st.train_seconds}
+               "params_count": count_parameters(trainer.model), "train_seconds": st.train_seconds,
+               **(trainer.weights or {})}
     live.summary.update(summary)
     live.end()
     return summary
@@ -501,14 +509,16 @@ def compute_features(model: CarNet, data: SplitData, image_size: int, batch_size
 
 # ----------------------------------------------------------------------------- the whole run
 def setup_trainer(exp: Experiment, base: BaseConfig, crops_dir: Path, device: torch.device) -> tuple[Trainer, dict]:
-    """Read the store, build the model (pretrained weights), optionally cache features; -> (trainer, meta)."""
+    """Read the store, build the model (pretrained weights, downloaded unless ``base.offline``), record the
+    weights file and its sha256 (read once), optionally cache features; -> (trainer, meta)."""
     meta = load_meta(crops_dir)
     num_classes, cfg = int(meta["num_classes"]), exp.train
     train_size = stored_size("none" if use_feature_cache(exp) else cfg.augment, cfg.randaugment,
                              cfg.image_size, int(meta["size"]))
     train = load_split_data(crops_dir, "train", device, num_classes, size=train_size)
     val = load_split_data(crops_dir, "val", device, num_classes, size=cfg.image_size)
-    model = build_model(exp.model, num_classes, pretrained=True).to(device)
+    model = build_model(exp.model, num_classes, pretrained=True, offline=base.offline).to(device)
+    weights = weights_record(exp.model.arch, exp.model.weights)
     apply_freeze(model, exp.model, 0)
     feature_mode = use_feature_cache(exp)
     size = train.source.shape[1]
@@ -516,14 +526,15 @@ def setup_trainer(exp: Experiment, base: BaseConfig, crops_dir: Path, device: to
                  else "streamed from the memory-mapped store")
     say(f"[{exp.name}] {exp.model.arch} ({count_parameters(model):,} params, {model.num_blocks} backbone blocks, "
         f"freeze {exp.model.freeze}) on {device}: train {len(train)} / val {len(val)} crops {size}px -> "
-        f"{cfg.image_size}px, {placement}, augment {cfg.augment}")
+        f"{cfg.image_size}px, {placement}, augment {cfg.augment}; weights {weights['weights_file']}"
+        + ("" if weights["weights_sha256"] == WEIGHTS_NONE else f" (sha256 {weights['weights_sha256'][:12]}...)"))
     if feature_mode:
         say(f"[{exp.name}] feature cache: frozen backbone and no augmentation, so backbone features are computed "
             f"once and only the head is trained on them ({model.feature_dim}-d features)")
         amp = amp_dtype(device, cfg.amp)
         train = compute_features(model, train, cfg.image_size, cfg.eval_batch_size, device, amp)
         val = compute_features(model, val, cfg.image_size, cfg.eval_batch_size, device, amp)
-    return Trainer(exp, base, model, train, val, device, feature_mode), meta
+    return Trainer(exp, base, model, train, val, device, feature_mode, weights), meta
 
 
 def fit(trainer: Trainer, live: Any, resume_path: Path, key: str, on_epoch_end: Optional[EpochCallback]) -> None:
@@ -559,7 +570,7 @@ def write_best(trainer: Trainer, meta: dict, out_dir: Path) -> None:
     best = trainer.state.best
     trainer.model.load_state_dict(best.state_dict)
     ckpt = make_checkpoint(trainer.model, trainer.exp.model, trainer.cfg, meta["class_names"], best.epoch,
-                           max(best.top1, 0.0), best.optimizer, best.scheduler)
+                           max(best.top1, 0.0), best.optimizer, best.scheduler, weights=trainer.weights)
     with atomic_dir(out_dir) as tmp:
         save_checkpoint(ckpt, tmp / "best.pt")
 
@@ -572,7 +583,7 @@ def train_experiment(exp: Experiment, base: BaseConfig, crops_dir: PathLike, out
     With ``curves_dir``, also ``curves_dir/{top1,loss}/<name>.tsv`` (:func:`write_curves`).
     ``on_epoch_end(epoch, row)`` (0-based epoch, metric row) runs after each epoch's resume state is
     saved (tests use it to interrupt a run). Returns the summary (best_val_top1, best_epoch,
-    params_count, train_seconds).
+    params_count, train_seconds, weights_file, weights_sha256).
     """
     if not exp.trained:
         raise DataError(f"experiment {exp.name!r} is a {exp.config} experiment; only transfer/scratch ones train")
@@ -580,7 +591,7 @@ def train_experiment(exp: Experiment, base: BaseConfig, crops_dir: PathLike, out
     device = select_device(base.device)
     seed_everything(base.seed)
     trainer, meta = setup_trainer(exp, base, crops_dir, device)
-    key = resume_key(exp, base, device, crops_dir, meta)
+    key = resume_key(exp, base, device, crops_dir, meta, trainer.weights)
     resume_path = resume_dir / f"{exp.name}.pt"
     saved = load_resume_file(resume_path, key)
     if saved is not None:

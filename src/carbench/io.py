@@ -83,3 +83,12 @@ def file_md5(path: str | os.PathLike) -> str:
         for block in iter(lambda: handle.read(_MD5_BLOCK_BYTES), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in blocks (pretrained weights files of ~100 MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(_MD5_BLOCK_BYTES), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -22,6 +22,7 @@ from typing import Any, BinaryIO, Optional
 from PIL import Image, UnidentifiedImageError
 
 from .errors import DataError
+from .fingerprint import canonical_order
 from .io import atomic_dir, read_json, write_json
 from .layouts import DataWarning, Source, SourceImage
 
@@ -152,11 +153,15 @@ def write_manifest(path: Path, packed: list[PackedImage], class_names: list[str]
 def build_raw(source: Source, out_dir: str | Path, skip_bad: bool) -> dict[str, Any]:
     """Check and pack ``source`` into ``out_dir`` (atomically: on error nothing is left behind).
 
-    Returns the metrics for ``metrics/data.json`` (counts per split, classes, skipped, ...).
+    Images are packed in the canonical order (:func:`carbench.fingerprint.canonical_order`), so every
+    packaging of the same photos gives the same rows. Returns the metrics for ``metrics/data.json``
+    (counts per split, classes, skipped, ...).
     """
     check_duplicates(source.images)
+    ordered = Source(kind=source.kind, root=source.root, class_names=source.class_names,
+                     images=canonical_order(source.images), boxes=source.boxes)
     with atomic_dir(out_dir) as tmp:
-        packed, report = pack_images(source, tmp / IMAGES_BIN, skip_bad)
+        packed, report = pack_images(ordered, tmp / IMAGES_BIN, skip_bad)
         if not packed:
             raise DataError(f"{source.root}: no usable images (skipped {len(report['skipped'])})")
         officials = write_manifest(tmp / MANIFEST, packed, source.class_names)
@@ -166,7 +171,8 @@ def build_raw(source: Source, out_dir: str | Path, skip_bad: bool) -> dict[str, 
     if report["skipped"]:
         warnings.warn(f"skipped {len(report['skipped'])} bad image(s); see metrics", DataWarning, stacklevel=2)
     counts = {split: sum(p.source.split == split for p in packed) for split in ("train", "test")}
-    return {"layout": source.kind, "counts": {**counts, "total": len(packed)}, "num_classes": len(officials),
+    return {"layout": source.kind, "boxes": source.boxes, "counts": {**counts, "total": len(packed)},
+            "num_classes": len(officials),
             "bytes": sum(p.nbytes for p in packed), "num_skipped": len(report["skipped"]), **report,
             "num_boxes_clamped": len(report["boxes_clamped"])}
 

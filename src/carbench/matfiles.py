@@ -5,7 +5,10 @@ The official files (and torchvision's reader) use MATLAB v5 files holding:
 - ``cars_meta.mat``: ``class_names``, a ``(1, C)`` cell array of strings (official class k is entry k-1);
 - ``cars_train_annos.mat`` / ``cars_test_annos_withlabels.mat``: ``annotations``, a ``(1, N)`` struct array
   with fields ``bbox_x1, bbox_y1, bbox_x2, bbox_y2`` (1-based inclusive pixel box, uint16), ``class``
-  (1..196, uint8) and ``fname`` (``"00001.jpg"``); ``cars_test_annos.mat`` has no ``class``.
+  (1..196, uint8) and ``fname`` (``"00001.jpg"``); ``cars_test_annos.mat`` has no ``class``;
+- ``cars_annos.mat`` (the all-in-one packaging, with ``car_ims.tgz``): ``annotations`` with fields
+  ``relative_im_path`` (``"car_ims/000001.jpg"``), the four box fields, ``class`` and ``test`` (0/1) for all
+  16,185 images, and ``class_names`` as in ``cars_meta.mat``.
 
 Every problem is a :class:`DataError` naming the file, and the field and 1-based row where it applies.
 """
@@ -24,6 +27,8 @@ CLASS_FIELD = "class"
 FNAME_FIELD = "fname"
 ANNOTATIONS_VAR = "annotations"
 CLASS_NAMES_VAR = "class_names"
+PATH_FIELD = "relative_im_path"
+TEST_FIELD = "test"
 #: The official files store boxes as uint16 and classes as uint8; keep the same dtypes when writing.
 BOX_DTYPE = np.uint16
 CLASS_DTYPE = np.uint8
@@ -114,14 +119,67 @@ def read_annotations(path: str | Path, require_class: bool = True) -> list[MatAn
     return rows
 
 
+@dataclass(frozen=True)
+class AllInOneAnnotation:
+    """One row of ``cars_annos.mat``: the image's relative path, box, 1-based class and split."""
+
+    path: str
+    box: tuple[int, int, int, int]
+    official_class: int
+    test: bool
+    row: int
+
+
+def read_all_in_one(path: str | Path) -> tuple[list[str], list[AllInOneAnnotation]]:
+    """``(class_names, rows)`` of an all-in-one ``cars_annos.mat``, rows in file order."""
+    path = Path(path)
+    content = _load(path)
+    names = [_as_str(n, path, CLASS_NAMES_VAR, i + 1) for i, n in enumerate(_variable(content, CLASS_NAMES_VAR, path))]
+    annotations = _variable(content, ANNOTATIONS_VAR, path)
+    fields = annotations.dtype.names or ()
+    for field in (PATH_FIELD, *BOX_FIELDS, CLASS_FIELD, TEST_FIELD):
+        if field not in fields:
+            raise DataError(f"{path}: annotations have no field {field!r} (fields: {', '.join(fields) or 'none'})")
+    rows = []
+    for i, record in enumerate(annotations):
+        row = i + 1
+        test = _as_int(record[TEST_FIELD], path, TEST_FIELD, row)
+        if test not in (0, 1):
+            raise DataError(f"{path}: field 'test' of row {row} must be 0 or 1 (got {test})")
+        rows.append(AllInOneAnnotation(
+            path=_as_str(record[PATH_FIELD], path, PATH_FIELD, row),
+            box=tuple(_as_int(record[f], path, f, row) for f in BOX_FIELDS),  # type: ignore[arg-type]
+            official_class=_as_int(record[CLASS_FIELD], path, CLASS_FIELD, row), test=bool(test), row=row))
+    return names, rows
+
+
+def write_all_in_one(path: str | Path, names: Sequence[str], rows: Sequence[AllInOneAnnotation]) -> None:
+    """Write an all-in-one ``cars_annos.mat`` with the official variables, fields and dtypes."""
+    import scipy.io
+
+    fields = (PATH_FIELD, *BOX_FIELDS, CLASS_FIELD, TEST_FIELD)
+    table = np.empty((1, len(rows)), dtype=[(f, object) for f in fields])
+    for i, ann in enumerate(rows):
+        table[0, i][PATH_FIELD] = np.array([ann.path])
+        for field, value in zip(BOX_FIELDS, ann.box):
+            table[0, i][field] = np.array([[value]], dtype=BOX_DTYPE)
+        table[0, i][CLASS_FIELD] = np.array([[ann.official_class]], dtype=CLASS_DTYPE)
+        table[0, i][TEST_FIELD] = np.array([[int(ann.test)]], dtype=CLASS_DTYPE)
+    scipy.io.savemat(str(path), {ANNOTATIONS_VAR: table, CLASS_NAMES_VAR: _name_cells(names)})
+
+
+def _name_cells(names: Sequence[str]) -> np.ndarray:
+    cells = np.empty((1, len(names)), dtype=object)
+    for i, name in enumerate(names):
+        cells[0, i] = np.array([name])
+    return cells
+
+
 def write_class_names(path: str | Path, names: Sequence[str]) -> None:
     """Write a ``cars_meta.mat`` whose ``class_names`` is a (1, C) cell array, like the official file."""
     import scipy.io
 
-    cells = np.empty((1, len(names)), dtype=object)
-    for i, name in enumerate(names):
-        cells[0, i] = np.array([name])
-    scipy.io.savemat(str(path), {CLASS_NAMES_VAR: cells})
+    scipy.io.savemat(str(path), {CLASS_NAMES_VAR: _name_cells(names)})
 
 
 def write_annotations(path: str | Path, rows: Sequence[MatAnnotation], with_class: bool = True) -> None:

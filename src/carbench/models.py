@@ -1,7 +1,9 @@
 """CarNet: a backbone (torchvision model or the scratch CNN) plus a small classification head.
 
-* ``build_model(model_cfg, num_classes, pretrained)`` builds it; ``pretrained=False`` gives the same
-  architecture with random weights (used when a checkpoint's state_dict is loaded next).
+* ``build_model(model_cfg, num_classes, pretrained, offline=False)`` builds it; ``pretrained=False`` gives
+  the same architecture with random weights (used when a checkpoint's state_dict is loaded next). Only
+  ``pretrained=True`` may download torchvision weights, and not when ``offline`` (``base.offline``) or the
+  environment forbids it (:mod:`carbench.weights`).
 * The backbone is a torchvision classification model with its final ``nn.Linear`` replaced by
   ``nn.Identity`` (so its output is the head input), or :class:`ScratchCNN` for ``model.arch: cnn``.
 * The backbone is split into ordered *blocks* (bottom to top) for the freeze modes: resnet-like
@@ -267,15 +269,17 @@ def strip_classifier(model: nn.Module, arch: str, expected_out: int) -> tuple[st
     return name, linear.in_features
 
 
-def build_torchvision_backbone(arch: str, spec: WeightsSpec) -> tuple[nn.Module, int]:
-    """torchvision ``arch`` (weights per ``spec``) without its last Linear; returns (backbone, D)."""
+def build_torchvision_backbone(arch: str, spec: WeightsSpec, offline: bool = False) -> tuple[nn.Module, int]:
+    """torchvision ``arch`` (weights per ``spec``) without its last Linear; returns (backbone, D).
+
+    ``offline`` (``base.offline``) forbids downloading a weights file missing from the cache."""
     from torchvision.models import get_model
 
     if arch not in classification_archs():
         raise UserError(f"model.arch: {arch!r} is neither 'cnn' nor a torchvision classification model "
                         "(see torchvision.models.list_models(module=torchvision.models))")
     if spec.enum is not None:
-        ensure_weights_file(spec.enum)  # raises with instructions; afterwards torchvision finds the cache
+        ensure_weights_file(spec.enum, offline=offline)  # raises with instructions; then torchvision finds the cache
         model = get_model(arch, weights=spec.enum)
         expected = len(spec.enum.meta.get("categories") or range(IMAGENET_CLASSES))
     else:
@@ -312,8 +316,10 @@ def _normalization_of(cfg: ModelConfig, spec: Optional[WeightsSpec]) -> tuple[tu
     return normalization(spec or WeightsSpec(cfg.arch))
 
 
-def build_model(model_cfg: ModelConfig, num_classes: int, pretrained: bool) -> CarNet:
+def build_model(model_cfg: ModelConfig, num_classes: int, pretrained: bool, offline: bool = False) -> CarNet:
     """CarNet for ``model_cfg``; ``pretrained`` loads ``model.weights`` (else random init, same shapes).
+
+    ``offline`` (``base.offline``): a torchvision weights file missing from the cache is not downloaded.
 
     All blocks start trainable; training applies the freeze mode with :func:`apply_freeze`.
     """
@@ -322,7 +328,7 @@ def build_model(model_cfg: ModelConfig, num_classes: int, pretrained: bool) -> C
         backbone: nn.Module = build_scratch_backbone(model_cfg, spec)
         dim = model_cfg.cnn_widths[-1]
     else:
-        backbone, dim = build_torchvision_backbone(model_cfg.arch, spec or WeightsSpec(model_cfg.arch))
+        backbone, dim = build_torchvision_backbone(model_cfg.arch, spec or WeightsSpec(model_cfg.arch), offline)
     mean, std = _normalization_of(model_cfg, spec)
     model = CarNet(backbone, dim, num_classes, model_cfg.head_hidden, model_cfg.head_dropout,
                    block_starts(backbone), mean, std)

@@ -19,7 +19,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import metrics as M
-from .config import KnnConfig, Params, experiment, to_dict
+from .config import Experiment, KnnConfig, Params, experiment, to_dict
 from .errors import UserError
 from .io import atomic_dir, read_json, write_json
 
@@ -448,7 +448,13 @@ def run_knn(cfg: KnnConfig, embeddings_dir: str | Path, out_dir: str | Path, met
 def run_knn_experiment(params: Params, name: str, embeddings_dir: str | Path, out_dir: str | Path,
                        metrics_path: str | Path, device: Any = "cpu") -> dict:
     """The knn stage for retrieval experiment ``name`` (its ``knn`` section, ``base.seed``)."""
-    exp = experiment(params, name)
+    return knn_experiment(experiment(params, name), params.base.seed, embeddings_dir, out_dir, metrics_path, device)
+
+
+def knn_experiment(exp: Experiment, seed: int, embeddings_dir: str | Path, out_dir: str | Path,
+                   metrics_path: str | Path, device: Any = "cpu") -> dict:
+    """The knn stage for retrieval experiment ``exp`` (its ``knn`` section)."""
     if exp.knn is None:
-        raise UserError(f"experiment {name!r} is a {exp.config} experiment, not a retrieval one: it has no knn stage")
-    return run_knn(exp.knn, embeddings_dir, out_dir, metrics_path, params.base.seed, device)
+        raise UserError(f"experiment {exp.name!r} is a {exp.config} experiment, not a retrieval one: "
+                        "it has no knn stage")
+    return run_knn(exp.knn, embeddings_dir, out_dir, metrics_path, seed, device)

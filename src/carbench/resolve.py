@@ -1,0 +1,52 @@
+"""The resolve stage: one effective config file per experiment stage, from ``params.yaml``.
+
+``params.yaml`` keeps section defaults (``model``, ``train``, ``embed``, ``knn``) and per-experiment
+overrides; what an experiment actually runs with is their merge. DVC can only track params keys, so a
+``train@<name>`` stage tracking the whole ``train`` section would rerun for ``-S train.lr=...`` even when
+the experiment sets its own ``lr``. This stage writes the merge instead, one YAML file per stage instance:
+
+    <out>/train/<name>.yaml   base + model + train             (train@<name>)
+    <out>/embed/<name>.yaml   base + embedder + embed          (embed@<name>)
+    <out>/knn/<name>.yaml     base + knn                       (knn@<name>)
+
+and each of those stages depends on its own file (dvc.yaml), so a knob reruns exactly the experiments
+whose effective config it changes. Stages read the file back through :func:`carbench.config.load_resolved`,
+which applies every check ``params.yaml`` gets. Files whose content is unchanged are still rewritten
+byte for byte the same (sorted keys), so DVC sees no change.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from .config import RESOLVED_SECTIONS, Params, resolved_config
+from .io import atomic_dir
+
+HEADER = "# Effective config of {kind}@{name}, written by the resolve stage from params.yaml: do not edit.\n"
+
+
+def resolved_files(params: Params) -> dict[str, dict]:
+    """Relative path (``<kind>/<name>.yaml``) -> content, for every stage instance of the DAG."""
+    out = {}
+    for kind in RESOLVED_SECTIONS:
+        names = params.trained if kind == "train" else params.retrieval
+        for name in names:
+            out[f"{kind}/{name}.yaml"] = resolved_config(params, name, kind)
+    return out
+
+
+def dump(kind: str, name: str, config: dict) -> str:
+    """The text of one resolved file: a header comment, then the mapping (keys sorted, stable)."""
+    return HEADER.format(kind=kind, name=name) + yaml.safe_dump(config, sort_keys=True, default_flow_style=False)
+
+
+def run_resolve(params: Params, out_dir: str | Path) -> list[str]:
+    """Write every resolved file into ``out_dir`` (replaced atomically); returns their relative paths."""
+    files = resolved_files(params)
+    with atomic_dir(out_dir) as tmp:
+        for rel, config in files.items():
+            kind, name = rel.split("/")[0], config["experiment"]
+            (tmp / kind).mkdir(exist_ok=True)
+            (tmp / rel).write_text(dump(kind, name, config))
+    return sorted(files)

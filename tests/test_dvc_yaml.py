@@ -1,0 +1,113 @@
+"""dvc.yaml against the code: every stage depends on exactly the source files it imports.
+
+The imports are derived here from the code itself (the stage script, then every ``carbench`` module it
+imports, transitively, lazy imports inside functions included), so a new import without its dvc.yaml dep
+(a change there that `dvc status` would call up to date) fails this test, and so does a stale dep.
+"""
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = "carbench"
+SRC = ROOT / "src" / PACKAGE
+
+
+def _module_file(module: str) -> Path | None:
+    """``carbench.x`` -> src/carbench/x.py (or the package's __init__.py); None outside the package."""
+    parts = module.split(".")
+    if parts[0] != PACKAGE:
+        return None
+    path = SRC.joinpath(*parts[1:])
+    if path.with_suffix(".py").is_file():
+        return path.with_suffix(".py")
+    if (path / "__init__.py").is_file():
+        return path / "__init__.py"
+    return None
+
+
+def _package_of(path: Path) -> str:
+    rel = path.relative_to(SRC.parent).with_suffix("")
+    parts = list(rel.parts)
+    return ".".join(parts[:-1]) if parts[-1] != "__init__" else ".".join(parts[:-1])
+
+
+def direct_imports(path: Path) -> set[Path]:
+    """The package files ``path`` imports (anywhere in it), plus the __init__.py of every package on the way."""
+    found: set[Path] = set()
+    tree = ast.parse(path.read_text(), str(path))
+    here = _package_of(path) if path.is_relative_to(SRC) else ""
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = here.split(".")[: len(here.split(".")) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            names = [module] + [f"{module}.{alias.name}" for alias in node.names]
+        for name in names:
+            parts = name.split(".")
+            for i in range(1, len(parts) + 1):     # importing a.b.c runs a/__init__, a/b/__init__, ...
+                file = _module_file(".".join(parts[:i]))
+                if file is not None:
+                    found.add(file)
+    return found
+
+
+def imported_files(script: Path) -> set[str]:
+    """The stage script and every package file it imports, transitively, as repository-relative paths."""
+    todo, seen = [script], {script}
+    while todo:
+        for dep in direct_imports(todo.pop()):
+            if dep not in seen:
+                seen.add(dep)
+                todo.append(dep)
+    return {p.relative_to(ROOT).as_posix() for p in seen}
+
+
+def _stages() -> dict[str, dict]:
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    return {name: stage.get("do", stage) for name, stage in stages.items()}
+
+
+def _is_code(dep: str) -> bool:
+    return dep.endswith(".py") and (dep.startswith("stages/") or dep.startswith("src/"))
+
+
+@pytest.mark.parametrize("name", sorted(_stages()))
+def test_stage_code_deps_are_exactly_its_imports(name):
+    stage = _stages()[name]
+    script = re.search(r"python (stages/\S+\.py)", stage["cmd"]).group(1)
+    want = imported_files(ROOT / script)
+    have = {d for d in stage.get("deps", []) if isinstance(d, str) and _is_code(d)}
+    assert have == want, (f"dvc.yaml stage {name!r}: missing {sorted(want - have)}, stale {sorted(have - want)}; "
+                          f"its code deps should be:\n" + "\n".join(f"  - {d}" for d in sorted(want)))
+
+
+def test_the_import_walk_sees_relative_lazy_and_package_imports(tmp_path):
+    """The walk itself can fail: plots.py is reached from aggregate, and a lazy import inside a function counts."""
+    assert "src/carbench/plots.py" in imported_files(ROOT / "stages" / "aggregate.py")
+    assert "src/carbench/__init__.py" in imported_files(ROOT / "stages" / "aggregate.py")
+    script = tmp_path / "stage.py"
+    script.write_text("def main():\n    from carbench.metrics import top_k\n")
+    assert {"src/carbench/metrics.py", "src/carbench/__init__.py"} <= {
+        p.relative_to(ROOT).as_posix() for p in direct_imports(script)}
+    script.write_text("import os\n")
+    assert direct_imports(script) == set()
+
+
+def test_train_stages_track_their_resolved_config_not_params_sections():
+    stages = _stages()
+    for name, kind in (("train", "train"), ("embed", "embed"), ("knn", "knn")):
+        stage = stages[name]
+        assert "params" not in stage, f"{name}@ must depend on its resolved file, not on params sections"
+        assert any(d.startswith(f"data/resolved/{kind}/") for d in stage["deps"]), name
+        assert f"--resolved data/resolved/{kind}/" in stage["cmd"], name
