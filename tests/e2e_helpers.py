@@ -71,7 +71,10 @@ def project_files() -> list[str]:
 def env(torch_home: Path, stage_log: Path | None = None) -> dict:
     """Environment for dvc/git subprocesses: fixed git identity, private TORCH_HOME (offline weights)."""
     out = {**os.environ, "TORCH_HOME": str(torch_home), "GIT_AUTHOR_NAME": "e2e", "GIT_AUTHOR_EMAIL": "e2e@example.com",
-           "GIT_COMMITTER_NAME": "e2e", "GIT_COMMITTER_EMAIL": "e2e@example.com", "DVC_NO_ANALYTICS": "1"}
+           "GIT_COMMITTER_NAME": "e2e", "GIT_COMMITTER_EMAIL": "e2e@example.com", "DVC_NO_ANALYTICS": "1",
+           # Stages run from the project root: import the copied project's own src/, not whatever checkout
+           # `pip install -e .` pointed at (so a test measures the code it copied).
+           "PYTHONPATH": os.pathsep.join(["src", *filter(None, [os.environ.get("PYTHONPATH")])])}
     if stage_log is not None:
         out["CARBENCH_STAGE_LOG"] = str(stage_log)
     return out

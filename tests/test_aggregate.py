@@ -29,6 +29,7 @@ def inputs(tmp_path):
     for i, (name, exp) in enumerate(params.experiments.items()):
         metrics = {col: 0.01 * (i + 1) + 0.001 * j for j, col in enumerate(A.EVAL_COLUMNS)}
         (ev / f"{name}.json").write_text(json.dumps({**metrics, "config": exp.config, "kind": "x"}))
+        write_predictions(ev / name, n_right=i + 1)
         if exp.trained:
             write_dvclive(train / name, [0.1 * (i + 1) * (e + 1) / EPOCHS for e in range(EPOCHS)])
         else:
@@ -36,6 +37,19 @@ def inputs(tmp_path):
             (knn / f"{name}.json").write_text(json.dumps({"k": exp.knn.k, "precision_at_k": 0.4, "map_at_r": 0.3,
                                                           "query_ms_per_image": 1.5, "top1": 0.9, **ks}))
     return params, ev, train, knn
+
+
+TEST_IMAGES = 20
+
+
+def write_predictions(tables_dir: Path, n_right: int) -> None:
+    """predictions.csv as evaluate writes it: the first ``n_right`` of TEST_IMAGES test images right."""
+    tables_dir.mkdir(parents=True, exist_ok=True)
+    true = np.arange(TEST_IMAGES) % 4
+    pred = np.where(np.arange(TEST_IMAGES) < n_right, true, (true + 1) % 4)
+    pd.DataFrame({"image": [f"cars_test/{i:05d}.jpg" for i in range(TEST_IMAGES)], "true": true,
+                  "predicted": pred, "correct": (true == pred).astype(int)}).to_csv(tables_dir / "predictions.csv",
+                                                                                    index=False)
 
 
 def write_dvclive(live_dir: Path, val_top1: list[float]) -> None:
@@ -72,7 +86,8 @@ def test_summary_files_and_plots(inputs, tmp_path):
     csv_table = pd.read_csv(tmp_path / "summary" / "summary.csv")
     assert list(csv_table.columns) == A.summary_columns(params) and len(csv_table) == len(params.experiments)
     md = (tmp_path / "summary" / "summary.md").read_text().splitlines()
-    assert sum(line.startswith("| ") for line in md) == len(params.experiments) + 1     # header + rows
+    # the metrics table and the uncertainty table: header + one row per experiment each
+    assert sum(line.startswith("| ") for line in md) == 2 * (len(params.experiments) + 1)
     summary = json.loads((tmp_path / "summary" / "summary.json").read_text())
     last = list(params.experiments)[-1]                                                 # highest fake top1
     assert summary["best"]["experiment"] == last and A.read_best(tmp_path / "summary") == last
@@ -117,3 +132,34 @@ def test_headline_is_flat_nine_experiments_by_headline_columns(inputs, tmp_path)
         assert set(values) == set(A.HEADLINE_COLUMNS), name
         row = table.set_index("experiment").loc[name]
         assert values["top1"] == pytest.approx(row["top1"], abs=1e-4)
+
+
+def test_summary_has_intervals_and_paired_test_against_the_best(inputs, tmp_path):
+    params, ev, train, knn = inputs
+    A.run_aggregate(params, ev, train, knn, tmp_path / "summary", tmp_path / "plots")
+    table = pd.read_csv(tmp_path / "summary" / "summary.csv").set_index("experiment")
+    best = list(params.experiments)[-1]                       # most images right (and highest fake top1)
+    assert np.isnan(table.loc[best, "p_vs_best"])
+    others = table.drop(index=best)
+    assert (others["p_vs_best"].between(0, 1)).all()
+    assert (table["top1_ci_low"] <= table["top1_ci_high"]).all()
+    # cnn_basic's predictions are right on 4 of 20 images: the interval brackets 0.2
+    row = table.loc["cnn_basic"]
+    assert row["top1_ci_low"] < 0.2 < row["top1_ci_high"]
+    md = (tmp_path / "summary" / "summary.md").read_text()
+    assert "McNemar p vs best" in md and "| best |" in md
+
+
+def test_aggregate_knob_is_its_own_section(inputs, tmp_path):
+    params, ev, train, knn = inputs
+    no_ci = parse_params(repo_params({"aggregate": {"bootstrap": 0}}))
+    table = A.build_table(no_ci, ev, train, knn)
+    assert table["top1_ci_low"].isna().all() and table["p_vs_best"].notna().sum() == len(table) - 1
+
+
+def test_predictions_of_other_test_images_cannot_be_paired(inputs):
+    params, ev, train, knn = inputs
+    frame = pd.read_csv(ev / "cnn_basic" / "predictions.csv")
+    frame.iloc[:-1].to_csv(ev / "cnn_basic" / "predictions.csv", index=False)
+    with pytest.raises(UserError, match="same test images"):
+        A.build_table(params, ev, train, knn)

@@ -153,6 +153,19 @@ def test_evaluate_knob_reruns_no_training(project):
         _restore(path, environ)
 
 
+def test_aggregate_knob_reruns_only_aggregate(project):
+    path, environ, _ = project
+    _write_params(path, {"aggregate": {"bootstrap": 200, "confidence": 0.9}})
+    try:
+        assert status_stages(path, environ) == {"aggregate"}
+        summary = json.loads((path / "metrics" / "summary" / "summary.json").read_text())["experiments"]
+        for name in ALL:      # every experiment has its interval and (but for the best) its paired test
+            assert summary[name]["top1_ci_low"] <= summary[name]["top1"] <= summary[name]["top1_ci_high"]
+        assert sum(summary[n]["p_vs_best"] is None for n in ALL) == 1
+    finally:
+        _restore(path, environ)
+
+
 def _write_params(path: Path, over: dict) -> None:
     params = yaml.safe_load((path / "params.yaml").read_text())
     (path / "params.yaml").write_text(yaml.safe_dump(merge(params, over), sort_keys=False))

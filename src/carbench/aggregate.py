@@ -1,7 +1,11 @@
 """The aggregate stage: collect the nine experiments' metrics into one table and summary plots.
 
-It only collects: every number comes from a file another stage wrote (``metrics/eval/<name>.json``,
-``metrics/knn/<name>.json``, dvclive's ``metrics/train/<name>/``); nothing is recomputed.
+It collects: every metric comes from a file another stage wrote (``metrics/eval/<name>.json``,
+``metrics/knn/<name>.json``, dvclive's ``metrics/train/<name>/``). What it adds is their uncertainty, from the
+per-test-image predictions evaluate writes (``metrics/eval/<name>/predictions.csv``, :mod:`carbench.stats`):
+a seeded bootstrap confidence interval of top-1 and macro-F1 per experiment (``aggregate.bootstrap``,
+``aggregate.confidence``, ``aggregate.seed``) and the exact McNemar p-value of each experiment against the
+best one (highest test top-1) on the same test images (``p_vs_best``; empty for the best itself).
 """
 from __future__ import annotations
 
@@ -12,7 +16,8 @@ from typing import Any, Optional
 import pandas as pd
 
 from . import plots
-from .config import CONFIGURATIONS, Params
+from . import stats
+from .config import CONFIGURATIONS, AggregateConfig, Params
 from .errors import UserError
 from .io import atomic_dir, read_json, write_json
 
@@ -23,6 +28,9 @@ EVAL_COLUMNS = ("top1", "top5", "loss", "f1_macro", "f1_weighted", "precision_ma
 TRAIN_COLUMNS = ("best_val_top1",)
 #: From metrics/knn/<name>.json (retrieval experiments; empty for trained); recall_at_K follow.
 KNN_COLUMNS = ("k", "precision_at_k", "map_at_r", "query_ms_per_image", "logreg_top1")
+#: Uncertainty columns (carbench.stats), after the eval columns: the bootstrap interval of top-1 and macro-F1
+#: and the McNemar p-value against the best experiment.
+STATS_COLUMNS = ("top1_ci_low", "top1_ci_high", "f1_macro_ci_low", "f1_macro_ci_high", "p_vs_best")
 #: Counts: kept as integers (nullable, empty where not applicable) rather than floats like 3.0.
 INTEGER_COLUMNS = ("params_count", "k")
 BAR_COLUMNS = ("top1", "f1_macro")
@@ -37,7 +45,7 @@ FLOAT_DIGITS = 4
 def summary_columns(params: Params) -> list[str]:
     """The declared columns of the summary table, for the experiments in ``params``."""
     ks = sorted({k for e in params.experiments.values() if e.knn for k in e.knn.retrieval_ks})
-    return ["experiment", "config", *EVAL_COLUMNS, *TRAIN_COLUMNS, *KNN_COLUMNS, *[f"recall_at_{k}" for k in ks]]
+    return ["experiment", "config", *EVAL_COLUMNS, *STATS_COLUMNS, *TRAIN_COLUMNS, *KNN_COLUMNS, *[f"recall_at_{k}" for k in ks]]
 
 
 def _read_required(path: Path, what: str) -> dict:
@@ -69,9 +77,55 @@ def build_table(params: Params, eval_dir: Path, train_dir: Path, knn_dir: Path) 
     names = sorted(params.experiments, key=lambda n: rank[params.experiments[n].config])
     rows = [collect_row(params, n, Path(eval_dir), Path(train_dir), Path(knn_dir)) for n in names]
     table = pd.DataFrame(rows).reindex(columns=summary_columns(params))
+    predictions = {n: stats.read_predictions(Path(eval_dir) / n / stats.PREDICTIONS_CSV) for n in names}
+    add_uncertainty(table, predictions, params.aggregate)
     for col in INTEGER_COLUMNS:
         table[col] = pd.to_numeric(table[col]).round().astype("Int64")
     return table
+
+
+def add_uncertainty(table: pd.DataFrame, predictions: dict[str, pd.DataFrame], cfg: AggregateConfig) -> None:
+    """Fill :data:`STATS_COLUMNS` of ``table`` (one row per key of ``predictions``) in place."""
+    for col in STATS_COLUMNS:
+        table[col] = table[col].astype(float) if col in table else float("nan")
+    index = {name: i for i, name in enumerate(table["experiment"])}
+    for name, frame in predictions.items():
+        if cfg.bootstrap > 0:
+            ci = stats.bootstrap_ci(frame["true"], frame["predicted"], cfg.bootstrap, cfg.confidence, cfg.seed)
+            for metric, interval in ci.items():
+                table.loc[index[name], [f"{metric}_ci_low", f"{metric}_ci_high"]] = [interval.low, interval.high]
+    best = best_experiment(table)
+    if best is None:
+        return
+    reference = predictions[best["experiment"]]
+    for name, frame in predictions.items():
+        if name != best["experiment"]:
+            a, b = stats.paired(frame, reference, f"{name} vs {best['experiment']}")
+            table.loc[index[name], "p_vs_best"] = stats.mcnemar(a, b)
+
+
+def _p_value(p: Any) -> str:
+    """A p-value for reading: 4 decimals, or 2 significant digits below 0.001 (never a bare 0.0000)."""
+    if _missing(p):
+        return ""
+    return f"{p:.4f}" if p >= 1e-3 else f"{p:.1e}"
+
+
+def comparison_markdown(table: pd.DataFrame, confidence: float) -> str:
+    """The uncertainty view of the table: metric [CI], and the paired test against the best experiment."""
+    best = best_experiment(table)
+    level = f"{100 * confidence:g}%"
+    lines = [f"| experiment | top-1 [{level} CI] | macro-F1 [{level} CI] | McNemar p vs best |", "|---|---|---|---|"]
+    for _, row in table.iterrows():
+        def with_ci(metric: str) -> str:
+            value, low, high = row[metric], row.get(f"{metric}_ci_low"), row.get(f"{metric}_ci_high")
+            if _missing(value):
+                return ""
+            return f"{value:.4f}" + ("" if _missing(low) else f" [{low:.4f}, {high:.4f}]")
+        is_best = best is not None and row["experiment"] == best["experiment"]
+        p = "best" if is_best else _p_value(row.get("p_vs_best"))
+        lines.append(f"| {row['experiment']} | {with_ci('top1')} | {with_ci('f1_macro')} | {p} |")
+    return "\n".join(lines) + "\n"
 
 
 def read_val_curve(train_dir: Path, name: str) -> pd.DataFrame:
@@ -120,13 +174,18 @@ def _json_value(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def write_summary(table: pd.DataFrame, out_dir: str | Path) -> None:
+def write_summary(table: pd.DataFrame, out_dir: str | Path, cfg: AggregateConfig | None = None) -> None:
     """``summary.{md,csv,json}`` into ``out_dir`` (replaced atomically)."""
+    cfg = cfg or AggregateConfig()
     best = best_experiment(table)
     records = {r["experiment"]: {k: _json_value(v) for k, v in r.items() if k != "experiment"}
                for r in table.to_dict(orient="records")}
+    honest = (f"\n## Uncertainty\n\n{100 * cfg.confidence:g}% percentile bootstrap intervals over the test images "
+              f"({cfg.bootstrap} resamples, seed {cfg.seed}); exact McNemar test of each experiment against the "
+              "best one on the same test images (p < 0.05: the difference is unlikely to be chance).\n\n"
+              + comparison_markdown(table, cfg.confidence))
     with atomic_dir(out_dir) as tmp:
-        (tmp / "summary.md").write_text("# Stanford Cars benchmark: test metrics\n\n" + to_markdown(table))
+        (tmp / "summary.md").write_text("# Stanford Cars benchmark: test metrics\n\n" + to_markdown(table) + honest)
         table.to_csv(tmp / "summary.csv", index=False, float_format=f"%.{2 * FLOAT_DIGITS}g")
         write_json(tmp / "summary.json", {"columns": list(table.columns), "best": best, "experiments": records})
 
@@ -149,8 +208,10 @@ def write_summary_plots(params: Params, table: pd.DataFrame, train_dir: str | Pa
     """Bar chart of top-1 / macro-F1 per experiment and overlaid validation top-1 curves."""
     curves = {n: read_val_curve(Path(train_dir), n) for n in params.trained}
     with atomic_dir(plots_dir) as tmp:
+        errors = {col: (table[f"{col}_ci_low"], table[f"{col}_ci_high"]) for col in BAR_COLUMNS
+                  if f"{col}_ci_low" in table}
         plots.plot_bars(table.set_index("experiment"), BAR_COLUMNS, tmp / "top1_f1.png",
-                        "Test top-1 and macro-F1 per experiment")
+                        "Test top-1 and macro-F1 per experiment (error bars: bootstrap CI)", errors)
         plots.plot_curves(curves, tmp / "val_top1.png", "validation top-1", "Validation top-1 of the trained experiments")
 
 
@@ -159,7 +220,7 @@ def run_aggregate(params: Params, eval_dir: str | Path, train_dir: str | Path, k
     """The aggregate stage: read every metrics file, write the summary table, plots and headline metrics."""
     table = build_table(params, Path(eval_dir), Path(train_dir), Path(knn_dir))
     write_summary_plots(params, table, train_dir, plots_dir)
-    write_summary(table, out_dir)
+    write_summary(table, out_dir, params.aggregate)
     if headline_path is not None:
         write_headline(table, headline_path)
     return table

@@ -24,10 +24,13 @@ Input: uint8 ``(B, S, S, 3)`` (crop-store layout) or ``(B, 3, S, S)``. Output: f
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -117,11 +120,25 @@ def resize_nhwc_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
     return out.permute(0, 2, 3, 1)
 
 
-def stored_size(augment: str, randaugment: bool, image_size: int, store_size: int) -> int:
+def train_policy(augment: str, crop_scale: Optional[Sequence[float]] = None,
+                 crop_ratio: Optional[Sequence[float]] = None) -> AugmentPolicy:
+    """The ``train.augment`` preset with ``train.crop_scale`` / ``train.crop_ratio`` (when set) replacing its
+    random-resized-crop ranges; ``augment: none`` with a crop range is a random resized crop alone."""
+    if augment not in PRESETS:
+        raise ValueError(f"train.augment must be one of {list(PRESETS)}, got {augment!r}")
+    policy = PRESETS[augment]
+    if crop_scale is not None:
+        policy = dataclasses.replace(policy, scale=(float(crop_scale[0]), float(crop_scale[1])))
+    if crop_ratio is not None:
+        policy = dataclasses.replace(policy, ratio=(float(crop_ratio[0]), float(crop_ratio[1])))
+    return policy
+
+
+def stored_size(augment: str | AugmentPolicy, randaugment: bool, image_size: int, store_size: int) -> int:
     """Side to which training crops can be resized once, up front, without changing the augmenter's
     output: the size its first resize produces (``store_size`` when that would upsample, or when
-    RandAugment must see the stored crops)."""
-    policy = PRESETS[augment]
+    RandAugment must see the stored crops). ``augment`` is a preset name or a policy."""
+    policy = PRESETS[augment] if isinstance(augment, str) else augment
     if randaugment:
         return store_size
     first = math.ceil(image_size * WARP_OVERSAMPLE) if policy.geometric else image_size
@@ -284,9 +301,52 @@ class BatchAugmenter:
             return torch.stack([transform(img) for img in x.contiguous()])
 
 
-def build_augmenter(augment: str, randaugment: bool, image_size: int, mean: Sequence[float],
+def build_augmenter(augment: str | AugmentPolicy, randaugment: bool, image_size: int, mean: Sequence[float],
                     std: Sequence[float], generator: torch.Generator) -> BatchAugmenter:
-    """The training augmenter for ``train.augment`` / ``train.randaugment``."""
-    if augment not in PRESETS:
+    """The training augmenter for ``train.augment`` (a preset name, or the policy of :func:`train_policy`) and
+    ``train.randaugment``."""
+    if isinstance(augment, str) and augment not in PRESETS:
         raise ValueError(f"train.augment must be one of {list(PRESETS)}, got {augment!r}")
     return BatchAugmenter(augment, image_size, mean, std, generator, randaugment)
+
+
+# ----------------------------------------------------------------------------- mixup / cutmix
+class BatchMixer:
+    """Mixup (Zhang et al. 2018) and CutMix (Yun et al. 2019) of a normalised batch, as torchvision's v2
+    ``MixUp`` / ``CutMix``: one ``lam ~ Beta(alpha, alpha)`` per batch, each sample paired with its neighbour
+    (``roll(1)``), cutmix's ``lam`` corrected to the pasted box's area; with both alphas > 0 each batch picks
+    one of the two with probability 1/2. Returns the mixed batch and soft targets ``(B, C)``
+    (``lam * onehot(y) + (1 - lam) * onehot(y.roll(1))``). Mixing normalised images equals normalising mixed
+    ones (the normalisation is affine). ``generator`` is a CPU generator: its state is all the randomness
+    (the Beta draw goes through NumPy, seeded from it), so a seed and a resumed state fix the output.
+    """
+
+    def __init__(self, mixup_alpha: float, cutmix_alpha: float, num_classes: int,
+                 generator: torch.Generator) -> None:
+        self.mixup_alpha, self.cutmix_alpha = float(mixup_alpha), float(cutmix_alpha)
+        self.num_classes = num_classes
+        self.generator = generator
+
+    def _uniform(self, n: int) -> list[float]:
+        return torch.rand(n, generator=self.generator, dtype=torch.float64).tolist()
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pick, u_x, u_y = self._uniform(3)
+        seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+        use_cutmix = self.cutmix_alpha > 0 and (self.mixup_alpha <= 0 or pick < 0.5)
+        alpha = self.cutmix_alpha if use_cutmix else self.mixup_alpha
+        lam = float(np.random.default_rng(seed).beta(alpha, alpha))
+        other = x.roll(1, 0)
+        if use_cutmix:
+            hgt, wid = x.shape[-2:]
+            cut = math.sqrt(1.0 - lam)
+            cx, cy = int(u_x * wid), int(u_y * hgt)
+            x0, x1 = max(cx - int(cut * wid / 2), 0), min(cx + int(cut * wid / 2), wid)
+            y0, y1 = max(cy - int(cut * hgt / 2), 0), min(cy + int(cut * hgt / 2), hgt)
+            x = x.clone()
+            x[..., y0:y1, x0:x1] = other[..., y0:y1, x0:x1]
+            lam = 1.0 - (x1 - x0) * (y1 - y0) / (wid * hgt)
+        else:
+            x = other.mul(1.0 - lam).add_(x, alpha=lam)
+        onehot = F.one_hot(y, self.num_classes).to(x.dtype)
+        return x, onehot.mul(lam).add_(onehot.roll(1, 0), alpha=1.0 - lam)

@@ -106,6 +106,7 @@ class DataConfig:
     expected: ExpectedData
     routes: tuple[Route, ...]
     synthetic: SyntheticConfig
+    extra: Optional[str] = None        # a folder of <class name>/*.jpg merged in as new classes (carbench.extra)
 
     def check(self, where: str) -> None:
         if self.source == "local" and not self.path:
@@ -120,10 +121,16 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class SplitConfig:
-    strategy: str = _f(choices=("official", "pooled"))
+    strategy: str = _f(choices=("official", "pooled", "kfold"))
     val_fraction: float = _f(gt=0.0, lt=1.0)
     test_fraction: float = _f(gt=0.0, lt=1.0)
     allow_missing_classes: bool
+    folds: int = _f(5, min=2)          # kfold: number of folds (per class, seeded by base.seed)
+    fold: int = _f(0, min=0)           # kfold: the fold that is the test set (0..folds-1)
+
+    def check(self, where: str) -> None:
+        if self.fold >= self.folds:
+            raise ConfigError(f"{where}.fold must be < {where}.folds ({self.folds}), got {self.fold}")
 
 
 @dataclass(frozen=True)
@@ -151,6 +158,9 @@ class ModelConfig:
     cnn_dropout: float = _f(min=0.0, lt=1.0)
     cnn_residual: bool
     init: str = _f(choices=("default", "he"))
+    # Recipe options (issue 12); the defaults are "off" so older params files keep their meaning.
+    layer_decay: float = _f(1.0, gt=0.0, max=1.0)   # backbone block i of n: lr * backbone_lr_mult * this ** (n - i)
+    head_warmup_epochs: int = _f(0, min=0)          # backbone frozen (head only) for the first N epochs
 
     def check(self, where: str) -> None:
         if self.arch == "cnn" and not self.cnn_widths:
@@ -182,6 +192,31 @@ class TrainConfig:
     compile: bool
     eval_batch_size: int = _f(min=1)
     feature_cache: bool
+    # Recipe options (issue 12); the defaults are "off" so older params files keep their meaning.
+    refit: bool = False                    # after choosing the best epoch on val, retrain on train+val for that many
+    ema_decay: float = _f(0.0, min=0.0, lt=1.0)   # EMA of the weights (evaluated and saved); 0 = off
+    crop_scale: Optional[tuple[float, ...]] = None   # [lo, hi] random-resized-crop area; null = the augment preset's
+    crop_ratio: Optional[tuple[float, ...]] = None   # [lo, hi] crop aspect (w / h); null = the augment preset's
+    mixup_alpha: float = _f(0.0, min=0.0)          # Beta(alpha, alpha) mixup; 0 = off
+    cutmix_alpha: float = _f(0.0, min=0.0)         # Beta(alpha, alpha) cutmix; 0 = off (both on: one per batch, 50/50)
+
+    def check(self, where: str) -> None:
+        for key, hi in (("crop_scale", 1.0), ("crop_ratio", None)):
+            value = getattr(self, key)
+            if value is None:
+                continue
+            if len(value) != 2 or not 0 < value[0] <= value[1] or (hi is not None and value[1] > hi):
+                bound = f"0 < lo <= hi <= {hi}" if hi is not None else "0 < lo <= hi"
+                raise ConfigError(f"{where}.{key} must be [lo, hi] with {bound}, got {list(value)}")
+        if self.refit and self.scheduler == "plateau":
+            raise ConfigError(f"{where}.refit cannot use scheduler 'plateau' (the refit has no validation split)")
+        if self.focal_gamma > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0):
+            raise ConfigError(f"{where}.focal_gamma cannot be combined with mixup_alpha / cutmix_alpha (soft targets)")
+
+    @property
+    def mixing(self) -> bool:
+        """Mixup or cutmix is on (training targets become soft)."""
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
 
 
 @dataclass(frozen=True)
@@ -203,10 +238,22 @@ class KnnConfig:
     faiss_min_gallery: int = _f(min=0)
     retrieval_ks: tuple[int, ...]
     classical: str = _f(choices=("none", "logreg"))
+    whiten: bool = False       # PCA-whitening: the pca_components kept are scaled to unit variance (gallery fit)
 
     def check(self, where: str) -> None:
         if not self.retrieval_ks or any(k < 1 for k in self.retrieval_ks):
             raise ConfigError(f"{where}.retrieval_ks must be a non-empty list of positive ints")
+        if self.whiten and not self.pca_components:
+            raise ConfigError(f"{where}.whiten needs {where}.pca_components > 0 (the components to whiten)")
+
+
+@dataclass(frozen=True)
+class AggregateConfig:
+    """Uncertainty in the summary (carbench.stats): bootstrap over test images, paired test vs the best."""
+
+    bootstrap: int = _f(1000, min=0)                 # resamples for the confidence intervals; 0 = none
+    confidence: float = _f(0.95, gt=0.0, lt=1.0)     # interval level
+    seed: int = _f(0, min=0)                         # the bootstrap's own seed (not base.seed: no retraining)
 
 
 @dataclass(frozen=True)
@@ -247,6 +294,7 @@ class Params:
     crop: CropConfig
     evaluate: EvaluateConfig
     experiments: dict[str, Experiment]
+    aggregate: AggregateConfig = field(default_factory=AggregateConfig)
 
     @property
     def trained(self) -> list[str]:
@@ -440,7 +488,8 @@ def _check_dag(params: dict, experiments: dict) -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------- loading
-SECTIONS = ("base", "data", "split", "crop", "model", "train", "embed", "knn", "evaluate", "experiments", "dag")
+SECTIONS = ("base", "data", "split", "crop", "model", "train", "embed", "knn", "evaluate", "aggregate",
+            "experiments", "dag")
 
 
 def _section(params: dict, name: str) -> dict:
@@ -489,6 +538,7 @@ def parse_params(raw: dict) -> Params:
         crop=build(CropConfig, _section(raw, "crop"), "crop"),
         evaluate=build(EvaluateConfig, _section(raw, "evaluate"), "evaluate"),
         experiments=experiments,
+        aggregate=build(AggregateConfig, raw.get("aggregate") or {}, "aggregate"),
     )
 
 

@@ -13,6 +13,9 @@
 ``base.offline`` (or ``CARBENCH_OFFLINE``/``HF_HUB_OFFLINE``) forbids every download: ``auto`` then fails at
 once with the ways forward. ``metrics/data.json`` records the route, the fingerprint, the counts, whether
 the fingerprint matched, every attempt and the duration.
+
+``data.extra`` (:mod:`carbench.extra`): a user's own class folders, merged in as new classes after the
+fingerprint was checked on the official images only, and listed under ``extra`` in the metrics.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from .config import DataConfig, ExpectedData
 from .errors import DataError
 from .fingerprint import differences, fingerprint, read_reference
 from .io import write_json
+from .extra import merge_extra
 from .layouts import Source, open_local
 from .manifest import build_raw
 from .routes import RouteFailed, describe, fetch
@@ -84,7 +88,18 @@ def _local_source(data: DataConfig, seed: int) -> Iterator[Source]:
             yield source
 
 
-def _pack_first_route(data: DataConfig, offline: bool, out_dir: str | Path) -> dict[str, Any]:
+def _build_with_extra(source: Source, data: DataConfig, seed: int, out_dir: str | Path) -> dict[str, Any]:
+    """Pack ``source`` plus ``data.extra``'s own classes (merged after the fingerprint check); the metrics."""
+    extra = None
+    if data.extra:
+        source, extra = merge_extra(source, data.extra, seed)
+    metrics = build_raw(source, out_dir, data.skip_bad_images)
+    if extra is not None:
+        metrics["extra"] = extra
+    return metrics
+
+
+def _pack_first_route(data: DataConfig, offline: bool, out_dir: str | Path, seed: int = 0) -> dict[str, Any]:
     """Try every route in order; pack the first that matches the fingerprint. Returns the metrics."""
     attempts: list[dict[str, str]] = []
     if offline:
@@ -100,7 +115,7 @@ def _pack_first_route(data: DataConfig, offline: bool, out_dir: str | Path) -> d
                 if problems:
                     attempts.append({"route": route.name, "result": "rejected: " + "; ".join(problems)})
                     continue
-                metrics = build_raw(source, out_dir, data.skip_bad_images)
+                metrics = _build_with_extra(source, data, seed, out_dir)
                 metrics["fingerprint"] = _fingerprint_metrics(source, problems, enforced=True)
         except RouteFailed as exc:
             attempts.append({"route": route.name, "result": f"failed: {exc}"})
@@ -126,11 +141,11 @@ def run_download(data: DataConfig, seed: int, out_dir: str | Path, metrics_path:
     """
     started = time.perf_counter()
     if data.source == "auto":
-        metrics = _pack_first_route(data, is_offline(offline), out_dir)
+        metrics = _pack_first_route(data, is_offline(offline), out_dir, seed)
     else:
         with _local_source(data, seed) as source:
             problems = check_source(source, data.expected, None)
-            metrics = build_raw(source, out_dir, data.skip_bad_images)
+            metrics = _build_with_extra(source, data, seed, out_dir)
             metrics["fingerprint"] = _fingerprint_metrics(source, problems, enforced=False)
         metrics["route"] = data.source
     metrics["source"] = data.source

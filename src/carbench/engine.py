@@ -33,6 +33,7 @@ Design:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -48,7 +49,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .augment import build_augmenter, eval_preprocess, resize_nhwc_uint8, stored_size
+from .augment import BatchMixer, build_augmenter, eval_preprocess, resize_nhwc_uint8, stored_size, train_policy
 from .checkpoint import cpu_state, make_checkpoint, save_checkpoint
 from .config import BaseConfig, Experiment, to_dict
 from .errors import DataError
@@ -75,6 +76,9 @@ RESIDENT_FRACTION = 0.5
 #: Seed offsets, so the shuffling and augmentation streams differ from each other and from init.
 SHUFFLE_SEED_OFFSET = 1
 AUGMENT_SEED_OFFSET = 2
+MIX_SEED_OFFSET = 3
+#: The refit (train.refit) runs with base.seed + this (model init, shuffling, augmentation).
+REFIT_SEED_OFFSET = 1000
 #: A last training batch smaller than this is dropped (BatchNorm cannot train on one sample).
 MIN_TRAIN_BATCH = 2
 #: Host memory used at a time while copying a split to the device.
@@ -161,6 +165,53 @@ class FeatureData:
         return self.features.index_select(0, idx), self.labels.index_select(0, idx)
 
 
+class ConcatData:
+    """Splits (SplitData or FeatureData) seen as one, rows in order (``train.refit``: train then val)."""
+
+    def __init__(self, parts: list) -> None:
+        self.parts = parts
+        self.labels = torch.cat([p.labels for p in parts])
+        self.bounds = np.cumsum([0] + [len(p) for p in parts]).tolist()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, order: Order, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = order.cpu[start:stop]
+        rows, positions = [], []
+        for part, low, high in zip(self.parts, self.bounds, self.bounds[1:]):
+            where = ((idx >= low) & (idx < high)).nonzero().squeeze(1)
+            if len(where):
+                sub = Order.make(idx[where] - low, part.labels.device)
+                rows.append(part.batch(sub, 0, len(where))[0])
+                positions.append(where)
+        x = torch.cat(rows)
+        out = torch.empty_like(x)
+        out[torch.cat(positions).to(x.device)] = x
+        return out, self.labels.index_select(0, order.device[start:stop])
+
+
+def ema_update(decay: float) -> Callable:
+    """``multi_avg_fn`` for AveragedModel: ``avg = decay * avg + (1 - decay) * current`` on float tensors
+    (foreach lerp); integer buffers (BatchNorm's num_batches_tracked) are copied."""
+    def update(averaged: list, current: list, num_averaged: torch.Tensor) -> None:
+        floats = [(a, c) for a, c in zip(averaged, current) if a.is_floating_point()]
+        if floats:
+            torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], 1.0 - decay)
+        for a, c in zip(averaged, current):
+            if not a.is_floating_point():
+                a.copy_(c)
+    return update
+
+
+def make_ema(model: CarNet, decay: float) -> Optional[torch.optim.swa_utils.AveragedModel]:
+    """``train.ema_decay > 0``: an exponential moving average of the weights and buffers (updated after every
+    optimizer step; validated, chosen and saved instead of the raw weights). None when off."""
+    if decay <= 0:
+        return None
+    return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=ema_update(decay), use_buffers=True)
+
+
 def free_memory_bytes(device: torch.device) -> int:
     """Free device memory (CUDA) or available host RAM (CPU), in bytes."""
     if device.type == "cuda":
@@ -230,8 +281,13 @@ class Trainer:
             self.forward = torch.compile(self.forward)
         self.shuffle_gen = generator(base.seed + SHUFFLE_SEED_OFFSET)
         self.augment_gen = generator(base.seed + AUGMENT_SEED_OFFSET, device)
-        self.augment = build_augmenter(self.cfg.augment, self.cfg.randaugment, self.cfg.image_size,
+        policy = train_policy(self.cfg.augment, self.cfg.crop_scale, self.cfg.crop_ratio)
+        self.augment = build_augmenter(policy, self.cfg.randaugment, self.cfg.image_size,
                                        model.mean, model.std, self.augment_gen)
+        self.mix_gen = generator(base.seed + MIX_SEED_OFFSET)
+        self.mixer = (BatchMixer(self.cfg.mixup_alpha, self.cfg.cutmix_alpha, model.num_classes, self.mix_gen)
+                      if self.cfg.mixing else None)
+        self.ema = make_ema(model, self.cfg.ema_decay)
         self.state = TrainState()
         self.last_lr = self.schedule.last_lr()
 
@@ -240,6 +296,10 @@ class Trainer:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def final_module(self) -> CarNet:
+        """The weights that are validated and saved: the EMA copy when ``train.ema_decay > 0``, else the model."""
+        return self.model if self.ema is None else self.ema.module
 
     def prepare(self, raw: torch.Tensor, train: bool) -> torch.Tensor:
         """Raw batch -> model input: augmented/preprocessed images (or the cached features as they are)."""
@@ -262,7 +322,10 @@ class Trainer:
         for step in range(self.steps_per_epoch):
             bs = self.cfg.batch_size
             raw, y = self.train_data.batch(order, step * bs, min((step + 1) * bs, len(self.train_data)))
-            loss, logits = self.train_step(self.prepare(raw, train=True), y)
+            x, target = self.prepare(raw, train=True), y
+            if self.mixer is not None:  # soft targets; train/top1 still counts the unmixed labels
+                x, target = self.mixer(x, y)
+            loss, logits = self.train_step(x, target)
             loss_sum += loss.detach().float() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(y)
@@ -272,7 +335,8 @@ class Trainer:
         return {"loss": loss_total / seen, "top1": correct_total / seen, "images": seen, "seconds": seconds}
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Forward, backward, optimizer and schedule step on one batch; returns (loss, logits)."""
+        """Forward, backward, optimizer and schedule step on one batch (``y``: labels (B,) or soft targets
+        (B, C)); updates the EMA; returns (loss, logits)."""
         with self.autocast():
             logits = self.forward(x)
             loss = self.criterion(logits, y)
@@ -282,12 +346,16 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.schedule.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         return loss, logits
 
     @torch.inference_mode()
     def evaluate(self) -> tuple[float, float]:
         """(val cross-entropy, val top-1) with batches of ``train.eval_batch_size``."""
         self.model.eval()
+        module = self.final_module().eval()
+        forward = self.forward if self.ema is None else (module.head if self.feature_mode else module)
         data, bs = self.val_data, self.cfg.eval_batch_size
         order = Order.make(torch.arange(len(data)), self.device)
         loss_sum = torch.zeros((), device=self.device)
@@ -295,7 +363,7 @@ class Trainer:
         for start in range(0, len(data), bs):
             raw, y = data.batch(order, start, min(start + bs, len(data)))
             with self.autocast():
-                logits = self.forward(self.prepare(raw, train=False))
+                logits = forward(self.prepare(raw, train=False))
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
         loss_total, correct_total = torch.stack([loss_sum, correct.float()]).tolist()
@@ -313,7 +381,7 @@ class Trainer:
         st.epoch, st.train_seconds = epoch + 1, st.train_seconds + stats["seconds"]
         st.history.append(row)
         if val_top1 > st.best.top1:
-            st.best = BestSoFar(val_top1, epoch + 1, cpu_state(self.model.state_dict()),
+            st.best = BestSoFar(val_top1, epoch + 1, cpu_state(self.final_module().state_dict()),
                                 cpu_state(self.optimizer.state_dict()), self.schedule.state_dict())
         return row
 
@@ -331,7 +399,8 @@ class Trainer:
                 "model": cpu_state(self.model.state_dict()), "optimizer": cpu_state(self.optimizer.state_dict()),
                 "scheduler": self.schedule.state_dict(), "scaler": self.scaler.state_dict(),
                 "rng": capture_rng(), "shuffle_gen": self.shuffle_gen.get_state(),
-                "augment_gen": self.augment_gen.get_state().cpu()}
+                "augment_gen": self.augment_gen.get_state().cpu(), "mix_gen": self.mix_gen.get_state(),
+                "ema": None if self.ema is None else cpu_state(self.ema.state_dict())}
 
     def load_resume_state(self, state: dict) -> None:
         """Restore :meth:`resume_state` output."""
@@ -342,6 +411,9 @@ class Trainer:
         restore_rng(state["rng"])
         self.shuffle_gen.set_state(state["shuffle_gen"])
         self.augment_gen.set_state(state["augment_gen"])
+        self.mix_gen.set_state(state["mix_gen"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         self.state = TrainState(int(state["epoch"]), list(state["history"]), BestSoFar(**state["best"]),
                                 float(state["train_seconds"]))
 
@@ -455,6 +527,8 @@ def finish_live(live: Any, trainer: Trainer) -> dict:
     summary = {"best_val_top1": max(st.best.top1, 0.0), "best_epoch": st.best.epoch,
                "params_count": count_parameters(trainer.model), "train_seconds": st.train_seconds,
                **(trainer.weights or {})}
+    if trainer.cfg.refit:  # epochs the final model was refitted for on train+val (0: none)
+        summary["refit_epochs"] = st.best.epoch
     live.summary.update(summary)
     live.end()
     return summary
@@ -486,9 +560,11 @@ def epoch_line(name: str, epoch: int, epochs: int, row: dict, blocks: str) -> st
 
 # ----------------------------------------------------------------------------- feature cache
 def use_feature_cache(exp: Experiment) -> bool:
-    """Frozen backbone, no augmentation and ``train.feature_cache``: train the head on cached features."""
+    """Frozen backbone, no augmentation (no crop range, mixup or cutmix either) and ``train.feature_cache``: train
+    the head on cached features."""
     m, t = exp.model, exp.train
-    return m.freeze == "frozen" and t.augment == "none" and not t.randaugment and t.feature_cache
+    return (m.freeze == "frozen" and not train_policy(t.augment, t.crop_scale, t.crop_ratio).geometric
+            and t.augment == "none" and not t.randaugment and not t.mixing and t.feature_cache)
 
 
 @torch.no_grad()  # not inference_mode: the cached tensors are later inputs of autograd (head training)
@@ -508,13 +584,19 @@ def compute_features(model: CarNet, data: SplitData, image_size: int, batch_size
 
 
 # ----------------------------------------------------------------------------- the whole run
+def train_stored_size(exp: Experiment, store_size: int) -> int:
+    """Side the training crops are kept at on the device (:func:`carbench.augment.stored_size`)."""
+    cfg = exp.train
+    policy = train_policy("none" if use_feature_cache(exp) else cfg.augment, cfg.crop_scale, cfg.crop_ratio)
+    return stored_size(policy, cfg.randaugment, cfg.image_size, store_size)
+
+
 def setup_trainer(exp: Experiment, base: BaseConfig, crops_dir: Path, device: torch.device) -> tuple[Trainer, dict]:
     """Read the store, build the model (pretrained weights, downloaded unless ``base.offline``), record the
     weights file and its sha256 (read once), optionally cache features; -> (trainer, meta)."""
     meta = load_meta(crops_dir)
     num_classes, cfg = int(meta["num_classes"]), exp.train
-    train_size = stored_size("none" if use_feature_cache(exp) else cfg.augment, cfg.randaugment,
-                             cfg.image_size, int(meta["size"]))
+    train_size = train_stored_size(exp, int(meta["size"]))
     train = load_split_data(crops_dir, "train", device, num_classes, size=train_size)
     val = load_split_data(crops_dir, "val", device, num_classes, size=cfg.image_size)
     model = build_model(exp.model, num_classes, pretrained=True, offline=base.offline).to(device)
@@ -561,7 +643,7 @@ def fit(trainer: Trainer, live: Any, resume_path: Path, key: str, on_epoch_end: 
 def keep_untrained_as_best(trainer: Trainer) -> None:
     """``train.epochs: 0``: the initial model is the best (epoch 0), scored on val."""
     _, top1 = trainer.evaluate()
-    trainer.state.best = BestSoFar(top1, 0, cpu_state(trainer.model.state_dict()),
+    trainer.state.best = BestSoFar(top1, 0, cpu_state(trainer.final_module().state_dict()),
                                    cpu_state(trainer.optimizer.state_dict()), trainer.schedule.state_dict())
 
 
@@ -571,6 +653,73 @@ def write_best(trainer: Trainer, meta: dict, out_dir: Path) -> None:
     trainer.model.load_state_dict(best.state_dict)
     ckpt = make_checkpoint(trainer.model, trainer.exp.model, trainer.cfg, meta["class_names"], best.epoch,
                            max(best.top1, 0.0), best.optimizer, best.scheduler, weights=trainer.weights)
+    with atomic_dir(out_dir) as tmp:
+        save_checkpoint(ckpt, tmp / "best.pt")
+
+
+# ----------------------------------------------------------------------------- refit on train+val
+def refit_trainer(fit: Trainer, base: BaseConfig, crops_dir: Path, meta: dict) -> Trainer:
+    """``train.refit``: a fresh trainer for train+val, ``train.epochs`` = the best epoch found with validation
+    (its schedule spans those epochs), seeded with ``base.seed + REFIT_SEED_OFFSET``. The data are ``fit``'s
+    (cached features, or the resident train crops plus val reloaded at the train crops' size)."""
+    exp, device = fit.exp, fit.device
+    epochs = fit.state.best.epoch
+    refit_exp = dataclasses.replace(exp, train=dataclasses.replace(exp.train, epochs=epochs, patience=0))
+    refit_base = dataclasses.replace(base, seed=base.seed + REFIT_SEED_OFFSET)
+    seed_everything(refit_base.seed)
+    model = build_model(exp.model, int(meta["num_classes"]), pretrained=True, offline=base.offline).to(device)
+    apply_freeze(model, exp.model, 0)
+    if fit.feature_mode:
+        train: Any = FeatureData(torch.cat([fit.train_data.features, fit.val_data.features]),
+                                 torch.cat([fit.train_data.labels, fit.val_data.labels]))
+    else:
+        val = load_split_data(crops_dir, "val", device, int(meta["num_classes"]),
+                              size=train_stored_size(exp, int(meta["size"])))
+        train = ConcatData([fit.train_data, val])
+    say(f"[{exp.name}] refit: training a fresh model on train+val ({len(train)} crops) for {epochs} epochs "
+        f"(the best epoch on val)")
+    return Trainer(refit_exp, refit_base, model, train, fit.val_data, device, fit.feature_mode, fit.weights)
+
+
+def fit_record(trainer: Trainer) -> dict:
+    """What the refit phase keeps of the fit phase (stored in its resume state)."""
+    st = trainer.state
+    return {"epoch": st.epoch, "history": st.history, "train_seconds": st.train_seconds,
+            "best_top1": st.best.top1, "best_epoch": st.best.epoch}
+
+
+def run_refit(trainer: Trainer, fit: dict, resume_path: Path, key: str,
+              on_epoch_end: Optional[EpochCallback]) -> None:
+    """The refit epochs still to run (no validation: val is part of the training data). Each epoch's resume
+    state is the refit trainer's plus ``phase: refit`` and the fit phase's record."""
+    name, epochs = trainer.exp.name, trainer.cfg.epochs
+    for epoch in range(trainer.state.epoch, epochs):
+        bar = progress_bar(epoch, epochs, trainer.steps_per_epoch)
+        try:
+            stats = trainer.train_epoch(epoch, bar)
+        finally:
+            bar.close()
+        st = trainer.state
+        st.epoch, st.train_seconds = epoch + 1, st.train_seconds + stats["seconds"]
+        row = {"refit/loss": stats["loss"], "refit/top1": stats["top1"], "epoch_seconds": stats["seconds"]}
+        st.history.append(row)
+        save_resume_file(resume_path, {**trainer.resume_state(key), "phase": "refit", "fit": fit})
+        say(f"[{name}] refit epoch {epoch + 1}/{epochs}: train loss {stats['loss']:.4f} top1 {stats['top1']:.4f}"
+            f" | {stats['seconds']:.1f}s")
+        if on_epoch_end is not None:
+            on_epoch_end(fit["epoch"] + epoch, row)
+
+
+def write_refit(trainer: Trainer, fit: dict, meta: dict, out_dir: Path) -> None:
+    """Write the refit model (its EMA weights when on) as ``out_dir/best.pt``; ``epoch`` and ``best_val_top1``
+    are the fit phase's choice (the refit itself has no validation)."""
+    module = trainer.final_module()
+    if module is not trainer.model:
+        trainer.model.load_state_dict(module.state_dict())
+    ckpt = make_checkpoint(trainer.model, trainer.exp.model, trainer.cfg, meta["class_names"], fit["best_epoch"],
+                           max(fit["best_top1"], 0.0), trainer.optimizer.state_dict(), trainer.schedule.state_dict(),
+                           weights=trainer.weights)
+    ckpt["refit"] = True
     with atomic_dir(out_dir) as tmp:
         save_checkpoint(ckpt, tmp / "best.pt")
 
@@ -594,14 +743,32 @@ def train_experiment(exp: Experiment, base: BaseConfig, crops_dir: PathLike, out
     key = resume_key(exp, base, device, crops_dir, meta, trainer.weights)
     resume_path = resume_dir / f"{exp.name}.pt"
     saved = load_resume_file(resume_path, key)
-    if saved is not None:
+    refitting = saved is not None and saved.get("phase") == "refit"
+    if refitting:  # the fit phase finished before the interruption: restore its record, resume the refit
+        done = saved["fit"]
+        trainer.state = TrainState(int(done["epoch"]), list(done["history"]),
+                                   BestSoFar(float(done["best_top1"]), int(done["best_epoch"])),
+                                   float(done["train_seconds"]))
+        say(f"[{exp.name}] resuming the refit after epoch {int(saved['epoch'])} from {resume_path}")
+    elif saved is not None:
         trainer.load_resume_state(saved)
         say(f"[{exp.name}] resuming after epoch {trainer.state.epoch} from {resume_path}")
     live = open_live(live_dir, trainer.state.history)
-    fit(trainer, live, resume_path, key, on_epoch_end)
-    if trainer.state.best.state_dict is None:
-        keep_untrained_as_best(trainer)
-    write_best(trainer, meta, out_dir)
+    if not refitting:
+        fit(trainer, live, resume_path, key, on_epoch_end)
+    refit = None
+    if exp.train.refit and trainer.state.best.epoch > 0:
+        record = fit_record(trainer)
+        refit = refit_trainer(trainer, base, crops_dir, meta)
+        if refitting:
+            refit.load_resume_state(saved)
+        run_refit(refit, record, resume_path, key, on_epoch_end)
+        trainer.state.train_seconds += refit.state.train_seconds
+        write_refit(refit, record, meta, out_dir)
+    else:
+        if trainer.state.best.state_dict is None:
+            keep_untrained_as_best(trainer)
+        write_best(trainer, meta, out_dir)
     summary = finish_live(live, trainer)
     if curves_dir is not None:
         write_curves(Path(curves_dir), exp.name, trainer.state.history)

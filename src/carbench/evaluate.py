@@ -1,7 +1,7 @@
 """The evaluate stage: one code path for all nine experiments (classifier or k-NN predictor).
 
 Outputs (docs/ARCHITECTURE.md §8): ``metrics/eval/<name>.json`` (flat numbers), the tables dir
-``metrics/eval/<name>/`` (``per_class.csv``, ``confused_pairs.csv``) and the plots dir
+``metrics/eval/<name>/`` (``per_class.csv``, ``confused_pairs.csv``, ``predictions.csv``: per test image) and the plots dir
 ``plots/eval/<name>/`` (``confusion.csv`` for DVC's confusion template, ``confusion.png``,
 ``misclassified.png``).
 """
@@ -107,14 +107,25 @@ def write_plots(name: str, images: np.ndarray, labels: np.ndarray, probs: np.nda
                          f"{name}: {len(wrong)} most confident mistakes")
 
 
+def write_predictions(images: list[str], labels: np.ndarray, preds: np.ndarray, path: Path) -> None:
+    """``predictions.csv``: one row per test image (``image``, ``true``, ``predicted`` class ids, ``correct``
+    0/1), in the crop store's order: what aggregate bootstraps and pairs experiments on (carbench.stats)."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "true", "predicted", "correct"])
+        writer.writerows((img, int(t), int(p), int(t == p)) for img, t, p in zip(images, labels, preds))
+
+
 def write_tables(labels: np.ndarray, probs: np.ndarray, class_names: list[str], n_pairs: int,
-                 tables_dir: str | Path) -> None:
-    """per_class.csv and confused_pairs.csv into ``tables_dir`` (replaced atomically)."""
+                 tables_dir: str | Path, images: list[str] | None = None) -> None:
+    """per_class.csv, confused_pairs.csv and (with ``images``) predictions.csv into ``tables_dir`` (atomically)."""
     preds = probs.argmax(axis=1)
     cm = M.confusion_matrix(labels, preds, len(class_names))
     with atomic_dir(tables_dir) as tmp:
         M.per_class_table(labels, preds, class_names).to_csv(tmp / "per_class.csv", index=False)
         M.most_confused_pairs(cm, class_names, n_pairs).to_csv(tmp / "confused_pairs.csv", index=False)
+        if images is not None:
+            write_predictions(list(images), labels, preds, tmp / "predictions.csv")
 
 
 def evaluate_experiment(params: Params, name: str, crops_dir: str | Path, models_root: str | Path,
@@ -136,7 +147,7 @@ def evaluate_experiment(params: Params, name: str, crops_dir: str | Path, models
                    "latency_ms": measure_latency_ms(predictor, np.ascontiguousarray(test.images[:1]),
                                                     cfg.latency_warmup, cfg.latency_runs),
                    "images_per_second": len(labels) / max(seconds, 1e-9)})
-    write_tables(labels, probs, predictor.class_names, cfg.confused_pairs, tables_dir)
+    write_tables(labels, probs, predictor.class_names, cfg.confused_pairs, tables_dir, test.names)
     write_plots(name, test.images, labels, probs, predictor.class_names, cfg.misclassified, plots_dir)
     write_json(metrics_path, result)
     return result

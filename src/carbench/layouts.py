@@ -84,6 +84,7 @@ class Source:
     class_names: list[str]
     images: list[SourceImage] = field(default_factory=list)
     boxes: str = "official"   # "official" | "none" (every box is the whole image)
+    extra: int = 0            # the last ``extra`` class names are a user's own classes (carbench.extra)
 
 
 def search(root: Path, finder: Callable[[Path], Optional[T]], depth: int = MAX_NESTING) -> Optional[T]:

@@ -1,4 +1,5 @@
-"""Training losses: cross-entropy with label smoothing, or focal loss when ``train.focal_gamma > 0``."""
+"""Training losses: cross-entropy with label smoothing (hard or soft targets), or focal loss when
+``train.focal_gamma > 0`` (hard targets only)."""
 from __future__ import annotations
 
 import torch
@@ -29,8 +30,18 @@ class FocalLoss(nn.Module):
         return (weight * ce).mean()
 
 
+class SoftCrossEntropy(nn.CrossEntropyLoss):
+    """``nn.CrossEntropyLoss`` (label smoothing included) that also takes soft targets ``(N, C)`` (mixup /
+    cutmix: ``-sum(target * log_softmax)``, smoothed towards uniform), computed in float32 for those."""
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if target.is_floating_point():
+            return super().forward(logits.float(), target.float())
+        return super().forward(logits, target)
+
+
 def build_loss(cfg: TrainConfig) -> nn.Module:
-    """The training criterion for ``cfg`` (logits (N, C), target (N,) -> mean loss)."""
+    """The training criterion for ``cfg`` (logits (N, C), target (N,) or soft (N, C) -> mean loss)."""
     if cfg.focal_gamma > 0:
         return FocalLoss(cfg.focal_gamma, cfg.label_smoothing)
-    return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    return SoftCrossEntropy(label_smoothing=cfg.label_smoothing)

@@ -93,9 +93,10 @@ def check_duplicates(images: list[SourceImage]) -> None:
         seen[item.image] = item
 
 
-def _pack_one(item: SourceImage, out: BinaryIO, offset: int, num_names: int) -> tuple[PackedImage, bool, str]:
+def _pack_one(item: SourceImage, out: BinaryIO, offset: int, num_names: int,
+              extra: int = 0) -> tuple[PackedImage, bool, str]:
     """Check one image and append its bytes to ``out``; returns (packed image, box clamped?, format)."""
-    limit = min(num_names, OFFICIAL_NUM_CLASSES)
+    limit = min(num_names - extra, OFFICIAL_NUM_CLASSES) + extra   # a user's own classes come after 196
     if not 1 <= item.official_class <= limit:
         raise BadImage(f"class {item.official_class} is out of range 1..{limit}")
     if not item.path.is_file():
@@ -119,7 +120,7 @@ def pack_images(source: Source, out_path: Path, skip_bad: bool) -> tuple[list[Pa
     with open(out_path, "wb") as out:
         for item in source.images:
             try:
-                image, clamped, fmt = _pack_one(item, out, offset, len(source.class_names))
+                image, clamped, fmt = _pack_one(item, out, offset, len(source.class_names), source.extra)
             except BadImage as exc:
                 if not skip_bad:
                     raise DataError(f"{item.origin}: {exc} (image {item.path})") from None
@@ -159,15 +160,16 @@ def build_raw(source: Source, out_dir: str | Path, skip_bad: bool) -> dict[str, 
     """
     check_duplicates(source.images)
     ordered = Source(kind=source.kind, root=source.root, class_names=source.class_names,
-                     images=canonical_order(source.images), boxes=source.boxes)
+                     images=canonical_order(source.images), boxes=source.boxes, extra=source.extra)
     with atomic_dir(out_dir) as tmp:
         packed, report = pack_images(ordered, tmp / IMAGES_BIN, skip_bad)
         if not packed:
             raise DataError(f"{source.root}: no usable images (skipped {len(report['skipped'])})")
         officials = write_manifest(tmp / MANIFEST, packed, source.class_names)
         names = [source.class_names[c - 1] for c in officials]
+        extra = [n for c, n in zip(officials, names) if c > len(source.class_names) - source.extra]
         write_json(tmp / CLASSES_JSON, {"class_names": names, "official_classes": officials,
-                                        "source": source.kind})
+                                        "source": source.kind, **({"extra_classes": extra} if extra else {})})
     if report["skipped"]:
         warnings.warn(f"skipped {len(report['skipped'])} bad image(s); see metrics", DataWarning, stacklevel=2)
     counts = {split: sum(p.source.split == split for p in packed) for split in ("train", "test")}

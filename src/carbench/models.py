@@ -15,7 +15,8 @@
 * Freeze modes (:func:`trainable_blocks_for_epoch`): ``frozen`` = head only, ``partial`` = the top
   ``model.trainable_blocks`` blocks, ``progressive`` = one more block (top-down) every
   ``model.unfreeze_every`` epochs, ``full`` = everything. Frozen blocks also keep their BatchNorm
-  statistics (their modules stay in eval mode even under ``model.train()``).
+  statistics (their modules stay in eval mode even under ``model.train()``). ``model.head_warmup_epochs``
+  freezes the whole backbone for its first N epochs (head warm-up) before the mode's schedule starts.
 
 Normalisation is not part of the model: ``CarNet.mean``/``CarNet.std`` (RGB, for 0..1 inputs) come from
 the weights' preprocessing (ImageNet statistics otherwise) and are applied by :mod:`carbench.augment`.
@@ -339,9 +340,13 @@ def build_model(model_cfg: ModelConfig, num_classes: int, pretrained: bool, offl
 
 
 def trainable_blocks_for_epoch(cfg: ModelConfig, epoch: int, num_blocks: int) -> int:
-    """How many top backbone blocks train in (0-based) ``epoch`` under ``model.freeze``."""
-    if cfg.freeze == "frozen":
+    """How many top backbone blocks train in (0-based) ``epoch`` under ``model.freeze``.
+
+    The first ``model.head_warmup_epochs`` epochs train the head only; the freeze mode's schedule starts after.
+    """
+    if cfg.freeze == "frozen" or epoch < cfg.head_warmup_epochs:
         return 0
+    epoch -= cfg.head_warmup_epochs
     if cfg.freeze == "partial":
         return min(cfg.trainable_blocks, num_blocks)
     if cfg.freeze == "progressive":

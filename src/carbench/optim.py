@@ -4,7 +4,8 @@ Parameter groups: head and backbone (backbone lr = ``train.lr * model.backbone_l
 into weights with weight decay and norm/bias parameters (1-d tensors) without it. Which backbone
 parameters are included follows ``model.freeze``: none for ``frozen``, the top
 ``model.trainable_blocks`` blocks for ``partial``, all for ``progressive`` (still-frozen ones simply get
-no gradient, which optimizers skip) and ``full``.
+no gradient, which optimizers skip) and ``full``. ``model.layer_decay < 1`` splits the backbone into one
+group per block with geometrically smaller lrs towards the input (layer-wise lr decay).
 
 Schedule (:class:`LrSchedule`): ``lr(step) = base_lr * warmup * decay * plateau``, updated after every
 optimizer step, with ``t = step / steps_per_epoch`` in (fractional) epochs:
@@ -49,14 +50,30 @@ def backbone_parameters(model: Any, model_cfg: ModelConfig) -> list[nn.Parameter
     return [p for i in range(first, model.num_blocks) for p in model.block_parameters(i)]
 
 
+def block_lr_scale(index: int, num_blocks: int, layer_decay: float) -> float:
+    """Layer-wise lr decay: backbone block ``index`` (0 = bottom) of ``num_blocks`` gets
+    ``layer_decay ** (num_blocks - index)`` (the head counts as the layer above the top block: scale 1)."""
+    return layer_decay ** (num_blocks - index)
+
+
 def param_groups(model: Any, model_cfg: ModelConfig, train_cfg: TrainConfig) -> list[dict]:
     """Optimizer groups of a CarNet: head/backbone x decay/no-decay; empty groups are dropped.
 
-    Each group carries ``base_lr`` (its lr before scheduling) and a ``name`` for logs.
+    With ``model.layer_decay < 1`` the backbone is one group per block (``backbone<i>``), block ``i``'s lr
+    scaled by :func:`block_lr_scale` on top of ``model.backbone_lr_mult``. Each group carries ``base_lr``
+    (its lr before scheduling) and a ``name`` for logs.
     """
     groups = []
-    parts = [("head", list(model.head.parameters()), train_cfg.lr),
-             ("backbone", backbone_parameters(model, model_cfg), train_cfg.lr * model_cfg.backbone_lr_mult)]
+    backbone_lr = train_cfg.lr * model_cfg.backbone_lr_mult
+    parts = [("head", list(model.head.parameters()), train_cfg.lr)]
+    if model_cfg.layer_decay < 1.0:
+        included = {id(p) for p in backbone_parameters(model, model_cfg)}
+        for i in range(model.num_blocks):
+            params = [p for p in model.block_parameters(i) if id(p) in included]
+            parts.append((f"backbone{i}", params, backbone_lr * block_lr_scale(i, model.num_blocks,
+                                                                               model_cfg.layer_decay)))
+    else:
+        parts.append(("backbone", backbone_parameters(model, model_cfg), backbone_lr))
     for name, params, lr in parts:
         decay, no_decay = split_decay(params)
         for suffix, ps, wd in (("", decay, train_cfg.weight_decay), ("_no_decay", no_decay, 0.0)):

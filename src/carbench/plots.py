@@ -107,14 +107,23 @@ def image_grid(images: np.ndarray, titles: Sequence[str], path: str | Path, titl
     save_figure(fig, path)
 
 
-def plot_bars(table: pd.DataFrame, columns: Sequence[str], path: str | Path, title: str) -> None:
-    """Grouped bars of ``columns`` (e.g. top1, f1_macro) per row of ``table`` (index = experiment)."""
+def plot_bars(table: pd.DataFrame, columns: Sequence[str], path: str | Path, title: str,
+              errors: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None) -> None:
+    """Grouped bars of ``columns`` (e.g. top1, f1_macro) per row of ``table`` (index = experiment).
+
+    ``errors[col] = (low, high)``: an interval per row, drawn as an error bar (NaN: none)."""
     n, width = len(table), 0.8 / max(1, len(columns))
     fig, ax = plt.subplots(figsize=(max(MIN_FIGURE_INCH, 0.9 * n + 2), 4.5))
     x = np.arange(n)
     for i, col in enumerate(columns):
         values = pd.to_numeric(table[col], errors="coerce").to_numpy(dtype=float)
-        bars = ax.bar(x + (i - (len(columns) - 1) / 2) * width, np.nan_to_num(values), width, label=col)
+        yerr = None
+        if errors and col in errors:
+            low = pd.to_numeric(pd.Series(list(errors[col][0])), errors="coerce").to_numpy(dtype=float)
+            high = pd.to_numeric(pd.Series(list(errors[col][1])), errors="coerce").to_numpy(dtype=float)
+            yerr = np.nan_to_num(np.clip(np.vstack([values - low, high - values]), 0, None))
+        bars = ax.bar(x + (i - (len(columns) - 1) / 2) * width, np.nan_to_num(values), width, label=col,
+                      yerr=yerr, capsize=2 if yerr is not None else 0)
         ax.bar_label(bars, labels=[f"{v:.2f}" if np.isfinite(v) else "" for v in values], fontsize=6)
     labels = [f"{name}\n({cfg})" for name, cfg in zip(table.index, table.get("config", [""] * n))]
     ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=7)

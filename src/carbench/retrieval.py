@@ -5,8 +5,9 @@ Formats (docs/ARCHITECTURE.md): the embedding store ``data/embeddings/<name>/`` 
 model ``models/<name>/knn.{npz,json}`` (§6).
 
 Processing chain, fitted on the gallery ONLY: stored embedding (float16) -> float32 ->
-StandardScaler (``knn.standardize``) -> PCA (``knn.pca_components``) -> L2 normalisation (cosine
-metric) -> exact search (torch chunked matrix products, or faiss flat index) -> neighbour vote.
+StandardScaler (``knn.standardize``) -> PCA (``knn.pca_components``; ``knn.whiten`` scales each kept
+component to unit variance, sklearn's ``PCA(whiten=True)``, folded into the stored projection) -> L2
+normalisation (cosine metric) -> exact search (torch chunked matrix products, or faiss flat index) -> neighbour vote.
 """
 from __future__ import annotations
 
@@ -140,6 +141,10 @@ class Preprocessing:
         return int(sum(a.size for a in (self.scaler_mean, self.scaler_scale, self.pca_mean, self.pca_components)))
 
 
+#: Smallest component variance whitening divides by (a zero-variance direction would blow up).
+WHITEN_EPS = 1e-12
+
+
 def fit_preprocessing(gallery: np.ndarray, cfg: KnnConfig, seed: int) -> Preprocessing:
     """Fit the scaler / PCA of ``cfg`` on ``gallery`` ``(Ng, D)`` only (never on queries)."""
     from sklearn.decomposition import PCA
@@ -157,8 +162,11 @@ def fit_preprocessing(gallery: np.ndarray, cfg: KnnConfig, seed: int) -> Preproc
                             f"dim) = {min(x.shape)}")
         # covariance_eigh is exact and fast when there are more samples than dimensions.
         solver = "covariance_eigh" if x.shape[0] >= x.shape[1] else "full"
-        pca = PCA(n_components=cfg.pca_components, svd_solver=solver, random_state=seed).fit(x)
-        prep.pca_mean, prep.pca_components = pca.mean_.astype(np.float32), pca.components_.astype(np.float32)
+        pca = PCA(n_components=cfg.pca_components, whiten=cfg.whiten, svd_solver=solver, random_state=seed).fit(x)
+        components = pca.components_
+        if cfg.whiten:  # sklearn's whitened transform, folded into the projection: one matrix product stays
+            components = components / np.sqrt(np.maximum(pca.explained_variance_, WHITEN_EPS))[:, None]
+        prep.pca_mean, prep.pca_components = pca.mean_.astype(np.float32), components.astype(np.float32)
     return prep
 
 

@@ -6,6 +6,13 @@ Strategies (``split.strategy``):
   train images become ``val`` (at least 1 and at most n - 1 when n >= 2), the rest ``train``.
 - ``pooled``: per class, all labelled images are pooled; ``round(test_fraction * n)`` go to ``test``, then
   ``round(val_fraction * rest)`` of the rest to ``val`` (same clamping), the remainder to ``train``.
+- ``kfold``: per class, all labelled images are shuffled and dealt round-robin into ``folds`` folds (sizes
+  differ by at most one); fold ``split.fold`` is ``test``, then ``round(val_fraction * rest)`` of the other
+  folds' images go to ``val``. The fold is the *test* set, so the ``folds`` runs of a sweep test every image
+  exactly once (the mean over folds estimates test accuracy on all the data); model selection (best epoch,
+  early stopping) still uses a separate ``val`` set and never sees the test fold. The fold assignment
+  depends only on the seed and the class sizes, never on ``split.fold``, so the folds of one sweep are
+  disjoint.
 
 Per-class stratification is our own (works for classes of 1-3 images): deterministic for a seed (classes are
 visited in class-id order, each shuffled by one ``numpy.random.default_rng(seed)`` stream). Every class must
@@ -53,6 +60,14 @@ def assign_splits(class_ids: np.ndarray, official_split: np.ndarray, cfg: SplitC
     """
     rng = np.random.default_rng(seed)
     out = np.full(len(class_ids), "train", dtype=object)
+    if cfg.strategy == "kfold":
+        folds = fold_ids(class_ids, cfg.folds, rng)      # first, so the val draws cannot shift the folds
+        out[folds == cfg.fold] = "test"
+        for c in np.unique(class_ids):
+            pool = np.flatnonzero((class_ids == c) & (folds != cfg.fold))
+            _, val = _hold_out(pool, cfg.val_fraction, rng)
+            out[val] = "val"
+        return out
     for c in np.unique(class_ids):
         rows = np.flatnonzero(class_ids == c)
         if cfg.strategy == "official":
@@ -63,6 +78,15 @@ def assign_splits(class_ids: np.ndarray, official_split: np.ndarray, cfg: SplitC
             out[test] = "test"
         _, val = _hold_out(pool, cfg.val_fraction, rng)
         out[val] = "val"
+    return out
+
+
+def fold_ids(class_ids: np.ndarray, folds: int, rng: np.random.Generator) -> np.ndarray:
+    """Per row, its fold ``0..folds-1``: per class (in class-id order) a shuffle dealt round-robin."""
+    out = np.zeros(len(class_ids), dtype=np.int64)
+    for c in np.unique(class_ids):
+        rows = rng.permutation(np.flatnonzero(class_ids == c))
+        out[rows] = np.arange(len(rows)) % folds
     return out
 
 
@@ -117,7 +141,8 @@ def run_split(cfg: SplitConfig, seed: int, raw_dir: str | Path, out_dir: str | P
         from .data_plots import plot_class_distribution
 
         plot_class_distribution(per_class, names, plot_path)
-    metrics = {"strategy": cfg.strategy, "seed": seed, "counts": {s: int(per_class[s].sum()) for s in SPLITS},
+    metrics = {"strategy": cfg.strategy, "seed": seed,
+               **({"folds": cfg.folds, "fold": cfg.fold} if cfg.strategy == "kfold" else {}), "counts": {s: int(per_class[s].sum()) for s in SPLITS},
                "classes": {s: int((per_class[s] > 0).sum()) for s in SPLITS}, "num_classes": len(names),
                "missing_classes": missing, "seconds": round(time.perf_counter() - started, 3)}
     if metrics_path is not None:

@@ -1,0 +1,50 @@
+"""Mean +/- std of the test metrics over a sweep of DVC experiments (k-fold or seeds).
+
+Usage:
+    dvc exp run --queue -S split.strategy=kfold -S split.folds=3 -S 'split.fold=0,1,2'   # or -S 'base.seed=0,1,2'
+    dvc queue start -j 1          # runs them one after the other (dvc queue status: until none is queued/running)
+    python scripts/sweep.py --where split.strategy=kfold     # every such experiment of the current commit
+    python scripts/sweep.py NAME NAME ...                    # or the experiments named
+
+Reads `dvc exp show --json` (only what it shows: experiments of HEAD unless `-A` is passed through `--exp-show`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from carbench import sweep  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help="experiment names (default: every experiment shown)")
+    parser.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                        help="keep runs whose params.yaml KEY (dotted) equals VALUE; repeatable")
+    parser.add_argument("--exp-show", default="", help="extra `dvc exp show` arguments, e.g. '-A'")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of markdown")
+    args = parser.parse_args()
+    where = dict(item.split("=", 1) for item in args.where)
+    result = subprocess.run(["dvc", "exp", "show", "--json", *args.exp_show.split()], capture_output=True,
+                            text=True)
+    if result.returncode != 0:
+        print(f"error: dvc exp show failed: {result.stderr.strip()}", file=sys.stderr)
+        return 1
+    runs = sweep.ordered(sweep.select(sweep.runs_from_exp_show(json.loads(result.stdout or "[]")), args.names,
+                                      where))
+    if not runs:
+        print("error: no experiment matches (dvc exp show lists the experiments of HEAD)", file=sys.stderr)
+        return 1
+    rows = sweep.summarize(runs)
+    print(json.dumps(rows, indent=2) if args.json else sweep.to_markdown(rows, runs), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
