@@ -73,22 +73,22 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.loads(path.read_text())
 
 
-_MD5_BLOCK_BYTES = 1 << 20   # read in 1 MiB blocks: constant memory for multi-GB archives
+_HASH_BLOCK_BYTES = 1 << 20   # read in 1 MiB blocks: constant memory for multi-GB archives
+
+
+def _file_digest(path: str | os.PathLike, algorithm: str) -> str:
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(_HASH_BLOCK_BYTES), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def file_md5(path: str | os.PathLike) -> str:
     """Hex md5 of a file's bytes (archive checksums; pinning an embedder checkpoint)."""
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(_MD5_BLOCK_BYTES), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return _file_digest(path, "md5")
 
 
 def file_sha256(path: str | os.PathLike) -> str:
     """Hex sha256 of a file's bytes, read in blocks (pretrained weights files of ~100 MB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(_MD5_BLOCK_BYTES), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return _file_digest(path, "sha256")
