@@ -126,8 +126,8 @@ def _pack_first_route(data: DataConfig, offline: bool, out_dir: str | Path, seed
         attempts.append({"route": route.name, "result": f"ok in {time.perf_counter() - started:.1f} s"})
         metrics.update(route=route.name, route_ref=describe(route), attempts=attempts)
         return metrics
-    listing = "\n".join(f"  - {next(describe(r) for r in data.routes if r.name == a['route'])}: {a['result']}"
-                        for a in attempts)
+    described = {r.name: describe(r) for r in data.routes}
+    listing = "\n".join(f"  - {described[a['route']]}: {a['result']}" for a in attempts)
     raise DataError(f"could not get Stanford Cars from any route of data.routes:\n{listing}\n"
                     + ways_forward(offline))
 
