@@ -53,7 +53,7 @@ def test_offline_overrides_are_valid(raw):
 def test_experiment_overrides_merge_over_section_defaults(raw):
     params = parse_params(_with(raw, "train.lr", 0.123))
     frozen = params.experiments["tl_resnet50_frozen"]   # overrides lr
-    assert frozen.train.lr == 0.001
+    assert frozen.train.lr == 0.003
     # an experiment that does not override a key gets the section default
     assert frozen.train.batch_size == raw["train"]["batch_size"]
     knn = params.experiments["knn_resnet50_k3"]
@@ -65,7 +65,8 @@ def test_numeric_string_lr_from_cli_is_accepted(raw):
     # YAML 1.1 reads 3e-4 (no dot) as a string; `dvc exp run -S train.lr=3e-4` must still work.
     params = parse_params(_with(raw, "train.lr", "3e-4"))
     assert params.experiments["cnn_bn_dropout"].train.lr == 0.05   # overridden by the experiment
-    assert params.experiments["tl_resnet50_finetune"].train.lr == pytest.approx(3e-4)   # takes the knob
+    assert params.experiments["tl_resnet50_finetune"].train.lr == 0.02   # overridden by the experiment
+    assert params.experiments["tl_densenet121_progressive"].train.lr == pytest.approx(3e-4)   # takes the knob
 
 
 @pytest.mark.parametrize(

@@ -90,7 +90,8 @@ def deterministic_metrics(live: Path) -> dict:
 
 
 def test_loop_overfits_a_tiny_batch(store):
-    exp, base = tiny("cnn_basic", model={"init": "he"}, train={"optimizer": "adam", "lr": 0.01, "scheduler": "none"})
+    exp, base = tiny("cnn_basic", model={"init": "he"}, train={"optimizer": "adam", "lr": 0.01, "scheduler": "none",
+                                                               "augment": "none", "label_smoothing": 0.0})
     seed_everything(base.seed)
     trainer, _ = setup_trainer(exp, base, store, torch.device("cpu"))
     x, y = trainer.train_data.batch(Order.make(torch.arange(8), torch.device("cpu")), 0, 8)
@@ -170,7 +171,7 @@ def test_stale_resume_state_is_ignored_and_replaced(tmp_path, store, capsys):
 
 def test_feature_cache_trains_the_head_on_cached_features(tmp_path, store, capsys):
     exp, base = tiny("cnn_basic", model={"freeze": "frozen"},
-                     train={"optimizer": "adam", "lr": 0.05, "epochs": 3, "feature_cache": True})
+                     train={"optimizer": "adam", "lr": 0.05, "epochs": 3, "feature_cache": True, "augment": "none"})
     out_cached, _ = run(tmp_path, store, exp, base, "cached")
     assert "feature cache" in capsys.readouterr().err
     plain = dataclasses.replace(exp, train=dataclasses.replace(exp.train, feature_cache=False))

@@ -67,7 +67,7 @@ def test_penultimate_equals_features_without_hidden_layer():
 
 def test_he_init_changes_scratch_weights():
     torch.manual_seed(0)
-    default = build_model(cfg(), NUM_CLASSES, pretrained=False)
+    default = build_model(cfg(init="default"), NUM_CLASSES, pretrained=False)
     torch.manual_seed(0)
     he = build_model(cfg(init="he"), NUM_CLASSES, pretrained=False)
     conv_d, conv_h = default.backbone.block1.body[0], he.backbone.block1.body[0]

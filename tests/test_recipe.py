@@ -30,13 +30,16 @@ def params_with(section: str, **values):
 
 
 # ----------------------------------------------------------------------------- config
-def test_new_keys_default_to_off():
+def test_new_keys_default_to_off_except_refit_of_the_transfer_experiments():
+    # docs/results.md: refit was chosen for the three transfer experiments; no other option beat the defaults on
+    # dev98 val (or it was not measured), so they stay off everywhere
     params = parse_params(repo_params())
+    refit = {name for name, exp in params.experiments.items() if exp.trained and exp.train.refit}
+    assert refit == {name for name, exp in params.experiments.items() if exp.config == "transfer"}
     for exp in params.experiments.values():
         if exp.trained:
             t, m = exp.train, exp.model
-            assert (t.refit, t.ema_decay, t.crop_scale, t.crop_ratio, t.mixup_alpha, t.cutmix_alpha) == \
-                (False, 0.0, None, None, 0.0, 0.0)
+            assert (t.ema_decay, t.crop_scale, t.crop_ratio, t.mixup_alpha, t.cutmix_alpha) == (0.0, None, None, 0.0, 0.0)
             assert (m.layer_decay, m.head_warmup_epochs) == (1.0, 0)
         else:
             assert exp.knn.whiten is False
@@ -267,8 +270,38 @@ def test_dev98_overrides_are_valid_and_keep_each_experiment_identity():
 
     overrides = yaml.safe_load((ROOT / "configs" / "dev98.yaml").read_text())
     params = parse_params(deep_merge(repo_params(), overrides))
-    frozen = params.experiments["tl_resnet50_frozen"]
-    assert frozen.model.freeze == "frozen" and frozen.model.arch == "mobilenet_v2" and use_feature_cache(frozen)
-    assert params.experiments["knn_resnet50_k3"].knn.k == 3
-    cosine = params.experiments["knn_densenet121_cosine"]
-    assert cosine.knn.metric == "cosine" and cosine.knn.whiten and cosine.embedder == "tl_resnet50_frozen"
+    ex = params.experiments
+    for name in ("tl_resnet50_frozen", "tl_resnet50_finetune", "tl_densenet121_progressive"):
+        assert (ex[name].model.arch, ex[name].model.weights) == ("mobilenet_v2", "IMAGENET1K_V1"), name
+    frozen = ex["tl_resnet50_frozen"]
+    assert frozen.model.freeze == "frozen" and frozen.model.head_hidden == 0 and use_feature_cache(frozen)
+    assert ex["tl_resnet50_finetune"].model.freeze == "full"
+    assert ex["tl_densenet121_progressive"].model.freeze == "progressive"
+    basic, bn, res = (ex[n].model for n in ("cnn_basic", "cnn_bn_dropout", "cnn_residual"))
+    assert not (basic.cnn_batch_norm or basic.cnn_dropout or basic.head_dropout or basic.cnn_residual)
+    assert bn.cnn_batch_norm and bn.cnn_dropout > 0 and not bn.cnn_residual
+    assert res.cnn_batch_norm and res.cnn_residual
+    k3, k10, cosine = (ex[n] for n in ("knn_resnet50_k3", "knn_resnet50_k10", "knn_densenet121_cosine"))
+    assert (k3.knn.k, k3.knn.metric, k3.embedder) == (3, "euclidean", "tl_resnet50_finetune")
+    assert (k10.knn.k, k10.knn.weighting, k10.embedder) == (10, "distance", "tl_resnet50_finetune")
+    assert (cosine.knn.metric, cosine.embedder) == ("cosine", "tl_densenet121_progressive")
+
+
+def test_the_dev98_tuning_grids_are_valid_against_the_params():
+    """configs/tune_dev98_round*.yaml and final_dev98.yaml (scripts/tune.py) name real experiments and keys."""
+    import sys
+
+    import yaml
+
+    from conftest import ROOT, deep_merge
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import tune
+
+    raw = deep_merge(repo_params(), yaml.safe_load((ROOT / "configs" / "dev98.yaml").read_text()))
+    grids = sorted((ROOT / "configs").glob("tune_dev98_round*.yaml")) + [ROOT / "configs" / "final_dev98.yaml"]
+    assert len(grids) == 4
+    for grid in grids:
+        runs = tune.expand(yaml.safe_load(grid.read_text()), set())
+        assert runs, grid
+        tune.validate(raw, runs)

@@ -47,8 +47,8 @@ def test_a_section_knob_changes_only_the_files_of_experiments_that_take_it(tmp_p
     before = _texts(repo_params(), tmp_path / "a")
     after = _texts(repo_params({"train": {"lr": "3e-4"}}), tmp_path / "b")
     changed = {rel for rel in before if before[rel] != after[rel]}
-    # only the two trained experiments that do not set their own lr
-    assert changed == {"train/tl_resnet50_finetune.yaml", "train/tl_densenet121_progressive.yaml"}
+    # only the trained experiment that does not set its own lr
+    assert changed == {"train/tl_densenet121_progressive.yaml"}
     again = _texts(repo_params(), tmp_path / "c")
     assert again == before, "resolving the same params twice must give byte-identical files"
 
@@ -87,9 +87,10 @@ def test_a_bad_value_in_a_resolved_file_names_the_file_and_key(tmp_path):
 
 def test_stage_experiment_prefers_the_resolved_file_and_checks_its_name(tmp_path, params_path):
     run_resolve(parse_params(repo_params({"train": {"lr": 0.5}})), tmp_path)
-    _, exp = stage_experiment(params_path, tmp_path / "train" / "tl_resnet50_finetune.yaml", "tl_resnet50_finetune")
+    _, exp = stage_experiment(params_path, tmp_path / "train" / "tl_densenet121_progressive.yaml",
+                              "tl_densenet121_progressive")
     assert exp.train.lr == 0.5                      # from the resolved file, not from params_path
-    _, exp = stage_experiment(params_path, None, "tl_resnet50_finetune")
+    _, exp = stage_experiment(params_path, None, "tl_densenet121_progressive")
     assert exp.train.lr == repo_params()["train"]["lr"]
     with pytest.raises(ConfigError, match="resolves experiment 'cnn_basic', not 'cnn_residual'"):
         stage_experiment(params_path, tmp_path / "train" / "cnn_basic.yaml", "cnn_residual")

@@ -1,0 +1,274 @@
+"""Tune trained experiments on the validation split (never on test): a grid of params overrides, scored on val.
+
+    python scripts/tune.py --overrides configs/dev98.yaml --crops data/crops --grid configs/tune_dev98.yaml \
+        [--jobs 4] [--only tl_resnet50_finetune] [--out tune.jsonl]
+
+Reads params.yaml with the overrides file merged in (as `scripts/offline.py` runs it) and the crop store the
+pipeline wrote (`data/crops`, after the `crop` stage ran with those overrides). The grid file lists runs:
+
+    runs:
+      - experiment: tl_resnet50_finetune
+        set: {train.lr: 0.01, model.backbone_lr_mult: 1.0}       # applied to experiments.<name>
+        vary: {train.lr: [0.005, 0.01, 0.02]}                    # one run per combination (optional)
+        knn: {k: [3, 10], metric: [euclidean, cosine], pca_components: [0, 256], whiten: [false, true]}
+
+Every run goes through `carbench.config` (a typo in a key fails loudly) and trains with the pipeline's own
+`carbench.engine.Trainer`, as `train@<name>` does, keeping the best epoch on val. With `knn:`, the best model then
+embeds train and val (backbone features, L2-normalised and stored as float16, as `embed@` does) and every k-NN
+setting of the product is scored with train as the gallery and val as the queries (`carbench.retrieval`).
+`train.refit` is ignored here: a refitted model has no validation score.
+
+`--jobs N` trains N runs at once in separate processes (on one GPU, small models leave it mostly idle otherwise).
+Prints one JSON line per run (val top-1, best epoch, seconds) and, last, the best run of each experiment.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as futures
+import contextlib
+import copy
+import dataclasses
+import itertools
+import json
+import multiprocessing
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from carbench.config import experiment, parse_params  # noqa: E402
+
+#: A long run reports its val top-1 to stderr every this many epochs.
+PROGRESS_EVERY = 25
+
+
+def merge(base: dict, over: dict) -> dict:
+    """``over`` merged into a copy of ``base`` (nested dicts key by key; anything else replaced)."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_raw(params: Path, overrides: Path | None) -> dict:
+    raw = yaml.safe_load(Path(params).read_text())
+    if overrides:
+        raw = merge(raw, yaml.safe_load(Path(overrides).read_text()) or {})
+    return raw
+
+
+def with_settings(raw: dict, name: str, settings: dict) -> dict:
+    """``raw`` with dotted ``settings`` (``train.lr: 0.01``) set under ``experiments.<name>``."""
+    if name not in raw.get("experiments", {}):
+        raise SystemExit(f"unknown experiment {name!r}; known: {', '.join(raw.get('experiments', {}))}")
+    out = copy.deepcopy(raw)
+    for key, value in settings.items():
+        node = out["experiments"][name]
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def product(vary: dict) -> list[dict]:
+    """Every combination of ``{key: [values]}`` (one empty combination when nothing varies)."""
+    keys = list(vary)
+    return [dict(zip(keys, values)) for values in itertools.product(*(vary[k] for k in keys))]
+
+
+def expand(grid: dict, only: set[str]) -> list[dict]:
+    """The grid file's runs, one per combination of ``vary``, as {experiment, settings, knn}."""
+    runs = []
+    for spec in grid.get("runs", []):
+        unknown = set(spec) - {"experiment", "set", "vary", "knn"}
+        if unknown:
+            raise SystemExit(f"grid run {spec}: unknown keys {sorted(unknown)} (experiment, set, vary, knn)")
+        if only and spec["experiment"] not in only:
+            continue
+        for combo in product(spec.get("vary") or {}):
+            runs.append({"experiment": spec["experiment"], "settings": {**(spec.get("set") or {}), **combo},
+                         "knn": spec.get("knn")})
+    return runs
+
+
+def base_knn(params: Any, name: str) -> Any:
+    """The k-NN config the grid varies: that of a retrieval experiment embedded by ``name`` (else the first)."""
+    retrieval = [e for e in params.experiments.values() if not e.trained]
+    if not retrieval:
+        raise SystemExit("a `knn:` grid needs a retrieval experiment in params (its k-NN settings are the base)")
+    return next((e for e in retrieval if e.embedder == name), retrieval[0]).knn
+
+
+def validate(raw: dict, runs: list[dict]) -> None:
+    """Parse every run's params before any training starts, so a typo fails at once, not after an hour."""
+    for run in runs:
+        params = parse_params(with_settings(raw, run["experiment"], run["settings"]))
+        experiment(params, run["experiment"])
+        if run["knn"]:
+            for combo in product(run["knn"]):
+                dataclasses.replace(base_knn(params, run["experiment"]), **combo)
+
+
+def score_knn(model: Any, trainer: Any, crops: Path, meta: dict, base_knn: Any, grid: dict, seed: int) -> list:
+    """Val top-1 of every k-NN setting of ``grid`` on the best model's embeddings (gallery train, queries val)."""
+    import numpy as np
+    import torch
+
+    from carbench.engine import amp_dtype, compute_features, load_split_data
+    from carbench.retrieval import as_stored, fit_preprocessing, search, vote
+
+    cfg, device, n = trainer.cfg, trainer.device, int(meta["num_classes"])
+    feats = {}
+    for split in ("train", "val"):
+        data = load_split_data(crops, split, device, n, size=cfg.image_size)
+        out = compute_features(model, data, cfg.image_size, cfg.eval_batch_size, device, amp_dtype(device, cfg.amp))
+        feats[split] = (as_stored(out.features.cpu().numpy(), True), out.labels.cpu().numpy())
+    (gallery, g_labels), (queries, q_labels) = feats["train"], feats["val"]
+    rows = []
+    for combo in product(grid):
+        knn = dataclasses.replace(base_knn, **combo)
+        if knn.whiten and not knn.pca_components:
+            continue
+        prep = fit_preprocessing(gallery, knn, seed)
+        with torch.inference_mode():
+            dist, idx = search(prep.apply(queries), prep.apply(gallery), knn.k, knn.metric)
+        probs = vote(g_labels[idx], dist, n, knn.weighting)
+        rows.append({**combo, "val_top1": float((np.asarray(probs).argmax(1) == q_labels).mean())})
+    return rows
+
+
+def run_one(raw: dict, run: dict, crops: str, test: bool = False) -> dict:
+    """Train one run (best epoch on val); with ``knn``, also score k-NN on its embeddings."""
+    from carbench.engine import _NoBar, seed_everything, setup_trainer
+    from carbench.runtime import select_device
+
+    params = parse_params(with_settings(raw, run["experiment"], run["settings"]))
+    exp, base = experiment(params, run["experiment"]), params.base
+    device = select_device(base.device)
+    seed_everything(base.seed)
+    start = time.perf_counter()
+    trainer, meta = setup_trainer(exp, base, Path(crops), device)
+    for epoch in range(exp.train.epochs):
+        if trainer.should_stop():
+            break
+        row = trainer.run_epoch(epoch, _NoBar())
+        if (epoch + 1) % PROGRESS_EVERY == 0 and epoch + 1 < exp.train.epochs:  # what a killed long run reached
+            print(f"[tune] {exp.name} {run['settings']}: epoch {epoch + 1}/{exp.train.epochs} val top-1 "
+                  f"{row['val/top1']:.4f} (best {trainer.state.best.top1:.4f})", file=sys.stderr, flush=True)
+    best = trainer.state.best
+    row = {"experiment": exp.name, "settings": run["settings"], "val_top1": round(best.top1, 4),
+           "best_epoch": best.epoch, "epochs_run": trainer.state.epoch,
+           "last_val_top1": round(trainer.state.history[-1]["val/top1"], 4) if trainer.state.history else None,
+           "train_seconds": round(trainer.state.train_seconds, 1)}
+    if run["knn"]:
+        module = trainer.final_module()
+        module.load_state_dict(best.state_dict)
+        row["knn"] = score_knn(module, trainer, Path(crops), meta, base_knn(params, exp.name), run["knn"],
+                              base.seed)
+    if test:
+        row["test"] = final_test(params, trainer, Path(crops), meta)
+    row["seconds"] = round(time.perf_counter() - start, 1)
+    return row
+
+
+def final_test(params: Any, trainer: Any, crops: Path, meta: dict) -> dict:
+    """``--test``: the experiment's final model (refitted on train+val when ``train.refit``, as `train@` does)
+    scored on test like `evaluate@` (top-1, top-5, macro-F1), and every retrieval experiment it embeds for scored
+    like `knn@` + `evaluate@` (gallery ``embed.gallery``, queries test)."""
+    import numpy as np
+    import torch
+
+    from carbench.augment import eval_preprocess
+    from carbench.engine import Order, _NoBar, amp_dtype, compute_features, load_split_data, refit_trainer
+    from carbench.evaluate import classification_metrics
+    from carbench.retrieval import as_stored, fit_preprocessing, search, vote
+
+    exp, base, cfg, device = trainer.exp, params.base, trainer.cfg, trainer.device
+    n, amp = int(meta["num_classes"]), amp_dtype(trainer.device, trainer.cfg.amp)
+    out: dict = {"refit_epochs": 0}
+    if cfg.refit and trainer.state.best.epoch > 0:
+        refit = refit_trainer(trainer, base, crops, meta)
+        for epoch in range(refit.cfg.epochs):
+            refit.train_epoch(epoch, _NoBar())
+        model, out["refit_epochs"] = refit.final_module(), refit.cfg.epochs
+    else:
+        model = trainer.final_module()
+        model.load_state_dict(trainer.state.best.state_dict)
+    model.eval()
+    test = load_split_data(crops, "test", device, n, size=cfg.image_size)
+    chunks, labels, order = [], [], Order.make(torch.arange(len(test)), device)
+    with torch.inference_mode():
+        for start in range(0, len(test), cfg.eval_batch_size):
+            raw, y = test.batch(order, start, min(start + cfg.eval_batch_size, len(test)))
+            x = eval_preprocess(raw, cfg.image_size, model.mean, model.std)
+            with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
+                chunks.append(torch.softmax(model(x).float(), 1).cpu())
+            labels.append(y.cpu())
+    metrics = classification_metrics(torch.cat(chunks).numpy(), torch.cat(labels).numpy())
+    out[exp.name] = {k: round(float(v), 4) for k, v in metrics.items()}
+    for ret in (e for e in params.experiments.values() if not e.trained and e.embedder == exp.name):
+        feats = {}
+        for split in ("train", "val", "test"):
+            data = load_split_data(crops, split, device, n, size=cfg.image_size)
+            f = compute_features(model, data, cfg.image_size, cfg.eval_batch_size, device, amp)
+            feats[split] = (as_stored(f.features.cpu().numpy(), ret.embed.l2_normalize), f.labels.cpu().numpy())
+        parts = ("train", "val") if ret.embed.gallery == "train+val" else ("train",)
+        gallery = np.concatenate([feats[s][0] for s in parts])
+        g_labels = np.concatenate([feats[s][1] for s in parts])
+        prep = fit_preprocessing(gallery, ret.knn, base.seed)
+        with torch.inference_mode():
+            dist, idx = search(prep.apply(feats["test"][0]), prep.apply(gallery), ret.knn.k, ret.knn.metric)
+        probs = np.asarray(vote(g_labels[idx], dist, n, ret.knn.weighting))
+        out[ret.name] = {k: round(float(v), 4) for k, v in classification_metrics(probs, feats["test"][1]).items()}
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--params", default=str(ROOT / "params.yaml"))
+    p.add_argument("--overrides", default=None, help="a YAML file merged over params.yaml (configs/dev98.yaml)")
+    p.add_argument("--crops", default=str(ROOT / "data" / "crops"), help="the crop stage's store")
+    p.add_argument("--grid", required=True, help="YAML file with `runs:` (see above)")
+    p.add_argument("--only", default="", help="comma-separated experiments of the grid to run (default: all)")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once, one process each")
+    p.add_argument("--out", default=None, help="also append the JSON lines to this file")
+    p.add_argument("--test", action="store_true",
+                   help="after tuning is over: also score each run's final model on test (see final_test)")
+    args = p.parse_args()
+    raw = load_raw(Path(args.params), Path(args.overrides) if args.overrides else None)
+    runs = expand(yaml.safe_load(Path(args.grid).read_text()) or {}, {s for s in args.only.split(",") if s})
+    validate(raw, runs)
+    print(json.dumps({"runs": len(runs), "jobs": args.jobs}), flush=True)
+    sink = open(args.out, "a") if args.out else None
+    best: dict = {}
+
+    def report(row: dict) -> None:
+        line = json.dumps(row)
+        print(line, flush=True)
+        if sink:
+            sink.write(line + "\n")
+            sink.flush()
+        if row["val_top1"] > best.get(row["experiment"], {}).get("val_top1", -1.0):
+            best[row["experiment"]] = row
+
+    if args.jobs <= 1:
+        for run in runs:
+            report(run_one(raw, run, args.crops, args.test))
+    else:
+        spawn = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+        with futures.ProcessPoolExecutor(args.jobs, mp_context=spawn) as pool:
+            pending = [pool.submit(run_one, raw, run, args.crops, args.test) for run in runs]
+            for done in futures.as_completed(pending):
+                report(done.result())
+    print(json.dumps({"best": best}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

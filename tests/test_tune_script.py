@@ -1,0 +1,120 @@
+"""scripts/tune.py: the val-only tuner behind the dev98 defaults (grid expansion, loud typos, val-only reads,
+k-NN scoring on a trained model's embeddings, and the --test mode that refits and scores like the pipeline)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import repo_params
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import tune  # noqa: E402
+
+TINY = {"train.epochs": 2, "train.image_size": 32, "train.batch_size": 16}
+
+
+@pytest.fixture
+def raw() -> dict:
+    """Committed params on the CPU, every retrieval experiment embedded by cnn_basic (no pretrained weights)."""
+    params = repo_params({"base": {"device": "cpu", "threads": 1}})
+    params["dag"]["retrieval"] = {name: "cnn_basic" for name in params["dag"]["retrieval"]}
+    return params
+
+
+@pytest.fixture
+def reads(monkeypatch) -> list:
+    """The splits the engine opens, in order."""
+    import carbench.engine as engine
+
+    seen: list = []
+    original = engine.read_split
+
+    def spy(crops_dir, split):
+        seen.append(split)
+        return original(crops_dir, split)
+
+    monkeypatch.setattr(engine, "read_split", spy)
+    return seen
+
+
+def test_expand_makes_one_run_per_combination_and_filters_by_experiment():
+    grid = {"runs": [{"experiment": "cnn_basic", "set": {"train.epochs": 3},
+                      "vary": {"train.lr": [0.1, 0.2], "train.augment": ["none", "light", "strong"]}},
+                     {"experiment": "cnn_residual"}]}
+    runs = tune.expand(grid, set())
+    assert len(runs) == 7
+    assert runs[0]["settings"] == {"train.epochs": 3, "train.lr": 0.1, "train.augment": "none"}
+    assert runs[-1] == {"experiment": "cnn_residual", "settings": {}, "knn": None}
+    assert [r["experiment"] for r in tune.expand(grid, {"cnn_residual"})] == ["cnn_residual"]
+    with pytest.raises(SystemExit, match="unknown keys"):
+        tune.expand({"runs": [{"experiment": "cnn_basic", "sets": {}}]}, set())
+
+
+def test_settings_land_under_the_experiment_and_typos_fail_before_training(raw):
+    changed = tune.with_settings(raw, "cnn_basic", {"train.lr": 0.5, "model.cnn_dropout": 0.25})
+    assert changed["experiments"]["cnn_basic"]["train"]["lr"] == 0.5
+    assert changed["experiments"]["cnn_basic"]["model"]["cnn_dropout"] == 0.25
+    assert "cnn_dropout" not in raw["experiments"]["cnn_basic"]["model"]  # the input is left as it was
+    tune.validate(raw, [{"experiment": "cnn_basic", "settings": {"train.lr": 0.5}, "knn": {"k": [1, 3]}}])
+    from carbench.config import ConfigError
+
+    with pytest.raises(ConfigError, match="lrr"):
+        tune.validate(raw, [{"experiment": "cnn_basic", "settings": {"train.lrr": 0.5}, "knn": None}])
+    with pytest.raises(TypeError, match="kk"):
+        tune.validate(raw, [{"experiment": "cnn_basic", "settings": {}, "knn": {"kk": [1]}}])
+    with pytest.raises(SystemExit, match="unknown experiment"):
+        tune.with_settings(raw, "cnn_nope", {})
+
+
+def test_a_run_is_scored_on_val_and_never_reads_test(raw, synthetic_crops, reads, one_thread):
+    knn_grid = {"k": [1, 3], "metric": ["euclidean", "cosine"], "pca_components": [0, 4], "whiten": [False, True]}
+    row = tune.run_one(raw, {"experiment": "cnn_basic", "settings": TINY, "knn": knn_grid}, str(synthetic_crops))
+    assert "test" not in reads and {"train", "val"} <= set(reads)
+    assert row["experiment"] == "cnn_basic" and row["epochs_run"] == 2 and 1 <= row["best_epoch"] <= 2
+    assert 0.0 <= row["last_val_top1"] <= row["val_top1"] <= 1.0
+    # whitening needs PCA: 2 k x 2 metrics x (no PCA, PCA, PCA + whitening) settings
+    assert len(row["knn"]) == 12 and not any(r["whiten"] and not r["pca_components"] for r in row["knn"])
+    assert all(0.0 <= r["val_top1"] <= 1.0 for r in row["knn"])
+    one_nn = [r["val_top1"] for r in row["knn"] if r["k"] == 1 and not r["pca_components"]]
+    assert one_nn[0] == one_nn[1]  # on L2-normalised embeddings Euclidean and cosine rank alike
+
+
+def test_test_mode_refits_and_scores_the_experiment_and_its_retrieval_experiments(raw, synthetic_crops, reads,
+                                                                                 one_thread):
+    run = {"experiment": "cnn_basic", "settings": {**TINY, "train.refit": True}, "knn": None}
+    row = tune.run_one(raw, run, str(synthetic_crops), test=True)
+    test = row["test"]
+    assert reads.index("test") > reads.index("val")  # test is opened only once training is over
+    assert test["refit_epochs"] == row["best_epoch"]
+    assert set(test) == {"refit_epochs", "cnn_basic", "knn_resnet50_k3", "knn_resnet50_k10", "knn_densenet121_cosine"}
+    for name in set(test) - {"refit_epochs"}:
+        assert 0.0 <= test[name]["top1"] <= test[name]["top5"] <= 1.0 and 0.0 <= test[name]["f1_macro"] <= 1.0
+    no_refit = tune.run_one(raw, {**run, "settings": TINY}, str(synthetic_crops), test=True)
+    assert no_refit["test"]["refit_epochs"] == 0
+
+
+def test_command_line_runs_jobs_in_parallel_and_reports_the_best(raw, synthetic_crops, tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({"runs": [{"experiment": "cnn_basic", "set": {**TINY, "train.epochs": 1},
+                                              "vary": {"train.lr": [0.001, 0.01]}}]}))
+    out = tmp_path / "runs.jsonl"
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "tune.py"), "--params", str(params), "--crops",
+                           str(synthetic_crops), "--grid", str(grid), "--jobs", "2", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, env={"OMP_NUM_THREADS": "1",
+                                                                            "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    rows = [line for line in lines if "val_top1" in line]
+    assert lines[0] == {"runs": 2, "jobs": 2} and len(rows) == 2
+    assert sorted(r["settings"]["train.lr"] for r in rows) == [0.001, 0.01]
+    assert lines[-1]["best"]["cnn_basic"]["val_top1"] == max(r["val_top1"] for r in rows)
+    assert [json.loads(line) for line in out.read_text().splitlines()] == rows
