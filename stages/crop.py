@@ -1,7 +1,7 @@
 """Crop stage: crop every image to its box once and store uint8 crops per split in data/crops."""
 from carbench.cli import parser, run
 from carbench.config import load_params
-from carbench.crops import run_crop
+from carbench.crop import run_crop
 from carbench.runtime import configure
 
 

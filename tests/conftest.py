@@ -157,7 +157,7 @@ def synthetic_split(synthetic_raw) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_crops(synthetic_raw, synthetic_split) -> Path:
     """The crop store ``data/crops`` for the tiny synthetic dataset (read-only)."""
-    from carbench.crops import run_crop
+    from carbench.crop import run_crop
 
     out = synthetic_raw.parent / "crops"
     run_crop(crop_config(), False, synthetic_raw, synthetic_split, out, None, None)

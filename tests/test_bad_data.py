@@ -13,7 +13,8 @@ import scipy.io
 from PIL import Image
 
 from carbench.config import DataConfig, build
-from carbench.crops import crop_box, run_crop
+from carbench.crop import run_crop
+from carbench.crops import crop_box
 from carbench.download import run_download
 from carbench.errors import DataError
 from carbench.layouts import open_local

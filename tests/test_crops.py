@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from carbench.crops import (apply_draft, crop_batch, crop_box, decode_crop, draft_scale, plan_crop, run_crop,
-                            to_rgb)
+from carbench.crop import run_crop
+from carbench.crops import apply_draft, crop_batch, crop_box, decode_crop, draft_scale, plan_crop, to_rgb
 from carbench.errors import DataError
 from carbench.layouts import open_local
 from carbench.manifest import build_raw, read_manifest

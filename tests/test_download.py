@@ -13,7 +13,7 @@ import pytest
 
 import packagings
 from carbench.config import DataConfig, build
-from carbench.crops import run_crop
+from carbench.crop import run_crop
 from carbench.download import run_download
 from carbench.errors import DataError
 from carbench.fingerprint import write_reference

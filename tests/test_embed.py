@@ -8,7 +8,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 import yaml
@@ -43,20 +42,18 @@ def class_colours() -> np.ndarray:
 
 
 def write_store(crops: Path, seed: int = 0) -> None:
-    """A crop store (ARCHITECTURE.md §3) of noisy single-colour crops."""
+    """A crop store (:func:`carbench.store.write_store`) of noisy single-colour crops."""
+    from carbench.store import write_store as write
+
     rng = np.random.default_rng(seed)
-    crops.mkdir(parents=True, exist_ok=True)
     colours = class_colours()
+    splits = {}
     for split, n in PER_CLASS.items():
         labels = np.repeat(np.arange(len(CLASS_NAMES)), n)
         pixels = colours[labels][:, None, None, :] + rng.normal(0, NOISE, (len(labels), CROP_SIZE, CROP_SIZE, 3))
-        np.save(crops / f"{split}.npy", np.clip(pixels, 0, 255).astype(np.uint8))
-        pd.DataFrame({"image": [f"cars_{split}/{i:05d}.jpg" for i in range(len(labels))],
-                      "class_id": labels}).to_csv(crops / f"{split}.csv", index=False)
-    meta = {"size": CROP_SIZE, "margin": 0.0, "keep_aspect": False, "class_names": CLASS_NAMES,
-            "num_classes": len(CLASS_NAMES),
-            "counts": {s: n * len(CLASS_NAMES) for s, n in PER_CLASS.items()}}
-    (crops / "meta.json").write_text(json.dumps(meta))
+        splits[split] = (np.clip(pixels, 0, 255).astype(np.uint8),
+                         [f"cars_{split}/{i:05d}.jpg" for i in range(len(labels))], labels)
+    write(crops, splits, CLASS_NAMES)
 
 
 def write_checkpoint(path: Path, seed: int = 0) -> None:

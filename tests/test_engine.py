@@ -1,7 +1,6 @@
 """carbench.engine and stages/train.py on a tiny crop store written here with NumPy."""
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import json
@@ -22,6 +21,7 @@ from carbench.config import parse_params
 from carbench.engine import (RESUME_FORMAT, TIMING_KEYS, load_split_data, Order, seed_everything,
                              setup_trainer, train_experiment)
 from carbench.models import build_model
+from carbench.store import write_store as write_crop_store
 from conftest import repo_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,18 +38,13 @@ def write_store(root: Path, seed: int = 0) -> Path:
     """A crop store in the documented format: each class has its own mean colour plus noise."""
     rng = np.random.default_rng(seed)
     colours = rng.integers(40, 216, (CLASSES, 3))
-    root.mkdir(parents=True, exist_ok=True)
+    splits = {}
     for split, n in COUNTS.items():
         labels = np.arange(n) % CLASSES
         noise = rng.integers(-40, 41, (n, STORE_SIZE, STORE_SIZE, 3))
-        np.save(root / f"{split}.npy", np.clip(colours[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8))
-        with open(root / f"{split}.csv", "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["image", "class_id"])
-            writer.writerows([f"cars_{split}/{i:05d}.jpg", int(c)] for i, c in enumerate(labels))
-    meta = {"size": STORE_SIZE, "margin": 0.0, "keep_aspect": False, "num_classes": CLASSES,
-            "class_names": [f"car {i}" for i in range(CLASSES)], "counts": COUNTS}
-    (root / "meta.json").write_text(json.dumps(meta))
+        images = np.clip(colours[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8)
+        splits[split] = (images, [f"cars_{split}/{i:05d}.jpg" for i in range(n)], labels)
+    write_crop_store(root, splits, [f"car {i}" for i in range(CLASSES)])
     return root
 
 

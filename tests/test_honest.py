@@ -105,7 +105,7 @@ def _data_cfg(tmp_path, extra):
 
 
 def test_extra_class_becomes_class_13_in_every_data_stage(tmp_path):
-    from carbench.crops import run_crop
+    from carbench.crop import run_crop
     from carbench.download import run_download
     from carbench.manifest import read_classes, read_manifest
     from carbench.splits import run_split

@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from carbench.errors import DataError
-from carbench.layouts import DataWarning, open_local
+from carbench.errors import DataWarning
+from carbench.layouts import open_local
 
 from conftest import SYNTHETIC_TINY, make_official_archives
 

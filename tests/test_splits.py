@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from carbench.errors import DataError
-from carbench.layouts import DataWarning
+from carbench.errors import DataWarning
 from carbench.splits import assign_splits, holdout_count, read_split, run_split
 
 from conftest import split_config

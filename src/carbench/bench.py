@@ -64,7 +64,7 @@ def _plain_decode_rate(raw: Path) -> tuple[float, int]:
 
 def measure_crop(raw_source: Path) -> dict[str, Any]:
     """Crop-stage images/s (whole ``run_crop`` call, pool start-up included) vs plain full decode."""
-    from .crops import run_crop
+    from .crop import run_crop
 
     with tempfile.TemporaryDirectory(prefix="carbench-crop-") as tmp:
         work = Path(tmp)
@@ -111,20 +111,16 @@ BENCH_CLASSES = 196
 
 
 def _write_random_store(root: Path, size: int, count: int, seed: int = 0) -> Path:
-    """A crop store of random uint8 crops (ARCHITECTURE.md §3) for throughput measurements."""
-    import json
+    """A crop store of random uint8 crops (:func:`carbench.store.write_store`) for throughput measurements."""
+    from .store import write_store
 
     rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
+    splits = {}
     for split, n in (("train", count), ("val", max(count // 8, BENCH_CLASSES))):
-        np.save(root / f"{split}.npy", rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8))
+        images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
         labels = rng.integers(0, BENCH_CLASSES, n)
-        lines = ["image,class_id"] + [f"{split}/{i:05d}.jpg,{c}" for i, c in enumerate(labels)]
-        (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
-    names = [f"class {i}" for i in range(BENCH_CLASSES)]
-    (root / "meta.json").write_text(json.dumps({"size": size, "margin": 0.0, "keep_aspect": False,
-                                                "class_names": names, "num_classes": BENCH_CLASSES,
-                                                "counts": {"train": count}}))
+        splits[split] = (images, [f"{split}/{i:05d}.jpg" for i in range(n)], labels)
+    write_store(root, splits, [f"class {i}" for i in range(BENCH_CLASSES)])
     return root
 
 

@@ -16,9 +16,7 @@ from typing import Any, Optional
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A params value is invalid; the message names the dotted key."""
+from .errors import ConfigError
 
 
 def _f(default: Any = dataclasses.MISSING, **meta: Any) -> Any:

@@ -1,4 +1,5 @@
-"""Errors a user can cause (bad data, bad params, missing weights): reported as one clear line."""
+"""Errors and warnings a user can cause (bad data, bad params, missing weights): reported as one clear line.
+Every exception and warning class of the package lives here."""
 from __future__ import annotations
 
 
@@ -12,3 +13,11 @@ class DataError(UserError):
 
 class WeightsError(UserError):
     """Pretrained weights cannot be had (offline, or the file is missing)."""
+
+
+class ConfigError(ValueError):
+    """A params value is invalid; the message names the dotted key."""
+
+
+class DataWarning(UserWarning):
+    """Usable but imperfect data (no boxes, classes missing from a split, skipped images)."""

@@ -34,7 +34,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator, Optional, TypeVar
 
 from .archives import is_archive, safe_extract
-from .errors import DataError
+from .errors import DataError, DataWarning
 from .matfiles import read_all_in_one, read_annotations, read_class_names
 
 SPLITS = ("train", "test")
@@ -46,10 +46,6 @@ ARCHIVES = {"train": "cars_train.tgz", "test": "cars_test.tgz", "devkit": "car_d
 #: How deep below the given folder a layout may sit (car_data/car_data/train = 2).
 MAX_NESTING = 2
 T = TypeVar("T")
-
-
-class DataWarning(UserWarning):
-    """Usable but imperfect data (no boxes, classes missing from a split, skipped images)."""
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,10 @@ from typing import Any, BinaryIO, Optional
 
 from PIL import Image, UnidentifiedImageError
 
-from .errors import DataError
+from .errors import DataError, DataWarning
 from .fingerprint import canonical_order
 from .io import atomic_dir, read_json, write_json
-from .layouts import DataWarning, Source, SourceImage
+from .layouts import Source, SourceImage
 
 OFFICIAL_NUM_CLASSES = 196
 MANIFEST = "manifest.csv"

@@ -29,9 +29,8 @@ from typing import Any, Optional
 import numpy as np
 
 from .config import SplitConfig
-from .errors import DataError
+from .errors import DataError, DataWarning
 from .io import atomic_dir, write_json
-from .layouts import DataWarning
 from .manifest import read_classes, read_manifest
 
 SPLITS = ("train", "val", "test")
