@@ -15,7 +15,7 @@ pipeline wrote (`data/crops`, after the `crop` stage ran with those overrides). 
 Every run goes through `carbench.config` (a typo in a key fails loudly) and trains with the pipeline's own
 `carbench.engine.Trainer`, as `train@<name>` does, keeping the best epoch on val. With `knn:`, the best model then
 embeds train and val (backbone features, L2-normalised and stored as float16, as `embed@` does) and every k-NN
-setting of the product is scored with train as the gallery and val as the queries (`carbench.retrieval`).
+setting of the product is scored with train as the gallery and val as the queries (`carbench.knn`).
 `train.refit` is ignored here: a refitted model has no validation score.
 
 `--jobs N` trains N runs at once in separate processes (on one GPU, small models leave it mostly idle otherwise).
@@ -120,8 +120,10 @@ def score_knn(model: Any, trainer: Any, crops: Path, meta: dict, base_knn: Any, 
     import numpy as np
     import torch
 
+    from carbench.embeddings import as_stored
     from carbench.engine import amp_dtype, compute_features, load_split_data
-    from carbench.retrieval import as_stored, fit_preprocessing, search, vote
+    from carbench.index import search
+    from carbench.knn import fit_preprocessing, vote
 
     cfg, device, n = trainer.cfg, trainer.device, int(meta["num_classes"])
     feats = {}
@@ -185,9 +187,11 @@ def final_test(params: Any, trainer: Any, crops: Path, meta: dict) -> dict:
     import torch
 
     from carbench.augment import eval_preprocess
+    from carbench.embeddings import as_stored
     from carbench.engine import Order, _NoBar, amp_dtype, compute_features, load_split_data, refit_trainer
     from carbench.evaluate import classification_metrics
-    from carbench.retrieval import as_stored, fit_preprocessing, search, vote
+    from carbench.index import search
+    from carbench.knn import fit_preprocessing, vote
 
     exp, base, cfg, device = trainer.exp, params.base, trainer.cfg, trainer.device
     n, amp = int(meta["num_classes"]), amp_dtype(trainer.device, trainer.cfg.amp)

@@ -9,7 +9,7 @@ val are computed once (the engine's feature cache); then
 * head: every combination of --lr / --epochs / --label-smoothing / --weight-decay trains the experiment's linear
   head on the cached train features (carbench.engine.Trainer, as `train@` does), scored on val (best epoch);
 * k-NN: gallery = train, queries = val, L2-normalised features stored as float16 (as `embed` stores them); every
-  combination of k, metric, weighting and PCA size (plain and whitened) is scored (carbench.retrieval).
+  combination of k, metric, weighting and PCA size (plain and whitened) is scored (carbench.knn).
 
 Prints one JSON line per setting (val top-1) and, last, the best of each kind.
 """
@@ -32,9 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from carbench.config import experiment, parse_params  # noqa: E402
+from carbench.embeddings import as_stored  # noqa: E402
 from carbench.engine import Trainer, _NoBar, seed_everything, setup_trainer  # noqa: E402
+from carbench.index import search  # noqa: E402
+from carbench.knn import fit_preprocessing, vote  # noqa: E402
 from carbench.models import build_model  # noqa: E402
-from carbench.retrieval import as_stored, fit_preprocessing, search, vote  # noqa: E402
 from carbench.runtime import select_device  # noqa: E402
 
 

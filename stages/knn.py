@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from carbench import cli, config, runtime
-from carbench.retrieval import knn_experiment
+from carbench.knn import knn_experiment
 
 
 def main() -> None:

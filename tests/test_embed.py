@@ -88,7 +88,7 @@ def make_world(tmp_path: Path, raw: dict | None = None) -> SimpleNamespace:
 def fit_retrieval(world: SimpleNamespace, name: str) -> None:
     """embed + knn for retrieval experiment ``name`` into the world's conventional paths."""
     from carbench.embed import run_embed
-    from carbench.retrieval import run_knn_experiment
+    from carbench.knn import run_knn_experiment
 
     emb = world.root / "data" / "embeddings" / name
     run_embed(world.params, name, world.crops, world.models, emb, "cpu")
@@ -105,8 +105,8 @@ RETRIEVAL = "knn_resnet50_k3"      # embedder: tl_resnet50_finetune
 
 def test_embed_writes_the_store_format(tmp_path):
     from carbench.embed import run_embed
+    from carbench.embeddings import load_embeddings
     from carbench.io import file_md5
-    from carbench.retrieval import load_embeddings
 
     world = make_world(tmp_path)
     out = tmp_path / "emb"
@@ -131,7 +131,7 @@ def test_embed_matches_the_model_features(tmp_path):
     from carbench.checkpoint import load_classifier
     from carbench.embed import run_embed
     from carbench.augment import eval_preprocess
-    from carbench.retrieval import load_embeddings
+    from carbench.embeddings import load_embeddings
 
     world = make_world(tmp_path)
     run_embed(world.params, RETRIEVAL, world.crops, world.models, tmp_path / "emb", "cpu")
@@ -146,7 +146,7 @@ def test_embed_matches_the_model_features(tmp_path):
 
 def test_penultimate_layer_and_train_only_gallery(tmp_path):
     from carbench.embed import run_embed
-    from carbench.retrieval import load_embeddings
+    from carbench.embeddings import load_embeddings
 
     raw = raw_params()
     raw["experiments"][RETRIEVAL]["embed"] = {"layer": "penultimate", "gallery": "train", "l2_normalize": False}

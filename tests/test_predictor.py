@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
+from carbench.embeddings import load_embeddings
 from carbench.errors import UserError
+from carbench.knn import load_knn
 from carbench.predictor import ClassifierPredictor, KnnPredictor, load_predictor
-from carbench.retrieval import load_embeddings, load_knn
 from test_embed import CLASS_NAMES, fit_retrieval, make_world, write_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,4 +1,5 @@
-"""carbench.retrieval: neighbours, votes, gallery-only fitting, backends, the knn stage function."""
+"""carbench.knn (with carbench.index and carbench.embeddings): neighbours, votes, gallery-only fitting, backends,
+the saved model, the knn stage function."""
 from __future__ import annotations
 
 import json
@@ -6,8 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from carbench import retrieval as R
-from carbench.config import KnnConfig
+from carbench import embeddings as E
+from carbench import index as X
+from carbench import knn as K
+from carbench.config import ConfigError, KnnConfig
 from carbench.errors import UserError
 
 
@@ -20,14 +23,14 @@ def knn_cfg(**over) -> KnnConfig:
 def make_store(tmp_path, gallery, gallery_labels, query, query_labels, num_classes=None):
     """Write a tiny embedding store (§5) and return its directory."""
     n_classes = num_classes or int(max(gallery_labels.max(), query_labels.max())) + 1
-    emb = R.Embeddings(gallery=np.asarray(gallery, np.float32), gallery_labels=np.asarray(gallery_labels),
+    emb = E.Embeddings(gallery=np.asarray(gallery, np.float32), gallery_labels=np.asarray(gallery_labels),
                        gallery_split=np.array(["train"] * len(gallery)), gallery_row=np.arange(len(gallery)),
                        query=np.asarray(query, np.float32), query_labels=np.asarray(query_labels),
                        meta={"embedder": "emb", "checkpoint_md5": "0" * 32, "layer": "backbone",
                              "l2_normalize": False, "class_names": [f"c{i}" for i in range(n_classes)]})
     out = tmp_path / "emb"
     out.mkdir()
-    R.save_embeddings(emb, out)
+    E.save_embeddings(emb, out)
     return out
 
 
@@ -35,7 +38,7 @@ def make_store(tmp_path, gallery, gallery_labels, query, query_labels, num_class
 @pytest.mark.parametrize("backend", ["torch", "faiss"])
 def test_euclidean_neighbours_on_a_line(backend):
     gallery = np.array([[0.0], [1.0], [3.0], [6.0], [10.0]], np.float32)
-    dist, idx = R.search(np.array([[2.25]], np.float32), gallery, 4, "euclidean", backend)
+    dist, idx = X.search(np.array([[2.25]], np.float32), gallery, 4, "euclidean", backend)
     assert idx.tolist() == [[2, 1, 0, 3]]
     assert dist[0].tolist() == pytest.approx([0.75, 1.25, 2.25, 3.75])
 
@@ -45,7 +48,7 @@ def test_cosine_neighbours_by_angle(backend):
     angles = np.deg2rad([0.0, 30.0, 100.0, 180.0])
     gallery = np.stack([np.cos(angles), np.sin(angles)], 1).astype(np.float32)
     query = np.array([[np.cos(np.deg2rad(20.0)), np.sin(np.deg2rad(20.0))]], np.float32)
-    dist, idx = R.search(query, gallery, 4, "cosine", backend)
+    dist, idx = X.search(query, gallery, 4, "cosine", backend)
     assert idx.tolist() == [[1, 0, 2, 3]]
     want = 1 - np.cos(np.deg2rad([10.0, 20.0, 80.0, 160.0]))
     assert dist[0] == pytest.approx(want, abs=1e-6)
@@ -53,7 +56,7 @@ def test_cosine_neighbours_by_angle(backend):
 
 def test_identical_vector_has_distance_zero_and_k_is_capped():
     gallery = np.array([[3.0, 4.0], [0.0, 0.0]], np.float32)
-    dist, idx = R.search(gallery[:1] * 1, gallery, 5, "euclidean")
+    dist, idx = X.search(gallery[:1] * 1, gallery, 5, "euclidean")
     assert idx.tolist() == [[0, 1]] and dist.tolist() == [[0.0, 5.0]]
 
 
@@ -62,10 +65,10 @@ def test_torch_and_faiss_backends_agree(metric):
     rng = np.random.default_rng(0)
     gallery, queries = rng.standard_normal((500, 32)), rng.standard_normal((120, 32))
     if metric == "cosine":
-        gallery, queries = R.l2_normalize(gallery), R.l2_normalize(queries)
+        gallery, queries = E.l2_normalize(gallery), E.l2_normalize(queries)
     gallery, queries = gallery.astype(np.float32), queries.astype(np.float32)
-    d_t, i_t = R.search(queries, gallery, 8, metric, "torch")
-    d_f, i_f = R.search(queries, gallery, 8, metric, "faiss")
+    d_t, i_t = X.search(queries, gallery, 8, metric, "torch")
+    d_f, i_f = X.search(queries, gallery, 8, metric, "faiss")
     assert np.array_equal(i_t, i_f)
     assert np.allclose(d_t, d_f, atol=1e-6)
 
@@ -73,39 +76,39 @@ def test_torch_and_faiss_backends_agree(metric):
 def test_torch_search_chunks_match_one_block(monkeypatch):
     rng = np.random.default_rng(1)
     gallery, queries = rng.standard_normal((64, 8)).astype(np.float32), rng.standard_normal((50, 8)).astype(np.float32)
-    _, whole = R.search(queries, gallery, 5, "euclidean")
-    monkeypatch.setattr(R, "CHUNK_BYTES", 64 * 4 * 3)   # three queries per block
-    _, chunked = R.search(queries, gallery, 5, "euclidean")
+    _, whole = X.search(queries, gallery, 5, "euclidean")
+    monkeypatch.setattr(X, "CHUNK_BYTES", 64 * 4 * 3)   # three queries per block
+    _, chunked = X.search(queries, gallery, 5, "euclidean")
     assert np.array_equal(whole, chunked)
 
 
 def test_resolve_backend():
-    assert R.resolve_backend("auto", 100, 200_000) == "torch"
-    assert R.resolve_backend("auto", 300_000, 200_000) == "faiss"
-    assert R.resolve_backend("torch", 300_000, 0) == "torch"
+    assert X.resolve_backend("auto", 100, 200_000) == "torch"
+    assert X.resolve_backend("auto", 300_000, 200_000) == "faiss"
+    assert X.resolve_backend("torch", 300_000, 0) == "torch"
 
 
 # ----------------------------------------------------------------------------- voting
 def test_uniform_vote_counts_neighbours():
-    probs = R.vote(np.array([[0, 2, 2]]), np.array([[1.0, 2.0, 4.0]]), 3, "uniform")
+    probs = K.vote(np.array([[0, 2, 2]]), np.array([[1.0, 2.0, 4.0]]), 3, "uniform")
     assert probs[0] == pytest.approx([1 / 3, 0.0, 2 / 3], abs=1e-5)
     assert probs.sum() == pytest.approx(1.0)
 
 
 def test_uniform_tie_goes_to_nearer_neighbour():
-    probs = R.vote(np.array([[1, 0]]), np.array([[1.0, 2.0]]), 2, "uniform")
+    probs = K.vote(np.array([[1, 0]]), np.array([[1.0, 2.0]]), 2, "uniform")
     assert probs[0, 1] > probs[0, 0]
     assert probs[0] == pytest.approx([0.5, 0.5], abs=1e-5)
 
 
 def test_distance_vote_weights_by_inverse_distance():
     # weights 1, 1/2, 1/4 -> class 0: 1/1.75; uniform voting would pick class 1
-    probs = R.vote(np.array([[0, 1, 1]]), np.array([[1.0, 2.0, 4.0]]), 2, "distance")
+    probs = K.vote(np.array([[0, 1, 1]]), np.array([[1.0, 2.0, 4.0]]), 2, "distance")
     assert probs[0] == pytest.approx([1 / 1.75, 0.75 / 1.75])
 
 
 def test_distance_vote_exact_match_takes_all():
-    probs = R.vote(np.array([[1, 0, 0]]), np.array([[0.0, 0.5, 0.5]]), 2, "distance")
+    probs = K.vote(np.array([[1, 0, 0]]), np.array([[0.0, 0.5, 0.5]]), 2, "distance")
     assert probs[0].tolist() == [0.0, 1.0]
 
 
@@ -118,8 +121,8 @@ def test_scaler_and_pca_are_fitted_on_the_gallery_only(tmp_path):
     labels = np.arange(40) % 4
     store = make_store(tmp_path, gallery, labels, query, labels)
     cfg = knn_cfg(standardize=True, pca_components=3)
-    R.run_knn(cfg, store, tmp_path / "model", tmp_path / "knn.json", seed=0)
-    model = R.load_knn(tmp_path / "model")
+    K.run_knn(cfg, store, tmp_path / "model", tmp_path / "knn.json", seed=0)
+    model = K.load_knn(tmp_path / "model")
     g16 = gallery.astype(np.float16).astype(np.float64)                 # the store keeps float16
     assert model.prep.scaler_mean == pytest.approx(g16.mean(0), abs=1e-3)
     assert model.prep.scaler_scale == pytest.approx(g16.std(0), rel=1e-3)
@@ -130,18 +133,18 @@ def test_scaler_and_pca_are_fitted_on_the_gallery_only(tmp_path):
 
 def test_pca_larger_than_data_is_a_user_error():
     with pytest.raises(UserError, match="knn.pca_components"):
-        R.fit_preprocessing(np.zeros((5, 4), np.float32), knn_cfg(pca_components=6), 0)
+        K.fit_preprocessing(np.zeros((5, 4), np.float32), knn_cfg(pca_components=6), 0)
 
 
 def test_k_larger_than_the_gallery_is_a_user_error(tmp_path):
     store = make_store(tmp_path, np.zeros((4, 2)), np.array([0, 0, 1, 1]), np.zeros((1, 2)), np.array([0]))
     with pytest.raises(UserError, match=r"knn.k \(5\) is larger than the gallery \(4 embeddings\)"):
-        R.fit_knn(R.load_embeddings(store), knn_cfg(k=5), 0)
+        K.fit_knn(E.load_embeddings(store), knn_cfg(k=5), 0)
 
 
 def test_cosine_model_normalises_after_pca():
     rng = np.random.default_rng(3)
-    prep = R.fit_preprocessing(rng.standard_normal((30, 5)).astype(np.float32), knn_cfg(metric="cosine",
+    prep = K.fit_preprocessing(rng.standard_normal((30, 5)).astype(np.float32), knn_cfg(metric="cosine",
                                                                                       pca_components=2), 0)
     out = prep.apply(rng.standard_normal((4, 5)))
     assert out.shape == (4, 2) and np.linalg.norm(out, axis=1) == pytest.approx(np.ones(4), abs=1e-6)
@@ -152,7 +155,7 @@ def test_run_knn_metrics_by_hand(tmp_path):
     # gallery: class 0 at 0 and 1, class 1 at 10 and 11; queries: 0.4 (class 0), 10.2 (class 0: a miss)
     gallery = np.array([[0.0], [1.0], [10.0], [11.0]])
     store = make_store(tmp_path, gallery, np.array([0, 0, 1, 1]), np.array([[0.4], [10.2]]), np.array([0, 0]))
-    result = R.run_knn(knn_cfg(k=1, retrieval_ks=(1, 2, 4)), store, tmp_path / "m", tmp_path / "k.json", 0)
+    result = K.run_knn(knn_cfg(k=1, retrieval_ks=(1, 2, 4)), store, tmp_path / "m", tmp_path / "k.json", 0)
     assert result["precision_at_k"] == pytest.approx(0.5)
     assert result["recall_at_1"] == pytest.approx(0.5)
     assert result["recall_at_2"] == pytest.approx(0.5)       # query 2's two nearest are both class 1
@@ -173,17 +176,38 @@ def test_saved_model_round_trips_and_logreg_runs(tmp_path):
     query = centres[q_lab] + rng.standard_normal((12, 8))
     store = make_store(tmp_path, gallery, g_lab, query, q_lab)
     cfg = knn_cfg(k=5, weighting="distance", standardize=True, classical="logreg")
-    result = R.run_knn(cfg, store, tmp_path / "m", tmp_path / "k.json", 0)
+    result = K.run_knn(cfg, store, tmp_path / "m", tmp_path / "k.json", 0)
     assert result["logreg_top1"] > 0.9 and result["top1"] > 0.9
-    model = R.load_knn(tmp_path / "m")
+    model = K.load_knn(tmp_path / "m")
     assert model.config == cfg and model.info["embedder"] == "emb"
-    fitted = R.fit_knn(R.load_embeddings(store), cfg, 0)
+    fitted = K.fit_knn(E.load_embeddings(store), cfg, 0)
     assert np.array_equal(model.predict_proba(query), fitted.predict_proba(query))
     assert model.index("cpu") is model.index("cpu")          # built once, reused by every query
 
 
 def test_missing_store_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="embeddings.npz"):
-        R.load_embeddings(tmp_path)
+        E.load_embeddings(tmp_path)
     with pytest.raises(UserError, match="knn.json"):
-        R.load_knn(tmp_path)
+        K.load_knn(tmp_path)
+
+
+def _saved_model_with_config(tmp_path, **changes):
+    """A saved k-NN model whose knn.json config has ``changes`` applied."""
+    store = make_store(tmp_path, np.zeros((4, 2)), np.array([0, 0, 1, 1]), np.zeros((1, 2)), np.array([0]))
+    K.run_knn(knn_cfg(k=1), store, tmp_path / "m", tmp_path / "k.json", 0)
+    meta_path = tmp_path / "m" / K.KNN_META
+    meta = json.loads(meta_path.read_text())
+    meta["config"].update(changes)
+    meta_path.write_text(json.dumps(meta))
+    return tmp_path / "m"
+
+
+@pytest.mark.parametrize("changes, key", [({"k": 0}, "config.k must be >= 1"),
+                                          ({"metric": "manhattan"}, "config.metric must be one of"),
+                                          ({"retrieval_ks": []}, "config.retrieval_ks must be a non-empty list"),
+                                          ({"leaf_size": 30}, "unknown key .*knn.json:config.leaf_size")])
+def test_saved_config_is_validated_on_load(tmp_path, changes, key):
+    model_dir = _saved_model_with_config(tmp_path, **changes)
+    with pytest.raises(ConfigError, match=key):
+        K.load_knn(model_dir)

@@ -18,7 +18,7 @@ from .errors import UserError
 from .io import atomic_dir
 from .io import file_md5
 from .predictor import CHECKPOINT, ClassifierPredictor, load_classifier_predictor
-from .retrieval import Embeddings, as_stored, save_embeddings
+from .embeddings import Embeddings, as_stored, save_embeddings
 from .store import load_meta, load_split
 
 QUERY_SPLIT = "test"

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 
 from .errors import UserError
+from .embeddings import as_stored
 from .io import file_md5
-from .retrieval import KNN_ARRAYS, KNN_META, KnnModel, as_stored, load_knn
+from .knn import KNN_ARRAYS, KNN_META, KnnModel, load_knn
 
 CHECKPOINT = "best.pt"
 

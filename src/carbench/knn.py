@@ -1,17 +1,16 @@
-"""Exact k-nearest-neighbour retrieval and classification on stored embeddings.
+"""The knn stage: exact k-nearest-neighbour retrieval and classification on stored embeddings.
 
-Formats (docs/ARCHITECTURE.md): the embedding store ``data/embeddings/<name>/`` (§5; written by
-:mod:`carbench.embed`, read here so the knn stage depends on this module only) and the fitted k-NN
-model ``models/<name>/knn.{npz,json}`` (§6).
+Reads the embedding store (:mod:`carbench.embeddings`, docs/ARCHITECTURE.md §5) and writes the fitted
+k-NN model ``models/<name>/knn.{npz,json}`` (§6) and its retrieval metrics.
 
 Processing chain, fitted on the gallery ONLY: stored embedding (float16) -> float32 ->
 StandardScaler (``knn.standardize``) -> PCA (``knn.pca_components``; ``knn.whiten`` scales each kept
 component to unit variance, sklearn's ``PCA(whiten=True)``, folded into the stored projection) -> L2
-normalisation (cosine metric) -> exact search (torch chunked matrix products, or faiss flat index) -> neighbour vote.
+normalisation (cosine metric) -> exact search (:mod:`carbench.index`: torch chunked matrix products, or
+faiss flat index) -> neighbour vote.
 """
 from __future__ import annotations
 
-import importlib.util
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,21 +19,16 @@ from typing import Any, Optional
 import numpy as np
 
 from . import metrics as M
-from .config import Experiment, KnnConfig, Params, experiment, to_dict
+from .config import Experiment, KnnConfig, Params, build, experiment, to_dict
+from .embeddings import Embeddings, l2_normalize, load_embeddings, read_checked_meta
 from .errors import UserError
-from .io import atomic_dir, read_json, write_json
+from .index import ExactIndex, faiss_available, resolve_backend
+from .io import atomic_dir, write_json
 
-EMBEDDINGS_FORMAT = "carbench-embeddings/1"
 KNN_FORMAT = "carbench-knn/1"
-EMBEDDINGS_FILE = "embeddings.npz"
 KNN_ARRAYS = "knn.npz"
 KNN_META = "knn.json"
-META_FILE = "meta.json"
 
-#: Budget for one block of the query x gallery distance matrix (float32), so a 8k x 16k search
-#: never materialises 0.5 GB at once; also bounds the (chunk, k, D) block of the exact re-scoring.
-CHUNK_BYTES = 256 * 2**20
-_FLOAT32_BYTES = 4
 #: Uniform voting: neighbour j of k gets weight 1 + TIE_BREAK * (k - j) / k, so a tied vote goes
 #: to the class with the nearer neighbours instead of the lower class id; probabilities move < 1e-6.
 TIE_BREAK = 1e-6
@@ -42,70 +36,7 @@ TIE_BREAK = 1e-6
 LOGREG_MAX_ITER = 1000
 
 
-# ----------------------------------------------------------------------------- embedding store (§5)
-@dataclass
-class Embeddings:
-    """The embedding store: gallery ``(Ng, D)`` and queries ``(Nq, D)`` (float16 on disk)."""
-
-    gallery: np.ndarray
-    gallery_labels: np.ndarray
-    gallery_split: np.ndarray
-    gallery_row: np.ndarray
-    query: np.ndarray
-    query_labels: np.ndarray
-    meta: dict = field(default_factory=dict)
-
-
-def save_embeddings(emb: Embeddings, out_dir: str | Path) -> None:
-    """Write ``embeddings.npz`` (float16 vectors) and ``meta.json`` into ``out_dir`` (which exists)."""
-    out_dir = Path(out_dir)
-    np.savez(out_dir / EMBEDDINGS_FILE,
-             gallery=emb.gallery.astype(np.float16), gallery_labels=emb.gallery_labels.astype(np.int64),
-             gallery_split=emb.gallery_split.astype(str), gallery_row=emb.gallery_row.astype(np.int64),
-             query=emb.query.astype(np.float16), query_labels=emb.query_labels.astype(np.int64))
-    write_json(out_dir / META_FILE, {"format": EMBEDDINGS_FORMAT, **emb.meta})
-
-
-def _read_checked_meta(meta_path: Path, fmt: str, required: tuple[Path, ...], what: str, stage: str) -> dict:
-    """Read ``meta_path`` after checking every ``required`` file exists (in order) and the JSON names ``fmt``."""
-    for p in required:
-        if not p.is_file():
-            raise UserError(f"{what} incomplete: {p} not found (run the {stage} stage first)")
-    meta = read_json(meta_path)
-    if meta.get("format") != fmt:
-        raise UserError(f"{meta_path}: format {meta.get('format')!r} is not {fmt!r}")
-    return meta
-
-
-def load_embeddings(emb_dir: str | Path) -> Embeddings:
-    """Read an embedding store written by :func:`save_embeddings`; vectors come back as float32."""
-    emb_dir = Path(emb_dir)
-    path = emb_dir / EMBEDDINGS_FILE
-    meta_path = emb_dir / META_FILE
-    meta = _read_checked_meta(meta_path, EMBEDDINGS_FORMAT, (path, meta_path), "embedding store", "embed")
-    with np.load(path, allow_pickle=False) as z:
-        return Embeddings(gallery=z["gallery"].astype(np.float32), gallery_labels=z["gallery_labels"],
-                          gallery_split=z["gallery_split"], gallery_row=z["gallery_row"],
-                          query=z["query"].astype(np.float32), query_labels=z["query_labels"], meta=meta)
-
-
 # ----------------------------------------------------------------------------- preprocessing
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """Rows of ``x`` ``(N, D)`` scaled to unit L2 norm (all-zero rows stay zero)."""
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norms > 0, norms, 1.0)
-
-
-def as_stored(x: np.ndarray, l2: bool) -> np.ndarray:
-    """Raw model outputs ``(N, D)`` -> the embedding as stored: optional L2 normalisation (``embed.l2_normalize``)
-    then float16 rounding, returned as float32. Predictors apply the same, so a query embedded at
-    predict time is bit-identical to the stored one."""
-    x = np.asarray(x, dtype=np.float32)
-    if l2:
-        x = l2_normalize(x)
-    return x.astype(np.float16).astype(np.float32)
-
-
 def _empty() -> np.ndarray:
     return np.zeros((0,), dtype=np.float32)
 
@@ -170,119 +101,7 @@ def fit_preprocessing(gallery: np.ndarray, cfg: KnnConfig, seed: int) -> Preproc
     return prep
 
 
-# ----------------------------------------------------------------------------- search
-def faiss_available() -> bool:
-    """True when the faiss module can be imported."""
-    return importlib.util.find_spec("faiss") is not None
-
-
-def resolve_backend(backend: str, n_gallery: int, faiss_min_gallery: int) -> str:
-    """``knn.backend`` -> 'torch' | 'faiss' (auto: faiss only when installed and the gallery is big)."""
-    if backend == "faiss" and not faiss_available():
-        raise UserError("knn.backend is 'faiss' but faiss is not installed (pip install faiss-cpu), "
-                        "or set knn.backend to torch/auto")
-    if backend == "auto":
-        return "faiss" if faiss_available() and n_gallery > faiss_min_gallery else "torch"
-    return backend
-
-
-class ExactIndex:
-    """Exact nearest-neighbour index over a fixed processed gallery ``(Ng, D)``, built once.
-
-    backend ``torch``: the gallery lives on ``device`` and queries are scored by chunked matrix
-    products; ``faiss``: a flat (exact) faiss index on the CPU. Either way the k candidates are then
-    re-scored directly (:func:`exact_distances`) and sorted by (distance, gallery index).
-    """
-
-    def __init__(self, gallery: np.ndarray, metric: str, backend: str = "torch", device: Any = "cpu") -> None:
-        import torch
-
-        self.metric, self.backend = metric, backend
-        gallery = np.ascontiguousarray(gallery, dtype=np.float32)
-        self.size = len(gallery)
-        # faiss runs on the CPU, so its re-scoring does too (no second copy of the gallery on a GPU).
-        self.device = torch.device(device if backend == "torch" else "cpu")
-        self.gallery = torch.from_numpy(gallery).to(self.device)
-        self.gallery_sq = (self.gallery * self.gallery).sum(dim=1)
-        self.faiss_index = None
-        if backend == "faiss":
-            import faiss
-
-            dim = gallery.shape[1]
-            self.faiss_index = faiss.IndexFlatL2(dim) if metric == "euclidean" else faiss.IndexFlatIP(dim)
-            self.faiss_index.add(gallery)
-
-    def _candidates_torch(self, queries: np.ndarray, k: int) -> np.ndarray:
-        """Indices ``(Nq, k)`` of the k nearest gallery rows by chunked matrix products."""
-        import torch
-
-        chunk = max(1, CHUNK_BYTES // (_FLOAT32_BYTES * max(1, self.size)))
-        out = []
-        for start in range(0, len(queries), chunk):
-            q = torch.from_numpy(queries[start:start + chunk]).to(self.device)
-            sim = q @ self.gallery.T
-            # Squared euclidean via |q|^2 + |g|^2 - 2 q.g; cosine distance 1 - q.g on unit vectors.
-            if self.metric == "euclidean":
-                dist = (q * q).sum(dim=1, keepdim=True) + self.gallery_sq - 2 * sim
-            else:
-                dist = 1 - sim
-            out.append(torch.topk(dist, k, dim=1, largest=False, sorted=True).indices.cpu())
-        return torch.cat(out).numpy().astype(np.int64) if out else np.zeros((0, k), np.int64)
-
-    def _candidates_faiss(self, queries: np.ndarray, k: int) -> np.ndarray:
-        """Indices ``(Nq, k)`` of the k nearest gallery rows from the faiss flat index."""
-        import faiss
-        import torch
-
-        # faiss uses OpenMP; honour base.threads as configured for torch by runtime.configure.
-        faiss.omp_set_num_threads(torch.get_num_threads())
-        _, idx = self.faiss_index.search(queries, k)
-        return idx.astype(np.int64)
-
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(distances, indices)``, both ``(Nq, min(k, Ng))`` float32 / int64, nearest first."""
-        k = min(k, self.size)
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        if self.faiss_index is not None:
-            idx = self._candidates_faiss(queries, k)
-        else:
-            idx = self._candidates_torch(queries, k)
-        dist = exact_distances(queries, self.gallery, idx, self.metric)
-        order = np.lexsort((idx, dist), axis=-1)
-        return np.take_along_axis(dist, order, axis=1), np.take_along_axis(idx, order, axis=1)
-
-
-def exact_distances(queries: np.ndarray, gallery: Any, idx: np.ndarray, metric: str) -> np.ndarray:
-    """Distances ``(Nq, k)`` from each query to the gallery rows ``idx`` ``(Nq, k)``, computed directly.
-
-    ``gallery`` is a torch tensor ``(Ng, D)``; the work runs on its device. Euclidean: ``||q - g||``;
-    cosine: ``1 - q.g`` on unit vectors, clamped at 0. Direct differences avoid the cancellation of
-    the expanded form, so identical vectors give exactly 0 and both backends agree.
-    """
-    import torch
-
-    k = max(1, idx.shape[1])
-    chunk = max(1, CHUNK_BYTES // (_FLOAT32_BYTES * k * max(1, gallery.shape[1])))
-    out = []
-    for start in range(0, len(queries), chunk):
-        q = torch.from_numpy(queries[start:start + chunk]).to(gallery.device)[:, None, :]
-        nb = gallery[torch.from_numpy(idx[start:start + chunk]).to(gallery.device)]
-        d = (q - nb).norm(dim=2) if metric == "euclidean" else (1 - (q * nb).sum(dim=2)).clamp_min(0)
-        out.append(d.cpu())
-    return torch.cat(out).numpy().astype(np.float32) if out else np.zeros(idx.shape, np.float32)
-
-
-def search(queries: np.ndarray, gallery: np.ndarray, k: int, metric: str, backend: str = "torch",
-           device: Any = "cpu") -> tuple[np.ndarray, np.ndarray]:
-    """Exact k nearest neighbours of processed ``queries`` ``(Nq, D)`` in ``gallery`` ``(Ng, D)``.
-
-    One-off convenience around :class:`ExactIndex`. Returns ``(distances, indices)``, both
-    ``(Nq, min(k, Ng))``, nearest first; equal distances are ordered by gallery index, so both
-    backends give the same answer.
-    """
-    return ExactIndex(gallery, metric, backend, device).search(queries, k)
-
-
+# ----------------------------------------------------------------------------- voting
 def vote(neighbour_labels: np.ndarray, distances: np.ndarray, num_classes: int, weighting: str) -> np.ndarray:
     """Class distribution ``(Nq, C)`` float32 of the neighbours' votes (rows sum to 1).
 
@@ -377,20 +196,23 @@ def save_knn(model: KnnModel, out_dir: str | Path) -> None:
 
 
 def load_knn(model_dir: str | Path) -> KnnModel:
-    """Read a k-NN model written by :func:`save_knn` (error naming the missing/foreign file)."""
+    """Read a k-NN model written by :func:`save_knn` (error naming the missing/foreign file).
+
+    The stored config is validated like params (:func:`carbench.config.build`): an invalid or unknown
+    key raises :class:`carbench.config.ConfigError` naming ``<knn.json>:config.<key>``.
+    """
     model_dir = Path(model_dir)
     arrays_path = model_dir / KNN_ARRAYS
     meta_path = model_dir / KNN_META
-    meta = _read_checked_meta(meta_path, KNN_FORMAT, (meta_path, arrays_path), "k-NN model", "knn")
-    cfg = dict(meta["config"])
-    cfg["retrieval_ks"] = tuple(cfg["retrieval_ks"])
+    meta = read_checked_meta(meta_path, KNN_FORMAT, (meta_path, arrays_path), "k-NN model", "knn")
+    cfg = build(KnnConfig, meta["config"], f"{meta_path}:config")
     with np.load(arrays_path, allow_pickle=False) as z:
         prep = Preprocessing(z["scaler_mean"], z["scaler_scale"], z["pca_mean"], z["pca_components"],
                              bool(meta["normalize"]))
         info_keys = ("experiment", "embedder", "checkpoint", "checkpoint_md5", "layer", "l2_normalize",
                      "gallery", "image_size", "crop_size")
         return KnnModel(gallery=z["gallery"], gallery_labels=z["gallery_labels"], gallery_split=z["gallery_split"],
-                        gallery_row=z["gallery_row"], prep=prep, config=KnnConfig(**cfg),
+                        gallery_row=z["gallery_row"], prep=prep, config=cfg,
                         class_names=list(meta["class_names"]),
                         # Both backends give the same neighbours, so a model fitted with faiss still
                         # loads where faiss is not installed.
