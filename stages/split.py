@@ -2,7 +2,7 @@
 from carbench.cli import parser, run
 from carbench.config import load_params
 from carbench.runtime import configure
-from carbench.splits import run_split
+from carbench.split import run_split
 
 
 def main() -> None:

@@ -147,7 +147,7 @@ def synthetic_raw(synthetic_source, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_split(synthetic_raw) -> Path:
     """``data/split`` for ``synthetic_raw`` (read-only)."""
-    from carbench.splits import run_split
+    from carbench.split import run_split
 
     out = synthetic_raw.parent / "split"
     run_split(split_config(), SEED, synthetic_raw, out, None, None)

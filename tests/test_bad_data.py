@@ -20,7 +20,7 @@ from carbench.errors import DataError
 from carbench.layouts import open_local
 from carbench.manifest import read_manifest
 from carbench.matfiles import BOX_FIELDS, MatAnnotation, read_annotations, write_annotations
-from carbench.splits import run_split
+from carbench.split import run_split
 from carbench.store import load_split
 
 from conftest import SYNTHETIC_TINY, crop_config, make_official_archives, repo_params, split_config

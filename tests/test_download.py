@@ -17,7 +17,7 @@ from carbench.crop import run_crop
 from carbench.download import run_download
 from carbench.errors import DataError
 from carbench.fingerprint import write_reference
-from carbench.splits import run_split
+from carbench.split import run_split
 from carbench.store import SPLITS, load_split
 
 from conftest import SEED, SYNTHETIC_TINY, crop_config, make_official_archives, repo_params, split_config

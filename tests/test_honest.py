@@ -11,7 +11,7 @@ from PIL import Image
 from carbench import stats, sweep
 from carbench.config import ConfigError, DataConfig, build, parse_params
 from carbench.errors import DataError
-from carbench.splits import assign_splits, fold_ids
+from carbench.split import assign_splits, fold_ids
 from conftest import SEED, crop_config, repo_params, split_config, synthetic_config
 
 
@@ -108,7 +108,7 @@ def test_extra_class_becomes_class_13_in_every_data_stage(tmp_path):
     from carbench.crop import run_crop
     from carbench.download import run_download
     from carbench.manifest import read_classes, read_manifest
-    from carbench.splits import run_split
+    from carbench.split import run_split
     from carbench.store import load_meta, load_split
 
     extra = _extra_folder(tmp_path, boxes=True)

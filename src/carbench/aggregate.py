@@ -20,6 +20,7 @@ from . import stats
 from .config import CONFIGURATIONS, AggregateConfig, Params
 from .errors import UserError
 from .io import atomic_dir, read_json, write_json
+from .runtime import configure
 
 #: Columns from metrics/eval/<name>.json, in table order (every experiment has them).
 EVAL_COLUMNS = ("top1", "top5", "loss", "f1_macro", "f1_weighted", "precision_macro", "recall_macro",
@@ -234,3 +235,9 @@ def read_best(summary_dir: str | Path) -> Optional[str]:
     best = read_json(path).get("best") or {}
     return best.get("experiment")
 
+
+def run(params: Params, eval_dir: str | Path, train_dir: str | Path, knn_dir: str | Path, out_dir: str | Path,
+        plots_dir: str | Path, headline_path: str | Path | None) -> pd.DataFrame:
+    """Stage entry point (stages/aggregate.py): seed, then :func:`run_aggregate`."""
+    configure(params.base.seed, params.base.threads)
+    return run_aggregate(params, eval_dir, train_dir, knn_dir, out_dir, plots_dir, headline_path)

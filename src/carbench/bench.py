@@ -30,7 +30,7 @@ SYNTHETIC_FALLBACK = SyntheticConfig(num_classes=20, train_per_class=10, test_pe
 def _ingest(raw_source: Path, work: Path) -> tuple[Path, Path, str]:
     """Pack ``raw_source`` (torchvision layout; synthetic large photos when absent) into data/raw + split."""
     from .download import run_download
-    from .splits import run_split
+    from .split import run_split
 
     if raw_source.is_dir():
         data = DataConfig(source="local", path=str(raw_source), cache_dir=str(work / "cache"),

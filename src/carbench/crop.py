@@ -14,9 +14,10 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
-from .config import CropConfig
+from .config import CropConfig, Params
 from .crops import DECODE_ERRORS, Box, decode_crop
 from .errors import DataError
+from .runtime import configure
 from .store import SPLITS, StoreMeta, allocate_split, compact_split, load_split, split_paths, write_index, write_meta
 
 CHUNK_IMAGES = 16              # images per pool task: small enough to balance, large enough to amortise IPC
@@ -186,7 +187,7 @@ def run_crop(crop: CropConfig, skip_bad: bool, raw_dir: str | Path, split_dir: s
 
     from .io import atomic_dir, write_json
     from .manifest import IMAGES_BIN, read_classes, read_manifest
-    from .splits import read_split
+    from .split import read_split
 
     started = time.perf_counter()
     raw_dir = Path(raw_dir)
@@ -217,3 +218,10 @@ def run_crop(crop: CropConfig, skip_bad: bool, raw_dir: str | Path, split_dir: s
     print(f"crop: {sum(counts.values())} crops of {crop.size}px at {rate:.0f} images/s "
           f"({workers} worker(s), {metrics['seconds']:.1f} s) -> {out_dir}")
     return metrics
+
+
+def run(params: Params, raw_dir: str | Path, split_dir: str | Path, out_dir: str | Path, metrics_path: str | Path,
+        preview_path: str | Path) -> dict:
+    """Stage entry point (stages/crop.py): seed, then :func:`run_crop` with the ``crop`` section."""
+    configure(params.base.seed, params.base.threads, use_torch=False)
+    return run_crop(params.crop, params.data.skip_bad_images, raw_dir, split_dir, out_dir, metrics_path, preview_path)

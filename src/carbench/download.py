@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from .config import DataConfig, ExpectedData
+from .config import DataConfig, ExpectedData, Params
 from .errors import DataError
 from .fingerprint import differences, fingerprint, read_reference
 from .io import write_json
@@ -33,7 +33,7 @@ from .extra import merge_extra
 from .layouts import Source, open_local
 from .manifest import build_raw
 from .routes import RouteFailed, describe, fetch
-from .runtime import is_offline
+from .runtime import configure, is_offline
 
 
 def ways_forward(offline: bool) -> str:
@@ -156,3 +156,9 @@ def run_download(data: DataConfig, seed: int, out_dir: str | Path, metrics_path:
     print(f"download: {counts['train']} train + {counts['test']} test images, {metrics['num_classes']} classes "
           f"({metrics['route']}, {metrics['seconds']:.1f} s) -> {out_dir}")
     return metrics
+
+
+def run(params: Params, out_dir: str | Path, metrics_path: str | Path) -> dict[str, Any]:
+    """Stage entry point (stages/download.py): seed, then :func:`run_download` with the ``data`` section."""
+    configure(params.base.seed, params.base.threads, use_torch=False)
+    return run_download(params.data, params.base.seed, out_dir, metrics_path, offline=params.base.offline)

@@ -13,13 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from .config import EmbedConfig, Experiment, Params, experiment
+from .config import BaseConfig, EmbedConfig, Experiment, Params, experiment
 from .errors import UserError
 from .io import atomic_dir
 from .io import file_md5
 from .predictor import CHECKPOINT, ClassifierPredictor, load_classifier_predictor
 from .embeddings import Embeddings, as_stored, save_embeddings
 from .store import load_meta, load_split
+from .runtime import configure, select_device
 
 QUERY_SPLIT = "test"
 
@@ -85,3 +86,8 @@ def embed_experiment(exp: Experiment, crops_dir: str | Path, models_root: str | 
         save_embeddings(emb, tmp)
     return emb.meta
 
+
+def run(base: BaseConfig, exp: Experiment, crops_dir: str | Path, models_root: str | Path, out_dir: str | Path) -> dict:
+    """Stage entry point (stages/embed.py): seed, pick the device, then :func:`embed_experiment`."""
+    configure(base.seed, base.threads)
+    return embed_experiment(exp, crops_dir, models_root, out_dir, select_device(base.device))

@@ -22,6 +22,7 @@ from .errors import UserError
 from .io import atomic_dir, write_json
 from .predictor import Predictor, load_predictor
 from .store import load_split
+from .runtime import configure, select_device
 
 TEST_SPLIT = "test"
 BYTES_PER_MB = 1e6   # sizes are reported in decimal megabytes
@@ -161,3 +162,11 @@ def _check_classes(predictor: Predictor, crops_dir: str | Path, name: str) -> No
     if list(predictor.class_names) != stored:
         raise UserError(f"models/{name} was trained on classes that differ from {crops_dir}/meta.json "
                         f"({len(predictor.class_names)} vs {len(stored)} classes); re-run its training")
+
+
+def run(params: Params, name: str, crops_dir: str | Path, models_root: str | Path, metrics_path: str | Path,
+        plots_dir: str | Path, tables_dir: str | Path) -> dict[str, Any]:
+    """Stage entry point (stages/evaluate.py): seed, pick the device, then :func:`evaluate_experiment`."""
+    configure(params.base.seed, params.base.threads)
+    return evaluate_experiment(params, name, crops_dir, models_root, metrics_path, plots_dir, tables_dir,
+                               select_device(params.base.device))

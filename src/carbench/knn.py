@@ -19,11 +19,12 @@ from typing import Any, Optional
 import numpy as np
 
 from . import metrics as M
-from .config import Experiment, KnnConfig, Params, build, experiment, to_dict
+from .config import BaseConfig, Experiment, KnnConfig, Params, build, experiment, to_dict
 from .embeddings import Embeddings, l2_normalize, load_embeddings, read_checked_meta
 from .errors import UserError
 from .index import ExactIndex, faiss_available, resolve_backend
 from .io import atomic_dir, write_json
+from .runtime import configure, select_device
 
 KNN_FORMAT = "carbench-knn/1"
 KNN_ARRAYS = "knn.npz"
@@ -288,3 +289,10 @@ def knn_experiment(exp: Experiment, seed: int, embeddings_dir: str | Path, out_d
         raise UserError(f"experiment {exp.name!r} is a {exp.config} experiment, not a retrieval one: "
                         "it has no knn stage")
     return run_knn(exp.knn, embeddings_dir, out_dir, metrics_path, seed, device)
+
+
+def run(base: BaseConfig, exp: Experiment, embeddings_dir: str | Path, out_dir: str | Path,
+        metrics_path: str | Path) -> dict:
+    """Stage entry point (stages/knn.py): seed, pick the device, then :func:`knn_experiment`."""
+    configure(base.seed, base.threads)
+    return knn_experiment(exp, base.seed, embeddings_dir, out_dir, metrics_path, select_device(base.device))

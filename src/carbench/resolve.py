@@ -50,3 +50,8 @@ def run_resolve(params: Params, out_dir: str | Path) -> list[str]:
             (tmp / kind).mkdir(exist_ok=True)
             (tmp / rel).write_text(dump(kind, name, config))
     return sorted(files)
+
+
+def run(params: Params, out_dir: str | Path) -> list[str]:
+    """Stage entry point (stages/resolve.py): :func:`run_resolve` (no seeding: nothing random happens)."""
+    return run_resolve(params, out_dir)

@@ -28,9 +28,10 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .config import SplitConfig
+from .config import Params, SplitConfig
 from .errors import DataError, DataWarning
 from .io import atomic_dir, write_json
+from .runtime import configure
 from .manifest import read_classes, read_manifest
 
 SPLITS = ("train", "val", "test")
@@ -167,3 +168,10 @@ def read_split(split_dir: str | Path, manifest=None):
     if manifest is not None and not frame["image"].equals(manifest["image"]):
         raise DataError(f"{path} does not match the manifest row for row; rerun the split stage")
     return frame
+
+
+def run(params: Params, raw_dir: str | Path, out_dir: str | Path, metrics_path: str | Path,
+        plot_path: str | Path) -> dict[str, Any]:
+    """Stage entry point (stages/split.py): seed, then :func:`run_split` with the ``split`` section."""
+    configure(params.base.seed, params.base.threads, use_torch=False)
+    return run_split(params.split, params.base.seed, raw_dir, out_dir, metrics_path, plot_path)
