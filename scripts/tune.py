@@ -120,8 +120,9 @@ def score_knn(model: Any, trainer: Any, crops: Path, meta: dict, base_knn: Any, 
     import numpy as np
     import torch
 
+    from carbench.batches import compute_features, load_split_data
     from carbench.embeddings import as_stored
-    from carbench.engine import amp_dtype, compute_features, load_split_data
+    from carbench.engine import amp_dtype
     from carbench.index import search
     from carbench.knn import fit_preprocessing, vote
 
@@ -147,8 +148,9 @@ def score_knn(model: Any, trainer: Any, crops: Path, meta: dict, base_knn: Any, 
 
 def run_one(raw: dict, run: dict, crops: str, test: bool = False) -> dict:
     """Train one run (best epoch on val); with ``knn``, also score k-NN on its embeddings."""
-    from carbench.engine import _NoBar, seed_everything, setup_trainer
-    from carbench.runtime import select_device
+    from carbench.engine import setup_trainer
+    from carbench.runtime import seed_everything, select_device
+    from carbench.train_log import NoBar
 
     params = parse_params(with_settings(raw, run["experiment"], run["settings"]))
     exp, base = experiment(params, run["experiment"]), params.base
@@ -159,7 +161,7 @@ def run_one(raw: dict, run: dict, crops: str, test: bool = False) -> dict:
     for epoch in range(exp.train.epochs):
         if trainer.should_stop():
             break
-        row = trainer.run_epoch(epoch, _NoBar())
+        row = trainer.run_epoch(epoch, NoBar())
         if (epoch + 1) % PROGRESS_EVERY == 0 and epoch + 1 < exp.train.epochs:  # what a killed long run reached
             print(f"[tune] {exp.name} {run['settings']}: epoch {epoch + 1}/{exp.train.epochs} val top-1 "
                   f"{row['val/top1']:.4f} (best {trainer.state.best.top1:.4f})", file=sys.stderr, flush=True)
@@ -187,11 +189,13 @@ def final_test(params: Any, trainer: Any, crops: Path, meta: dict) -> dict:
     import torch
 
     from carbench.augment import eval_preprocess
+    from carbench.batches import Order, compute_features, load_split_data
     from carbench.embeddings import as_stored
-    from carbench.engine import Order, _NoBar, amp_dtype, compute_features, load_split_data, refit_trainer
+    from carbench.engine import amp_dtype, refit_trainer
     from carbench.evaluate import classification_metrics
     from carbench.index import search
     from carbench.knn import fit_preprocessing, vote
+    from carbench.train_log import NoBar
 
     exp, base, cfg, device = trainer.exp, params.base, trainer.cfg, trainer.device
     n, amp = int(meta["num_classes"]), amp_dtype(trainer.device, trainer.cfg.amp)
@@ -199,7 +203,7 @@ def final_test(params: Any, trainer: Any, crops: Path, meta: dict) -> dict:
     if cfg.refit and trainer.state.best.epoch > 0:
         refit = refit_trainer(trainer, base, crops, meta)
         for epoch in range(refit.cfg.epochs):
-            refit.train_epoch(epoch, _NoBar())
+            refit.train_epoch(epoch, NoBar())
         model, out["refit_epochs"] = refit.final_module(), refit.cfg.epochs
     else:
         model = trainer.final_module()

@@ -33,11 +33,12 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from carbench.config import experiment, parse_params  # noqa: E402
 from carbench.embeddings import as_stored  # noqa: E402
-from carbench.engine import Trainer, _NoBar, seed_everything, setup_trainer  # noqa: E402
+from carbench.engine import Trainer, setup_trainer  # noqa: E402
 from carbench.index import search  # noqa: E402
 from carbench.knn import fit_preprocessing, vote  # noqa: E402
 from carbench.models import build_model  # noqa: E402
-from carbench.runtime import select_device  # noqa: E402
+from carbench.runtime import seed_everything, select_device  # noqa: E402
+from carbench.train_log import NoBar  # noqa: E402
 
 
 def merge(base: dict, over: dict) -> dict:
@@ -94,7 +95,7 @@ def main() -> int:
         trainer = Trainer(variant, base, model, fit.train_data, fit.val_data, device, True, fit.weights)
         tick = time.perf_counter()
         for epoch in range(cfg.epochs):
-            trainer.run_epoch(epoch, _NoBar())
+            trainer.run_epoch(epoch, NoBar())
         report("head", {"lr": lr, "epochs": int(epochs), "label_smoothing": ls, "weight_decay": wd,
                         "val_top1": trainer.state.best.top1, "best_epoch": trainer.state.best.epoch,
                         "seconds": round(time.perf_counter() - tick, 1)})

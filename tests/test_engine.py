@@ -16,11 +16,14 @@ import torch
 import yaml
 
 from carbench.augment import build_augmenter, eval_preprocess, stored_size
+from carbench.batches import Order, load_split_data
 from carbench.checkpoint import load_classifier
 from carbench.config import parse_params
-from carbench.engine import (RESUME_FORMAT, TIMING_KEYS, load_split_data, Order, seed_everything,
-                             setup_trainer, train_experiment)
+from carbench.engine import setup_trainer, train_experiment
 from carbench.models import build_model
+from carbench.resume import RESUME_FORMAT
+from carbench.runtime import seed_everything
+from carbench.train_log import TIMING_KEYS
 from carbench.store import write_store as write_crop_store
 from conftest import repo_params
 

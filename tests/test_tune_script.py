@@ -31,16 +31,16 @@ def raw() -> dict:
 @pytest.fixture
 def reads(monkeypatch) -> list:
     """The splits the engine opens, in order."""
-    import carbench.engine as engine
+    import carbench.batches as batches
 
     seen: list = []
-    original = engine.read_split
+    original = batches.read_split
 
     def spy(crops_dir, split):
         seen.append(split)
         return original(crops_dir, split)
 
-    monkeypatch.setattr(engine, "read_split", spy)
+    monkeypatch.setattr(batches, "read_split", spy)
     return seen
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -169,13 +168,13 @@ def _sync(device) -> None:
 
 def _loop_rate(trainer) -> float:
     """Images/s of the real training loop (store -> device batch -> augmentation -> step), after a warm-up."""
-    from .engine import _NoBar
+    from .train_log import NoBar
 
-    trainer.train_epoch(0, _NoBar())
+    trainer.train_epoch(0, NoBar())
     _sync(trainer.device)
     images = seconds = 0.0
     for epoch in range(1, 1 + TRAIN_EPOCHS_TIMED):
-        row = trainer.train_epoch(epoch, _NoBar())
+        row = trainer.train_epoch(epoch, NoBar())
         images, seconds = images + row["images"], seconds + row["seconds"]
     return images / seconds
 

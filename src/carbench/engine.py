@@ -8,14 +8,14 @@ directory ``live_dir`` (per-epoch ``train/loss``, ``train/top1``, ``val/loss``, 
 weights file training started from, also stored in ``best.pt``, so ``dvc metrics diff`` shows a change of
 weights). Pretrained weights may be downloaded (torchvision's cache) unless ``base.offline`` forbids it.
 
-Design:
+Design (the pieces training uses live in their own modules: the device data, batches and feature cache in
+:mod:`carbench.batches`, RNG capture and the resume files in :mod:`carbench.resume`, dvclive, curves and
+progress output in :mod:`carbench.train_log`, seeding in :mod:`carbench.runtime`; this module is the
+:class:`Trainer` and the run around it):
 
-* Data: each split's uint8 crops ``(N, S, S, 3)`` are copied once into a device tensor when they fit in
-  :data:`RESIDENT_FRACTION` of free device memory (host RAM on CPU); otherwise batches are gathered from
-  the memory-mapped store and streamed. Resident crops are resized once, while copying, to the size
-  every batch would be resized to first (:func:`carbench.augment.stored_size`): same results, less
-  memory and work. Batches come from seeded permutations: no DataLoader, no per-image Python.
-  Augmentation runs batched on the device (:mod:`carbench.augment`).
+* Data: each split is placed once on the device (resident, resized once) or streamed from the memory-mapped
+  store (:func:`carbench.batches.load_split_data`); batches come from seeded permutations: no DataLoader,
+  no per-image Python. Augmentation runs batched on the device (:mod:`carbench.augment`).
 * Frozen backbone + ``augment: none`` + ``train.feature_cache``: backbone features of train/val are
   computed once and only the head is trained on them (identical maths, orders of magnitude faster).
 * CUDA only: autocast (bf16 if supported, else fp16 with GradScaler), channels_last, torch.compile.
@@ -26,53 +26,46 @@ Design:
 * Resume: after every epoch the full training state (model, optimizer, schedule, scaler, every RNG and
   generator, best checkpoint so far, metric history) goes to ``resume_dir/<name>.pt``, keyed by a hash of
   the experiment config, seed, device type, the weights file's sha256 and the crop store's meta and file
-  sizes. A matching state is
-  resumed (the dvclive files are rewritten from the saved history, so they end identical); a stale one
-  is replaced. The file is deleted after success. On CPU a resumed run equals an uninterrupted one.
+  sizes (:func:`carbench.resume.resume_key`). A matching state is resumed (the dvclive files are rewritten
+  from the saved history, so they end identical); a stale one is replaced. The file is deleted after
+  success. On CPU a resumed run equals an uninterrupted one.
+
+Length: about 490 lines, over the ~350 the other modules keep to, because the :class:`Trainer` (~200 lines:
+one epoch, one step, validation, its resume state) and the run around it (setup, fit, refit and the resume
+phases of :func:`train_experiment`, ~250 lines) read and write the same trainer state; splitting them would
+only spread that state over two modules.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import os
-import random
-import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .augment import BatchMixer, build_augmenter, eval_preprocess, resize_nhwc_uint8, stored_size, train_policy
+from .augment import BatchMixer, build_augmenter, eval_preprocess, stored_size, train_policy
+from .batches import ConcatData, FeatureData, Order, compute_features, load_split_data
 from .checkpoint import cpu_state, make_checkpoint, save_checkpoint
-from .config import BaseConfig, Experiment, to_dict
+from .config import BaseConfig, Experiment
 from .errors import DataError
-from .io import atomic_dir, atomic_file
+from .io import atomic_dir
 from .losses import build_loss
 from .models import CarNet, apply_freeze, build_model, count_parameters
 from .optim import build_optimizer, build_scheduler, param_groups
-from .runtime import generator, select_device
-from .store import load_meta, load_split
+from .resume import RESUME_FORMAT, capture_rng, load_resume_file, restore_rng, resume_key, save_resume_file
+from .runtime import generator, seed_everything, select_device
+from .store import load_meta
+from .train_log import epoch_line, finish_live, log_epoch, open_live, progress_bar, say, write_curves
 from .weights import WEIGHTS_NONE, weights_record
 
 PathLike = Union[str, os.PathLike]
 EpochCallback = Callable[[int, dict], None]
 
-#: Per-epoch metric names (dvclive), in logging order.
-METRIC_KEYS = ("train/loss", "train/top1", "val/loss", "val/top1", "lr", "epoch_seconds", "images_per_second")
-#: Overlaid train/val curves written for dvc.yaml's top-level plots: file stem -> (train key, val key).
-CURVES = {"top1": ("train/top1", "val/top1"), "loss": ("train/loss", "val/loss")}
-#: Metrics that measure time and so differ between otherwise identical runs.
-TIMING_KEYS = ("epoch_seconds", "images_per_second", "train_seconds")
-RESUME_FORMAT = "carbench-resume/1"
-#: A split is kept resident on the device when it needs at most this fraction of free memory.
-RESIDENT_FRACTION = 0.5
 #: Seed offsets, so the shuffling and augmentation streams differ from each other and from init.
 SHUFFLE_SEED_OFFSET = 1
 AUGMENT_SEED_OFFSET = 2
@@ -81,114 +74,6 @@ MIX_SEED_OFFSET = 3
 REFIT_SEED_OFFSET = 1000
 #: A last training batch smaller than this is dropped (BatchNorm cannot train on one sample).
 MIN_TRAIN_BATCH = 2
-#: Host memory used at a time while copying a split to the device.
-LOAD_CHUNK_BYTES = 256 * 2**20
-STORE_FILES = ("meta.json", "train.npy", "train.csv", "val.npy", "val.csv")
-
-
-def say(message: str) -> None:
-    """One progress/log line on stderr (stdout stays clean)."""
-    print(message, file=sys.stderr, flush=True)
-
-
-# ----------------------------------------------------------------------------- crop store access
-def read_split(crops_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(images (N, S, S, 3) uint8 memory-mapped, labels (N,) int64) of one split."""
-    data = load_split(crops_dir, split, mmap=True)
-    return data.images, np.asarray(data.labels, dtype=np.int64)
-
-
-@dataclass
-class Order:
-    """A sample order (N,) int64 on CPU and on the device (copied once per epoch)."""
-
-    cpu: torch.Tensor
-    device: torch.Tensor
-
-    @classmethod
-    def make(cls, perm: torch.Tensor, device: torch.device) -> "Order":
-        return cls(perm, perm.to(device))
-
-
-class SplitData:
-    """One split: images resident on ``device`` or streamed from the mmap; labels (N,) int64 on device."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, device: torch.device, resident: bool,
-                 size: Optional[int] = None) -> None:
-        self.device = device
-        self.resident = resident
-        self.labels = torch.from_numpy(np.array(labels, dtype=np.int64)).to(device)
-        self.source = images
-        self.images = copy_to_device(images, device, size) if resident else None
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def batch(self, order: Order, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 images (B, S, S, 3) and labels (B,) of ``order[start:stop]``, on the device."""
-        idx = order.device[start:stop]
-        if self.resident:
-            return self.images.index_select(0, idx), self.labels.index_select(0, idx)
-        rows = torch.from_numpy(self.source[order.cpu[start:stop].numpy()])
-        if self.device.type == "cuda":
-            rows = rows.pin_memory()
-        return rows.to(self.device, non_blocking=True), self.labels.index_select(0, idx)
-
-
-def copy_to_device(images: np.ndarray, device: torch.device, size: Optional[int] = None) -> torch.Tensor:
-    """Copy a (memory-mapped) uint8 array (N, S, S, 3) to a new device tensor, resized to ``size`` when
-    smaller than S, in chunks of ~LOAD_CHUNK_BYTES (the whole store is never held twice on the host).
-
-    Resizing once here is what every batch would otherwise do first (same antialiased resize), so
-    results are unchanged while memory and per-step work shrink by (S / size)**2.
-    """
-    side = size if size is not None and size < images.shape[1] else images.shape[1]
-    out = torch.empty((len(images), side, side, 3), dtype=torch.uint8, device=device)
-    rows = max(1, LOAD_CHUNK_BYTES // max(1, images[:1].nbytes))
-    for start in range(0, len(images), rows):
-        chunk = torch.from_numpy(np.array(images[start:start + rows])).to(device)
-        out[start:start + rows] = resize_nhwc_uint8(chunk, side) if side != images.shape[1] else chunk
-    return out
-
-
-class FeatureData:
-    """Cached backbone features (N, D) float32 and labels (N,) on the device; same interface as SplitData."""
-
-    def __init__(self, features: torch.Tensor, labels: torch.Tensor) -> None:
-        self.features, self.labels = features, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def batch(self, order: Order, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = order.device[start:stop]
-        return self.features.index_select(0, idx), self.labels.index_select(0, idx)
-
-
-class ConcatData:
-    """Splits (SplitData or FeatureData) seen as one, rows in order (``train.refit``: train then val)."""
-
-    def __init__(self, parts: list) -> None:
-        self.parts = parts
-        self.labels = torch.cat([p.labels for p in parts])
-        self.bounds = np.cumsum([0] + [len(p) for p in parts]).tolist()
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def batch(self, order: Order, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = order.cpu[start:stop]
-        rows, positions = [], []
-        for part, low, high in zip(self.parts, self.bounds, self.bounds[1:]):
-            where = ((idx >= low) & (idx < high)).nonzero().squeeze(1)
-            if len(where):
-                sub = Order.make(idx[where] - low, part.labels.device)
-                rows.append(part.batch(sub, 0, len(where))[0])
-                positions.append(where)
-        x = torch.cat(rows)
-        out = torch.empty_like(x)
-        out[torch.cat(positions).to(x.device)] = x
-        return out, self.labels.index_select(0, order.device[start:stop])
 
 
 def ema_update(decay: float) -> Callable:
@@ -210,31 +95,6 @@ def make_ema(model: CarNet, decay: float) -> Optional[torch.optim.swa_utils.Aver
     if decay <= 0:
         return None
     return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=ema_update(decay), use_buffers=True)
-
-
-def free_memory_bytes(device: torch.device) -> int:
-    """Free device memory (CUDA) or available host RAM (CPU), in bytes."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):  # not POSIX: assume it fits
-        return sys.maxsize
-
-
-def load_split_data(crops_dir: Path, split: str, device: torch.device, num_classes: int,
-                    budget: Optional[int] = None, size: Optional[int] = None) -> SplitData:
-    """Open one split and place it: resident (resized once to ``size`` when smaller than the store's)
-    when it fits ``budget`` bytes (default: a fraction of the free memory), else streamed at full size."""
-    images, labels = read_split(crops_dir, split)
-    if len(labels) == 0 or len(images) != len(labels):
-        raise DataError(f"{crops_dir}/{split}.npy: {len(images)} images for {len(labels)} labels "
-                        f"(a split needs at least one image and one label per image)")
-    if labels.min() < 0 or labels.max() >= num_classes:
-        raise DataError(f"{crops_dir}/{split}.csv: class_id outside 0..{num_classes - 1}")
-    budget = int(free_memory_bytes(device) * RESIDENT_FRACTION) if budget is None else budget
-    side = min(size or images.shape[1], images.shape[1])
-    return SplitData(images, labels, device, resident=len(images) * side * side * 3 <= budget, size=side)
 
 
 # ----------------------------------------------------------------------------- the trainer
@@ -431,134 +291,7 @@ def amp_dtype(device: torch.device, enabled: bool) -> Optional[torch.dtype]:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-# ----------------------------------------------------------------------------- RNG state
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA) so a run never depends on what ran before it."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def capture_rng() -> dict:
-    """torch (CPU + every CUDA device), NumPy and Python RNG states as weights_only-loadable values."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
-            "python": list(random.getstate()[1]), "python_version": random.getstate()[0],
-            "python_gauss": random.getstate()[2]}
-
-
-def restore_rng(state: dict) -> None:
-    """Inverse of :func:`capture_rng`."""
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
-
-
-# ----------------------------------------------------------------------------- resume files
-def resume_key(exp: Experiment, base: BaseConfig, device: torch.device, crops_dir: Path, meta: dict,
-               weights: Optional[dict] = None) -> str:
-    """sha256 of what determines the run: experiment config, seed, device type, weights record, store meta +
-    file sizes."""
-    sizes = {name: (Path(crops_dir) / name).stat().st_size for name in STORE_FILES
-             if (Path(crops_dir) / name).exists()}
-    payload = {"format": RESUME_FORMAT, "experiment": to_dict(exp), "seed": base.seed,
-               "device": device.type, "meta": meta, "sizes": sizes, "weights": weights}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def load_resume_file(path: Path, key: str) -> Optional[dict]:
-    """The saved state at ``path`` when it matches ``key``; None (with a log line) otherwise."""
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated or foreign file: start afresh, it will be replaced
-        say(f"ignoring unreadable resume state {path} ({exc.__class__.__name__}); starting from scratch")
-        return None
-    if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT or state.get("key") != key:
-        say(f"ignoring resume state {path}: it belongs to another config or data; it will be replaced")
-        return None
-    return state
-
-
-def save_resume_file(path: Path, state: dict) -> None:
-    """Write the resume state atomically (an interrupted write never corrupts the previous one)."""
-    with atomic_file(path, "wb") as handle:
-        torch.save(state, handle)
-
-
-# ----------------------------------------------------------------------------- dvclive
-def open_live(live_dir: Path, history: list) -> Any:
-    """A fresh dvclive logger at ``live_dir`` with ``history`` (resumed epochs) replayed step by step."""
-    from dvclive import Live
-
-    shutil.rmtree(live_dir, ignore_errors=True)
-    live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None)
-    for row in history:
-        log_epoch(live, row)
-    return live
-
-
-def log_epoch(live: Any, row: dict) -> None:
-    """Log one epoch's metrics as one dvclive step."""
-    for key in METRIC_KEYS:
-        live.log_metric(key, float(row[key]))
-    live.next_step()
-
-
-def write_curves(curves_dir: Path, name: str, history: list) -> None:
-    """``curves_dir/{top1,loss}/<name>.tsv`` (columns step, train, val): train and val overlaid in one
-    DVC plot per experiment (``plots:`` in dvc.yaml)."""
-    for kind, (train_key, val_key) in CURVES.items():
-        with atomic_file(curves_dir / kind / f"{name}.tsv") as handle:
-            handle.write("step\ttrain\tval\n")
-            for step, row in enumerate(history):
-                handle.write(f"{step}\t{row[train_key]!r}\t{row[val_key]!r}\n")
-
-
-def finish_live(live: Any, trainer: Trainer) -> dict:
-    """Add the run summary to metrics.json and close the logger; returns the summary values."""
-    st = trainer.state
-    summary = {"best_val_top1": max(st.best.top1, 0.0), "best_epoch": st.best.epoch,
-               "params_count": count_parameters(trainer.model), "train_seconds": st.train_seconds,
-               **(trainer.weights or {})}
-    if trainer.cfg.refit:  # epochs the final model was refitted for on train+val (0: none)
-        summary["refit_epochs"] = st.best.epoch
-    live.summary.update(summary)
-    live.end()
-    return summary
-
-
-# ----------------------------------------------------------------------------- progress
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def progress_bar(epoch: int, epochs: int, steps: int) -> Any:
-    """A tqdm bar on a terminal; nothing otherwise (one summary line per epoch is printed anyway)."""
-    if not sys.stderr.isatty():
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", leave=False, file=sys.stderr, unit="batch")
-
-
-def epoch_line(name: str, epoch: int, epochs: int, row: dict, blocks: str) -> str:
-    return (f"[{name}] epoch {epoch + 1}/{epochs}: train loss {row['train/loss']:.4f} top1 {row['train/top1']:.4f}"
-            f" | val loss {row['val/loss']:.4f} top1 {row['val/top1']:.4f} | lr {row['lr']:.3g}{blocks}"
-            f" | {row['epoch_seconds']:.1f}s, {row['images_per_second']:.0f} img/s")
-
-
-# ----------------------------------------------------------------------------- feature cache
+# ----------------------------------------------------------------------------- the whole run
 def use_feature_cache(exp: Experiment) -> bool:
     """Frozen backbone, no augmentation (no crop range, mixup or cutmix either) and ``train.feature_cache``: train
     the head on cached features."""
@@ -567,23 +300,6 @@ def use_feature_cache(exp: Experiment) -> bool:
             and t.augment == "none" and not t.randaugment and not t.mixing and t.feature_cache)
 
 
-@torch.no_grad()  # not inference_mode: the cached tensors are later inputs of autograd (head training)
-def compute_features(model: CarNet, data: SplitData, image_size: int, batch_size: int,
-                     device: torch.device, amp: Optional[torch.dtype]) -> FeatureData:
-    """Backbone features (N, D) float32 of a split, in eval mode, batched."""
-    model.eval()
-    out = torch.empty(len(data), model.feature_dim, device=device)
-    order = Order.make(torch.arange(len(data)), device)
-    for start in range(0, len(data), batch_size):
-        stop = min(start + batch_size, len(data))
-        raw, _ = data.batch(order, start, stop)
-        x = eval_preprocess(raw, image_size, model.mean, model.std)
-        with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
-            out[start:stop] = model.features(x).float()
-    return FeatureData(out, data.labels)
-
-
-# ----------------------------------------------------------------------------- the whole run
 def train_stored_size(exp: Experiment, store_size: int) -> int:
     """Side the training crops are kept at on the device (:func:`carbench.augment.stored_size`)."""
     cfg = exp.train
@@ -729,7 +445,7 @@ def train_experiment(exp: Experiment, base: BaseConfig, crops_dir: PathLike, out
                      on_epoch_end: Optional[EpochCallback] = None, curves_dir: Optional[PathLike] = None) -> dict:
     """Train a transfer/scratch experiment; write ``out_dir/best.pt`` and the dvclive dir ``live_dir``.
 
-    With ``curves_dir``, also ``curves_dir/{top1,loss}/<name>.tsv`` (:func:`write_curves`).
+    With ``curves_dir``, also ``curves_dir/{top1,loss}/<name>.tsv`` (:func:`carbench.train_log.write_curves`).
     ``on_epoch_end(epoch, row)`` (0-based epoch, metric row) runs after each epoch's resume state is
     saved (tests use it to interrupt a run). Returns the summary (best_val_top1, best_epoch,
     params_count, train_seconds, weights_file, weights_sha256).

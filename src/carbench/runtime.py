@@ -1,4 +1,5 @@
-"""Device choice, CPU threads and seeding: one place, used by every stage."""
+"""Device choice, CPU threads and seeding (:func:`seed_everything`, also the trainer's): one place, used by
+every stage."""
 from __future__ import annotations
 
 import os
@@ -13,18 +14,26 @@ class DeviceError(UserError):
     """The requested device is not available."""
 
 
-def configure(seed: int, threads: int = 0, use_torch: bool = True) -> None:
-    """Seed Python, NumPy and (``use_torch``) torch, and set torch's CPU threads (0 = all cores).
-
-    Every stage calls this first, so results never depend on which stage ran before. The data
-    stages pass ``use_torch=False``: they never use torch, and importing it costs seconds.
-    """
+def seed_everything(seed: int, use_torch: bool = True) -> None:
+    """Seed Python, NumPy and (``use_torch``) torch (CPU and CUDA) so a run never depends on what ran before it."""
     random.seed(seed)
     np.random.seed(seed)
     if use_torch:
         import torch
 
         torch.manual_seed(seed)
+
+
+def configure(seed: int, threads: int = 0, use_torch: bool = True) -> None:
+    """Seed Python, NumPy and (``use_torch``) torch, and set torch's CPU threads (0 = all cores).
+
+    Every stage calls this first, so results never depend on which stage ran before. The data
+    stages pass ``use_torch=False``: they never use torch, and importing it costs seconds.
+    """
+    seed_everything(seed, use_torch)
+    if use_torch:
+        import torch
+
         torch.set_num_threads(threads if threads > 0 else (os.cpu_count() or 1))
 
 
