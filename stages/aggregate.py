@@ -1,22 +1,20 @@
 """aggregate: one table of every experiment's metrics (md/csv/json) plus summary plots; collects only."""
 from __future__ import annotations
 
-from carbench import cli, config, runtime
-from carbench.aggregate import run_aggregate
+from carbench import cli, config, aggregate
 
 
 def main() -> None:
     parser = cli.parser(__doc__)
     parser.add_argument("--eval", required=True, help="evaluation metrics directory (metrics/eval)")
-    parser.add_argument("--train-live", required=True, help="dvclive directories of the trained experiments")
+    parser.add_argument("--train-live", required=True, help="dvclive directories of the trained experiments (metrics/train)")
     parser.add_argument("--knn", required=True, help="k-NN metrics directory (metrics/knn)")
     parser.add_argument("--out", required=True, help="summary directory (metrics/summary)")
     parser.add_argument("--plots", required=True, help="summary plots directory (plots/summary)")
-    parser.add_argument("--headline", help="flat headline metrics JSON (metrics/headline.json)")
+    parser.add_argument("--headline", required=True, help="flat headline metrics JSON (metrics/headline.json)")
     args = parser.parse_args()
-    params = config.load_params(args.params)
-    runtime.configure(params.base.seed, params.base.threads)
-    run_aggregate(params, args.eval, args.train_live, args.knn, args.out, args.plots, args.headline)
+    aggregate.run(config.load_params(args.params), args.eval, args.train_live, args.knn, args.out, args.plots,
+                  args.headline)
 
 
 if __name__ == "__main__":

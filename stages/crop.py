@@ -1,22 +1,19 @@
-"""Crop stage: crop every image to its box once and store uint8 crops per split in data/crops."""
-from carbench.cli import parser, run
-from carbench.config import load_params
-from carbench.crop import run_crop
-from carbench.runtime import configure
+"""crop: crop every image to its box once and store uint8 crops per split in data/crops."""
+from __future__ import annotations
+
+from carbench import cli, config, crop
 
 
 def main() -> None:
-    p = parser(__doc__)
-    p.add_argument("--raw", default="data/raw", help="download stage output")
-    p.add_argument("--split", default="data/split", help="split stage output")
-    p.add_argument("--out", default="data/crops", help="crop store folder")
-    p.add_argument("--metrics", default="metrics/crop.json")
-    p.add_argument("--preview", default="plots/crops_preview.png")
-    args = p.parse_args()
-    params = load_params(args.params)
-    configure(params.base.seed, params.base.threads, use_torch=False)
-    run_crop(params.crop, params.data.skip_bad_images, args.raw, args.split, args.out, args.metrics, args.preview)
+    parser = cli.parser(__doc__)
+    parser.add_argument("--raw", required=True, help="download stage output (data/raw)")
+    parser.add_argument("--split", required=True, help="split stage output (data/split)")
+    parser.add_argument("--out", required=True, help="crop store folder (data/crops)")
+    parser.add_argument("--metrics", required=True, help="metrics JSON (metrics/crop.json)")
+    parser.add_argument("--preview", required=True, help="crop preview grid (plots/crops_preview.png)")
+    args = parser.parse_args()
+    crop.run(config.load_params(args.params), args.raw, args.split, args.out, args.metrics, args.preview)
 
 
 if __name__ == "__main__":
-    run(main)
+    cli.run(main)

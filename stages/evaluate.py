@@ -1,23 +1,20 @@
 """evaluate@<name>: test-set metrics, confusion matrix, per-class table and timings of one experiment."""
 from __future__ import annotations
 
-from carbench import cli, config, runtime
-from carbench.evaluate import evaluate_experiment
+from carbench import cli, config, evaluate
 
 
 def main() -> None:
     parser = cli.parser(__doc__)
     parser.add_argument("--name", required=True, help="experiment (any of params.experiments)")
     parser.add_argument("--crops", required=True, help="crop store directory (data/crops)")
-    parser.add_argument("--models", required=True, help="models root (models/)")
+    parser.add_argument("--models", required=True, help="models root (models)")
     parser.add_argument("--metrics", required=True, help="metrics JSON (metrics/eval/<name>.json)")
     parser.add_argument("--plots", required=True, help="plots directory (plots/eval/<name>)")
     parser.add_argument("--tables", required=True, help="tables directory (metrics/eval/<name>)")
     args = parser.parse_args()
-    params = config.load_params(args.params)
-    runtime.configure(params.base.seed, params.base.threads)
-    device = runtime.select_device(params.base.device)
-    evaluate_experiment(params, args.name, args.crops, args.models, args.metrics, args.plots, args.tables, device)
+    evaluate.run(config.load_params(args.params), args.name, args.crops, args.models, args.metrics, args.plots,
+                 args.tables)
 
 
 if __name__ == "__main__":

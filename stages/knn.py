@@ -1,8 +1,7 @@
 """knn@<name>: fit the k-NN model on the gallery embeddings and write its retrieval metrics."""
 from __future__ import annotations
 
-from carbench import cli, config, runtime
-from carbench.knn import knn_experiment
+from carbench import cli, config, knn
 
 
 def main() -> None:
@@ -11,13 +10,11 @@ def main() -> None:
     parser.add_argument("--embeddings", required=True, help="embedding store (data/embeddings/<name>)")
     parser.add_argument("--out", required=True, help="model directory (models/<name>)")
     parser.add_argument("--metrics", required=True, help="metrics JSON (metrics/knn/<name>.json)")
-    parser.add_argument("--resolved", help="its resolved config (data/resolved/knn/<name>.yaml); read instead "
-                                           "of --params when given")
+    parser.add_argument("--resolved", help="its resolved config (data/resolved/knn/<name>.yaml); read instead of "
+                                           "--params when given")
     args = parser.parse_args()
     base, exp = config.stage_experiment(args.params, args.resolved, args.name)
-    runtime.configure(base.seed, base.threads)
-    device = runtime.select_device(base.device)
-    knn_experiment(exp, base.seed, args.embeddings, args.out, args.metrics, device)
+    knn.run(base, exp, args.embeddings, args.out, args.metrics)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,14 @@
 """resolve: write the effective config of every train@/embed@/knn@ stage (see carbench.resolve)."""
 from __future__ import annotations
 
-from carbench import cli, config
-from carbench.resolve import run_resolve
+from carbench import cli, config, resolve
 
 
 def main() -> None:
     parser = cli.parser(__doc__)
     parser.add_argument("--out", required=True, help="resolved configs directory (data/resolved)")
     args = parser.parse_args()
-    run_resolve(config.load_params(args.params), args.out)
+    resolve.run(config.load_params(args.params), args.out)
 
 
 if __name__ == "__main__":

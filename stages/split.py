@@ -1,21 +1,18 @@
-"""Split stage: stratified train/val/test assignment of every image in data/raw."""
-from carbench.cli import parser, run
-from carbench.config import load_params
-from carbench.runtime import configure
-from carbench.split import run_split
+"""split: stratified train/val/test assignment of every image in data/raw."""
+from __future__ import annotations
+
+from carbench import cli, config, split
 
 
 def main() -> None:
-    p = parser(__doc__)
-    p.add_argument("--raw", default="data/raw", help="download stage output")
-    p.add_argument("--out", default="data/split", help="output folder (split.csv)")
-    p.add_argument("--metrics", default="metrics/split.json")
-    p.add_argument("--plot", default="plots/class_distribution.png")
-    args = p.parse_args()
-    params = load_params(args.params)
-    configure(params.base.seed, params.base.threads, use_torch=False)
-    run_split(params.split, params.base.seed, args.raw, args.out, args.metrics, args.plot)
+    parser = cli.parser(__doc__)
+    parser.add_argument("--raw", required=True, help="download stage output (data/raw)")
+    parser.add_argument("--out", required=True, help="output folder (data/split)")
+    parser.add_argument("--metrics", required=True, help="metrics JSON (metrics/split.json)")
+    parser.add_argument("--plot", required=True, help="class distribution plot (plots/class_distribution.png)")
+    args = parser.parse_args()
+    split.run(config.load_params(args.params), args.raw, args.out, args.metrics, args.plot)
 
 
 if __name__ == "__main__":
-    run(main)
+    cli.run(main)

@@ -233,8 +233,10 @@ class FileServer:
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 payload = payload[:owner.drop_after.get(path, len(payload))]
-                self.wfile.write(payload)
+                # counted before writing: the client may read the last byte (and the test look at `sent`)
+                # before this thread runs again
                 owner.sent[path] = owner.sent.get(path, 0) + len(payload)
+                self.wfile.write(payload)
 
         return Handler
 

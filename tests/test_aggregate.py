@@ -117,9 +117,11 @@ def test_aggregate_stage_script(inputs, tmp_path, monkeypatch, params_path):
     params, ev, train, knn = inputs
     monkeypatch.setattr(sys, "argv", ["aggregate.py", "--params", str(params_path), "--eval", str(ev),
                                       "--train-live", str(train), "--knn", str(knn), "--out",
-                                      str(tmp_path / "out"), "--plots", str(tmp_path / "pl")])
+                                      str(tmp_path / "out"), "--plots", str(tmp_path / "pl"),
+                                      "--headline", str(tmp_path / "headline.json")])
     runpy.run_path(str(ROOT / "stages" / "aggregate.py"), run_name="__main__")
     assert len(pd.read_csv(tmp_path / "out" / "summary.csv")) == len(params.experiments)
+    assert set(json.loads((tmp_path / "headline.json").read_text())) == set(params.experiments)
 
 
 def test_headline_is_flat_nine_experiments_by_headline_columns(inputs, tmp_path):

@@ -229,7 +229,8 @@ def test_stage_scripts_run_in_a_fresh_folder(params_file, tmp_path):
     for plot in ("class_distribution.png", "crops_preview.png"):
         assert (tmp_path / "plots" / plot).is_file()
     bad = subprocess.run([sys.executable, str(ROOT / "stages" / "split.py"), "--params", str(params),
-                          "--raw", "nowhere", "--out", "data/split2"], cwd=tmp_path, capture_output=True, text=True)
+                          "--raw", "nowhere", "--out", "data/split2", "--metrics", "m.json", "--plot", "p.png"],
+                         cwd=tmp_path, capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stderr.startswith("error: ") and "nowhere" in bad.stderr
 
 

@@ -114,7 +114,8 @@ def test_killed_training_resumes_to_the_same_result(project, baseline, tmp_path)
     path, environ, _ = project
     name = "cnn_bn_dropout"
     cmd = [sys.executable, "stages/train.py", "--params", "params.yaml", "--name", name, "--crops", "data/crops",
-           "--out", str(tmp_path / "models" / name), "--live", str(tmp_path / "live" / name)]
+           "--out", str(tmp_path / "models" / name), "--live", str(tmp_path / "live" / name),
+           "--curves", str(tmp_path / "curves"), "--resume-dir", ".cache/resume"]
     resume_file = path / ".cache" / "resume" / f"{name}.pt"
     proc = subprocess.Popen(cmd, cwd=path, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300

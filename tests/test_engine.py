@@ -263,7 +263,8 @@ def stage(tmp_path: Path, store: Path, name: str, base: dict | None = None,
             entry["model"]["cnn_widths"] = [4, 8]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     cmd = [sys.executable, str(ROOT / "stages" / "train.py"), "--params", "params.yaml", "--name", name,
-           "--crops", str(store), "--out", f"models/{name}", "--live", f"metrics/train/{name}"]
+           "--crops", str(store), "--out", f"models/{name}", "--live", f"metrics/train/{name}",
+           "--curves", "plots/curves", "--resume-dir", ".cache/resume"]
     return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True,
                           env={**os.environ, "PYTHONHASHSEED": "0", **(env or {})})
 
