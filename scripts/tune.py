@@ -126,7 +126,7 @@ def score_knn(model: Any, trainer: Any, crops: Path, meta: dict, base_knn: Any, 
     from carbench.index import search
     from carbench.knn import fit_preprocessing, vote
 
-    cfg, device, n = trainer.cfg, trainer.device, int(meta["num_classes"])
+    cfg, device, n = trainer.cfg, trainer.device, meta.num_classes
     feats = {}
     for split in ("train", "val"):
         data = load_split_data(crops, split, device, n, size=cfg.image_size)
@@ -198,7 +198,7 @@ def final_test(params: Any, trainer: Any, crops: Path, meta: dict) -> dict:
     from carbench.train_log import NoBar
 
     exp, base, cfg, device = trainer.exp, params.base, trainer.cfg, trainer.device
-    n, amp = int(meta["num_classes"]), amp_dtype(trainer.device, trainer.cfg.amp)
+    n, amp = meta.num_classes, amp_dtype(trainer.device, trainer.cfg.amp)
     out: dict = {"refit_epochs": 0}
     if cfg.refit and trainer.state.best.epoch > 0:
         refit = refit_trainer(trainer, base, crops, meta)

@@ -91,7 +91,7 @@ def main() -> int:
         cfg = dataclasses.replace(exp.train, lr=lr, epochs=int(epochs), label_smoothing=ls, weight_decay=wd)
         variant = dataclasses.replace(exp, train=cfg)
         seed_everything(base.seed)
-        model = build_model(exp.model, int(meta["num_classes"]), pretrained=True, offline=True).to(device)
+        model = build_model(exp.model, meta.num_classes, pretrained=True, offline=True).to(device)
         trainer = Trainer(variant, base, model, fit.train_data, fit.val_data, device, True, fit.weights)
         tick = time.perf_counter()
         for epoch in range(cfg.epochs):
@@ -116,7 +116,7 @@ def main() -> int:
         ks = [int(v) for v in floats(args.k)]
         dist, idx = search(prep.apply(queries), prep.apply(gallery), max(ks), metric)
         for k, weighting in itertools.product(ks, ("uniform", "distance")):
-            probs = vote(g_labels[idx[:, :k]], dist[:, :k], int(meta["num_classes"]), weighting)
+            probs = vote(g_labels[idx[:, :k]], dist[:, :k], meta.num_classes, weighting)
             report("knn", {"k": k, "metric": metric, "weighting": weighting, "pca_components": pca,
                            "whiten": whiten, "val_top1": float((probs.argmax(1) == q_labels).mean())})
     print(json.dumps({"best": best}), flush=True)

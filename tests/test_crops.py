@@ -166,8 +166,8 @@ def test_run_crop_end_to_end(synthetic_raw, synthetic_split, tmp_path):
                        tmp_path / "crop.json", tmp_path / "preview.png")
     meta = load_meta(tmp_path / "crops")
     manifest = read_manifest(synthetic_raw)
-    assert meta["size"] == CROP_SIZE_TINY and meta["num_classes"] == 4
-    assert sum(meta["counts"].values()) == len(manifest) == sum(metrics["counts"].values())
+    assert meta.size == CROP_SIZE_TINY and meta.num_classes == 4
+    assert sum(meta.counts.values()) == len(manifest) == sum(metrics["counts"].values())
     train = load_split(tmp_path / "crops", "train")
     first = manifest.set_index("image").loc[train.names[0]]
     start, stop = first["offset"], first["offset"] + first["nbytes"]  # (Series.nbytes is its memory size)
@@ -224,7 +224,7 @@ def test_stage_scripts_run_in_a_fresh_folder(params_file, tmp_path):
         done = subprocess.run([sys.executable, str(ROOT / "stages" / script), "--params", str(params), *args],
                               cwd=tmp_path, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
-    assert load_meta(tmp_path / "data" / "crops")["counts"] == json.loads(
+    assert load_meta(tmp_path / "data" / "crops").counts == json.loads(
         (tmp_path / "metrics" / "crop.json").read_text())["counts"]
     for plot in ("class_distribution.png", "crops_preview.png"):
         assert (tmp_path / "plots" / plot).is_file()

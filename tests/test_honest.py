@@ -131,7 +131,7 @@ def test_extra_class_becomes_class_13_in_every_data_stage(tmp_path):
     split = pd.read_csv(tmp_path / "split" / "split.csv")
     assert set(split[split["class_id"] == 12]["split"]) == {"train", "val", "test"}
     run_crop(crop_config(), False, tmp_path / "raw", tmp_path / "split", tmp_path / "crops", None, None)
-    assert load_meta(tmp_path / "crops")["class_names"][12] == "BIG_TRUCKS"
+    assert load_meta(tmp_path / "crops").class_names[12] == "BIG_TRUCKS"
     assert 12 in load_split(tmp_path / "crops", "test").labels
 
 

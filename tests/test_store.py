@@ -1,4 +1,4 @@
-"""The crop store reader API: load_meta / load_split, memory-mapped, with consistency checks."""
+"""The crop store (carbench.store): its writers and the reader API (load_meta / load_split, memory-mapped, checked)."""
 from __future__ import annotations
 
 import json
@@ -8,23 +8,23 @@ import numpy as np
 import pytest
 
 from carbench.errors import DataError
-from carbench.store import CropSplit, load_meta, load_split
+from carbench.store import CropSplit, StoreMeta, load_meta, load_split, store_files, write_store
 
 from conftest import CROP_SIZE_TINY, SYNTHETIC_TINY
 
 
 def test_meta(synthetic_crops):
     meta = load_meta(synthetic_crops)
-    assert meta["size"] == CROP_SIZE_TINY and meta["margin"] == 0.0 and meta["keep_aspect"] is False
-    assert meta["num_classes"] == len(meta["class_names"]) == SYNTHETIC_TINY["num_classes"]
-    assert set(meta["counts"]) == {"train", "val", "test"}
+    assert meta.size == CROP_SIZE_TINY and meta.margin == 0.0 and meta.keep_aspect is False
+    assert meta.num_classes == len(meta.class_names) == SYNTHETIC_TINY["num_classes"]
+    assert set(meta.counts) == {"train", "val", "test"}
 
 
 @pytest.mark.parametrize("split", ["train", "val", "test"])
 def test_load_split(synthetic_crops, split):
     data = load_split(synthetic_crops, split)
     assert isinstance(data, CropSplit) and isinstance(data.images, np.memmap)
-    assert data.images.shape == (load_meta(synthetic_crops)["counts"][split], CROP_SIZE_TINY, CROP_SIZE_TINY, 3)
+    assert data.images.shape == (load_meta(synthetic_crops).counts[split], CROP_SIZE_TINY, CROP_SIZE_TINY, 3)
     assert data.images.dtype == np.uint8 and data.labels.dtype == np.int64
     assert len(data) == len(data.names) == len(data.labels)
     in_memory = load_split(synthetic_crops, split, mmap=False)
@@ -72,3 +72,32 @@ def test_meta_missing_a_key_is_named(store_copy):
     (store_copy / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match="missing key.*class_names"):
         load_meta(store_copy)
+
+
+def test_write_store_round_trips_through_the_reader(tmp_path):
+    rng = np.random.default_rng(0)
+    splits = {split: (rng.integers(0, 256, (n, 6, 6, 3), dtype=np.uint8), [f"{split}/{i}.jpg" for i in range(n)],
+                      np.arange(n) % 3) for split, n in (("train", 5), ("val", 2), ("test", 4))}
+    meta = write_store(tmp_path, splits, ["a", "b", "c"], margin=0.1, keep_aspect=True)
+    assert load_meta(tmp_path) == meta == StoreMeta(6, 0.1, True, ("a", "b", "c"), 3, {"train": 5, "val": 2, "test": 4})
+    for split, (images, names, labels) in splits.items():
+        data = load_split(tmp_path, split)
+        assert np.array_equal(data.images, images) and data.names == names and list(data.labels) == list(labels)
+    assert (tmp_path / "train.csv").read_text().splitlines()[:2] == ["image,class_id", "train/0.jpg,0"]
+    with pytest.raises(ValueError, match="same crop size"):
+        write_store(tmp_path / "x", {"train": splits["train"], "val": (np.zeros((1, 7, 7, 3), np.uint8), ["v"], [0])},
+                    ["a", "b", "c"])
+
+
+def test_meta_with_a_wrong_type_or_inconsistent_classes_is_refused(store_copy):
+    meta = json.loads((store_copy / "meta.json").read_text())
+    (store_copy / "meta.json").write_text(json.dumps({**meta, "size": "big"}))
+    with pytest.raises(DataError, match="wrong type"):
+        load_meta(store_copy)
+    (store_copy / "meta.json").write_text(json.dumps({**meta, "num_classes": meta["num_classes"] + 1}))
+    with pytest.raises(DataError, match="class names"):
+        load_meta(store_copy)
+
+
+def test_a_training_run_reads_these_store_files():
+    assert store_files(("train", "val")) == ("meta.json", "train.npy", "train.csv", "val.npy", "val.csv")

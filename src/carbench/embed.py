@@ -71,7 +71,7 @@ def embed_experiment(exp: Experiment, crops_dir: str | Path, models_root: str | 
     ckpt_path = Path(models_root) / exp.embedder / CHECKPOINT
     predictor = load_classifier_predictor(ckpt_path, device)
     crop_meta = load_meta(crops_dir)
-    class_names = list(crop_meta["class_names"])
+    class_names = list(crop_meta.class_names)
     if predictor.class_names != class_names:
         raise UserError(f"{ckpt_path} was trained on other classes than {crops_dir}/meta.json lists; retrain "
                         f"{exp.embedder!r}")
@@ -80,7 +80,7 @@ def embed_experiment(exp: Experiment, crops_dir: str | Path, models_root: str | 
                 "checkpoint_md5": file_md5(ckpt_path), "layer": exp.embed.layer,
                 "l2_normalize": exp.embed.l2_normalize, "gallery": exp.embed.gallery, "class_names": class_names,
                 "num_classes": len(class_names), "dim": int(emb.gallery.shape[1]),
-                "image_size": predictor.image_size, "crop_size": int(crop_meta["size"]),
+                "image_size": predictor.image_size, "crop_size": crop_meta.size,
                 "counts": {"gallery": int(len(emb.gallery)), "query": int(len(emb.query))}}
     with atomic_dir(out_dir) as tmp:
         save_embeddings(emb, tmp)

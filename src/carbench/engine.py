@@ -311,8 +311,8 @@ def setup_trainer(exp: Experiment, base: BaseConfig, crops_dir: Path, device: to
     """Read the store, build the model (pretrained weights, downloaded unless ``base.offline``), record the
     weights file and its sha256 (read once), optionally cache features; -> (trainer, meta)."""
     meta = load_meta(crops_dir)
-    num_classes, cfg = int(meta["num_classes"]), exp.train
-    train_size = train_stored_size(exp, int(meta["size"]))
+    num_classes, cfg = meta.num_classes, exp.train
+    train_size = train_stored_size(exp, meta.size)
     train = load_split_data(crops_dir, "train", device, num_classes, size=train_size)
     val = load_split_data(crops_dir, "val", device, num_classes, size=cfg.image_size)
     model = build_model(exp.model, num_classes, pretrained=True, offline=base.offline).to(device)
@@ -367,7 +367,7 @@ def write_best(trainer: Trainer, meta: dict, out_dir: Path) -> None:
     """Write ``out_dir/best.pt`` (the best epoch's weights) atomically."""
     best = trainer.state.best
     trainer.model.load_state_dict(best.state_dict)
-    ckpt = make_checkpoint(trainer.model, trainer.exp.model, trainer.cfg, meta["class_names"], best.epoch,
+    ckpt = make_checkpoint(trainer.model, trainer.exp.model, trainer.cfg, list(meta.class_names), best.epoch,
                            max(best.top1, 0.0), best.optimizer, best.scheduler, weights=trainer.weights)
     with atomic_dir(out_dir) as tmp:
         save_checkpoint(ckpt, tmp / "best.pt")
@@ -383,14 +383,14 @@ def refit_trainer(fit: Trainer, base: BaseConfig, crops_dir: Path, meta: dict) -
     refit_exp = dataclasses.replace(exp, train=dataclasses.replace(exp.train, epochs=epochs, patience=0))
     refit_base = dataclasses.replace(base, seed=base.seed + REFIT_SEED_OFFSET)
     seed_everything(refit_base.seed)
-    model = build_model(exp.model, int(meta["num_classes"]), pretrained=True, offline=base.offline).to(device)
+    model = build_model(exp.model, meta.num_classes, pretrained=True, offline=base.offline).to(device)
     apply_freeze(model, exp.model, 0)
     if fit.feature_mode:
         train: Any = FeatureData(torch.cat([fit.train_data.features, fit.val_data.features]),
                                  torch.cat([fit.train_data.labels, fit.val_data.labels]))
     else:
-        val = load_split_data(crops_dir, "val", device, int(meta["num_classes"]),
-                              size=train_stored_size(exp, int(meta["size"])))
+        val = load_split_data(crops_dir, "val", device, meta.num_classes,
+                              size=train_stored_size(exp, meta.size))
         train = ConcatData([fit.train_data, val])
     say(f"[{exp.name}] refit: training a fresh model on train+val ({len(train)} crops) for {epochs} epochs "
         f"(the best epoch on val)")
@@ -432,7 +432,7 @@ def write_refit(trainer: Trainer, fit: dict, meta: dict, out_dir: Path) -> None:
     module = trainer.final_module()
     if module is not trainer.model:
         trainer.model.load_state_dict(module.state_dict())
-    ckpt = make_checkpoint(trainer.model, trainer.exp.model, trainer.cfg, meta["class_names"], fit["best_epoch"],
+    ckpt = make_checkpoint(trainer.model, trainer.exp.model, trainer.cfg, list(meta.class_names), fit["best_epoch"],
                            max(fit["best_top1"], 0.0), trainer.optimizer.state_dict(), trainer.schedule.state_dict(),
                            weights=trainer.weights)
     ckpt["refit"] = True

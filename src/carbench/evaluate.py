@@ -158,7 +158,7 @@ def _check_classes(predictor: Predictor, crops_dir: str | Path, name: str) -> No
     """The model must predict the crop store's classes, in the same order."""
     from .store import load_meta
 
-    stored = list(load_meta(crops_dir)["class_names"])
+    stored = list(load_meta(crops_dir).class_names)
     if list(predictor.class_names) != stored:
         raise UserError(f"models/{name} was trained on classes that differ from {crops_dir}/meta.json "
                         f"({len(predictor.class_names)} vs {len(stored)} classes); re-run its training")

@@ -80,7 +80,7 @@ def crop_query(image: str | Path, box: Optional[Sequence[int]], crops_dir: str |
     box = tuple(box) if box is not None else (1, 1, width, height)
     check_box(box, width, height)
     try:
-        crop = decode_crop(data, box, float(meta["margin"]), int(meta["size"]), bool(meta["keep_aspect"]))
+        crop = decode_crop(data, box, meta.margin, meta.size, meta.keep_aspect)
     except DECODE_ERRORS as exc:
         raise UserError(f"cannot decode {image}: {exc}") from None
     return crop[None]

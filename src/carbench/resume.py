@@ -13,12 +13,13 @@ import torch
 
 from .config import BaseConfig, Experiment, to_dict
 from .io import atomic_file
+from .store import StoreMeta, store_files
 from .train_log import say
 
 #: Format tag of a resume file; a file with another tag is ignored (and replaced).
 RESUME_FORMAT = "carbench-resume/1"
-#: The crop store files whose sizes are part of :func:`resume_key`.
-STORE_FILES = ("meta.json", "train.npy", "train.csv", "val.npy", "val.csv")
+#: The crop store files a training run reads; their sizes are part of :func:`resume_key`.
+STORE_FILES = store_files(("train", "val"))
 
 
 # ----------------------------------------------------------------------------- RNG state
@@ -43,14 +44,14 @@ def restore_rng(state: dict) -> None:
 
 
 # ----------------------------------------------------------------------------- resume files
-def resume_key(exp: Experiment, base: BaseConfig, device: torch.device, crops_dir: Path, meta: dict,
+def resume_key(exp: Experiment, base: BaseConfig, device: torch.device, crops_dir: Path, meta: StoreMeta,
                weights: Optional[dict] = None) -> str:
     """sha256 of what determines the run: experiment config, seed, device type, weights record, store meta +
     file sizes."""
     sizes = {name: (Path(crops_dir) / name).stat().st_size for name in STORE_FILES
              if (Path(crops_dir) / name).exists()}
     payload = {"format": RESUME_FORMAT, "experiment": to_dict(exp), "seed": base.seed,
-               "device": device.type, "meta": meta, "sizes": sizes, "weights": weights}
+               "device": device.type, "meta": meta.to_json(), "sizes": sizes, "weights": weights}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -44,6 +44,11 @@ class StoreMeta:
                 "class_names": list(self.class_names), "num_classes": self.num_classes, "counts": dict(self.counts)}
 
 
+def store_files(splits: Sequence[str] = SPLITS) -> tuple[str, ...]:
+    """The file names of a store holding ``splits`` (meta first, then each split's array and index)."""
+    return (META_FILE,) + tuple(f"{split}.{ext}" for split in splits for ext in ("npy", "csv"))
+
+
 def split_paths(store_dir: str | Path, split: str) -> tuple[Path, Path]:
     """(array ``{split}.npy``, index ``{split}.csv``) of one split."""
     if split not in SPLITS:
@@ -129,18 +134,26 @@ class CropSplit:
         return len(self.labels)
 
 
-def load_meta(store_dir: str | Path) -> dict[str, Any]:
-    """``meta.json`` of a crop store, with its keys checked."""
+def load_meta(store_dir: str | Path) -> StoreMeta:
+    """``meta.json`` of a crop store, with its keys and their types checked."""
     path = Path(store_dir) / META_FILE
     if not path.is_file():
         raise DataError(f"{path} not found: run the crop stage first")
     try:
-        meta = json.loads(path.read_text())
+        raw = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise DataError(f"{path} is not valid JSON: {exc}") from None
-    missing = [k for k in META_KEYS if k not in meta]
+    missing = [k for k in META_KEYS if k not in raw]
     if missing:
         raise DataError(f"{path}: missing key(s) {', '.join(missing)}")
+    try:
+        meta = StoreMeta(size=int(raw["size"]), margin=float(raw["margin"]), keep_aspect=bool(raw["keep_aspect"]),
+                         class_names=tuple(str(n) for n in raw["class_names"]), num_classes=int(raw["num_classes"]),
+                         counts={str(k): int(v) for k, v in dict(raw["counts"]).items()})
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{path}: a value has the wrong type ({exc})") from None
+    if meta.num_classes != len(meta.class_names):
+        raise DataError(f"{path}: num_classes {meta.num_classes} but {len(meta.class_names)} class names")
     return meta
 
 
@@ -176,11 +189,11 @@ def load_split(store_dir: str | Path, split: str, mmap: bool = True) -> CropSpli
         raise DataError(f"{array_path} not found: run the crop stage first")
     images = np.load(array_path, mmap_mode="r" if mmap else None)
     names, labels = _read_index(store_dir / f"{split}.csv")
-    size = int(meta["size"])
+    size = meta.size
     if images.dtype != np.uint8 or images.shape[1:] != (size, size, 3):
         raise DataError(f"{array_path}: expected uint8 (N, {size}, {size}, 3), got {images.dtype} {images.shape}")
     if len(images) != len(labels):
         raise DataError(f"{array_path} has {len(images)} rows but {split}.csv has {len(labels)}")
-    if len(labels) and (labels.min() < 0 or labels.max() >= int(meta["num_classes"])):
-        raise DataError(f"{store_dir / (split + '.csv')}: class_id outside 0..{int(meta['num_classes']) - 1}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= meta.num_classes):
+        raise DataError(f"{store_dir / (split + '.csv')}: class_id outside 0..{meta.num_classes - 1}")
     return CropSplit(images=images, labels=labels, names=names)
