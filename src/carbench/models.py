@@ -20,6 +20,9 @@
 
 Normalisation is not part of the model: ``CarNet.mean``/``CarNet.std`` (RGB, for 0..1 inputs) come from
 the weights' preprocessing (ImageNet statistics otherwise) and are applied by :mod:`carbench.augment`.
+
+Length (~370 lines): the block split of every torchvision family the freeze modes support lives here, next to
+the CarNet that uses it; the scratch CNN is the other third.
 """
 from __future__ import annotations
 

@@ -28,13 +28,12 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .config import Params, SplitConfig
+from .config import SPLITS, Params, SplitConfig
 from .errors import DataError, DataWarning
 from .io import atomic_dir, write_json
 from .runtime import configure
 from .manifest import read_classes, read_manifest
 
-SPLITS = ("train", "val", "test")
 SPLIT_CSV = "split.csv"
 MAX_NAMED_CLASSES = 8  # in messages; the metrics list them all
 

@@ -18,9 +18,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .config import SPLITS
 from .errors import DataError
 
-SPLITS = ("train", "val", "test")
 META_FILE = "meta.json"
 META_KEYS = ("size", "margin", "keep_aspect", "class_names", "num_classes", "counts")
 INDEX_COLUMNS = ("image", "class_id")
