@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import pandas as pd  # noqa: E402
 
-from carbench import aggregate, stats  # noqa: E402
+from carbench.report import aggregate, stats  # noqa: E402
 from carbench.config import AggregateConfig  # noqa: E402
 
 

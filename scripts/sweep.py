@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from carbench import sweep  # noqa: E402
+from carbench.report import sweep  # noqa: E402
 
 
 def main() -> int:

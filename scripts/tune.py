@@ -13,9 +13,9 @@ pipeline wrote (`data/crops`, after the `crop` stage ran with those overrides). 
         knn: {k: [3, 10], metric: [euclidean, cosine], pca_components: [0, 256], whiten: [false, true]}
 
 Every run goes through `carbench.config` (a typo in a key fails loudly) and trains with the pipeline's own
-`carbench.engine.Trainer`, as `train@<name>` does, keeping the best epoch on val. With `knn:`, the best model then
+`carbench.train.engine.Trainer`, as `train@<name>` does, keeping the best epoch on val. With `knn:`, the best model then
 embeds train and val (backbone features, L2-normalised and stored as float16, as `embed@` does) and every k-NN
-setting of the product is scored with train as the gallery and val as the queries (`carbench.knn`).
+setting of the product is scored with train as the gallery and val as the queries (`carbench.retrieval.knn`).
 `train.refit` is ignored here: a refitted model has no validation score.
 
 `--jobs N` trains N runs at once in separate processes (on one GPU, small models leave it mostly idle otherwise).
@@ -120,11 +120,11 @@ def score_knn(model: Any, trainer: Any, crops: Path, meta: dict, base_knn: Any, 
     import numpy as np
     import torch
 
-    from carbench.batches import compute_features, load_split_data
-    from carbench.embeddings import as_stored
-    from carbench.engine import amp_dtype
-    from carbench.index import search
-    from carbench.knn import fit_preprocessing, vote
+    from carbench.train.batches import compute_features, load_split_data
+    from carbench.retrieval.embeddings import as_stored
+    from carbench.train.engine import amp_dtype
+    from carbench.retrieval.index import search
+    from carbench.retrieval.knn import fit_preprocessing, vote
 
     cfg, device, n = trainer.cfg, trainer.device, meta.num_classes
     feats = {}
@@ -148,9 +148,9 @@ def score_knn(model: Any, trainer: Any, crops: Path, meta: dict, base_knn: Any, 
 
 def run_one(raw: dict, run: dict, crops: str, test: bool = False) -> dict:
     """Train one run (best epoch on val); with ``knn``, also score k-NN on its embeddings."""
-    from carbench.engine import setup_trainer
+    from carbench.train.engine import setup_trainer
     from carbench.runtime import seed_everything, select_device
-    from carbench.train_log import NoBar
+    from carbench.train.train_log import NoBar
 
     params = parse_params(with_settings(raw, run["experiment"], run["settings"]))
     exp, base = experiment(params, run["experiment"]), params.base
@@ -188,14 +188,14 @@ def final_test(params: Any, trainer: Any, crops: Path, meta: dict) -> dict:
     import numpy as np
     import torch
 
-    from carbench.augment import eval_preprocess
-    from carbench.batches import Order, compute_features, load_split_data
-    from carbench.embeddings import as_stored
-    from carbench.engine import amp_dtype, refit_trainer
-    from carbench.evaluate import classification_metrics
-    from carbench.index import search
-    from carbench.knn import fit_preprocessing, vote
-    from carbench.train_log import NoBar
+    from carbench.train.augment import eval_preprocess
+    from carbench.train.batches import Order, compute_features, load_split_data
+    from carbench.retrieval.embeddings import as_stored
+    from carbench.train.engine import amp_dtype, refit_trainer
+    from carbench.report.evaluate import classification_metrics
+    from carbench.retrieval.index import search
+    from carbench.retrieval.knn import fit_preprocessing, vote
+    from carbench.train.train_log import NoBar
 
     exp, base, cfg, device = trainer.exp, params.base, trainer.cfg, trainer.device
     n, amp = meta.num_classes, amp_dtype(trainer.device, trainer.cfg.amp)

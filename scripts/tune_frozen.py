@@ -7,9 +7,9 @@ pipeline wrote (`data/crops`, after the `crop` stage ran with those overrides). 
 val are computed once (the engine's feature cache); then
 
 * head: every combination of --lr / --epochs / --label-smoothing / --weight-decay trains the experiment's linear
-  head on the cached train features (carbench.engine.Trainer, as `train@` does), scored on val (best epoch);
+  head on the cached train features (carbench.train.engine.Trainer, as `train@` does), scored on val (best epoch);
 * k-NN: gallery = train, queries = val, L2-normalised features stored as float16 (as `embed` stores them); every
-  combination of k, metric, weighting and PCA size (plain and whitened) is scored (carbench.knn).
+  combination of k, metric, weighting and PCA size (plain and whitened) is scored (carbench.retrieval.knn).
 
 Prints one JSON line per setting (val top-1) and, last, the best of each kind.
 """
@@ -32,13 +32,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from carbench.config import experiment, parse_params  # noqa: E402
-from carbench.embeddings import as_stored  # noqa: E402
-from carbench.engine import Trainer, setup_trainer  # noqa: E402
-from carbench.index import search  # noqa: E402
-from carbench.knn import fit_preprocessing, vote  # noqa: E402
-from carbench.models import build_model  # noqa: E402
+from carbench.retrieval.embeddings import as_stored  # noqa: E402
+from carbench.train.engine import Trainer, setup_trainer  # noqa: E402
+from carbench.retrieval.index import search  # noqa: E402
+from carbench.retrieval.knn import fit_preprocessing, vote  # noqa: E402
+from carbench.train.models import build_model  # noqa: E402
 from carbench.runtime import seed_everything, select_device  # noqa: E402
-from carbench.train_log import NoBar  # noqa: E402
+from carbench.train.train_log import NoBar  # noqa: E402
 
 
 def merge(base: dict, over: dict) -> dict:

@@ -1,7 +1,8 @@
 """download: get Stanford Cars (routes | local | synthetic), check its fingerprint, pack it into data/raw."""
 from __future__ import annotations
 
-from carbench import cli, config, download
+from carbench import cli, config
+from carbench.data import download
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
 """embed@<name>: embed the gallery (train[+val]) and query (test) crops with the embedder's best checkpoint."""
 from __future__ import annotations
 
-from carbench import cli, config, embed
+from carbench import cli, config
+from carbench.retrieval import embed
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
 """knn@<name>: fit the k-NN model on the gallery embeddings and write its retrieval metrics."""
 from __future__ import annotations
 
-from carbench import cli, config, knn
+from carbench import cli, config
+from carbench.retrieval import knn
 
 
 def main() -> None:

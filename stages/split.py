@@ -1,7 +1,8 @@
 """split: stratified train/val/test assignment of every image in data/raw."""
 from __future__ import annotations
 
-from carbench import cli, config, split
+from carbench import cli, config
+from carbench.data import split
 
 
 def main() -> None:

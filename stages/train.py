@@ -1,7 +1,8 @@
 """train@<name>: train one transfer/scratch experiment on the crop store (see docs/train.md)."""
 from __future__ import annotations
 
-from carbench import cli, config, train
+from carbench import cli, config
+from carbench.train import train
 
 
 def main() -> None:

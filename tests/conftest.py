@@ -6,7 +6,7 @@ Session-scoped, built once and **read-only** (copy them before changing anything
   (``SYNTHETIC_TINY``: 4 classes, 6 train + 3 test images each, 64-96 px, ~1 in 4 grayscale);
 - ``synthetic_raw``: its download-stage output (``images.bin``, ``manifest.csv``, ``classes.json``);
 - ``synthetic_split``: the split-stage output (``split.csv``; official strategy, val_fraction 0.2);
-- ``synthetic_crops``: the crop store (``CROP_SIZE_TINY`` px crops; read it with ``carbench.store``).
+- ``synthetic_crops``: the crop store (``CROP_SIZE_TINY`` px crops; read it with ``carbench.data.store``).
 
 Tests never read the workspace's params.yaml: ``params_path`` (session fixture) is a copy of the committed
 one, ``repo_params()`` its content (see ``committed_params_text``).
@@ -125,7 +125,7 @@ def make_official_archives(source: Path, dest: Path) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def synthetic_source(tmp_path_factory) -> Path:
     """A tiny synthetic dataset in torchvision's ``stanford_cars`` layout (read-only)."""
-    from carbench.synthetic import generate
+    from carbench.data.synthetic import generate
 
     root = tmp_path_factory.mktemp("synthetic") / "stanford_cars"
     generate(root, synthetic_config(), SEED)
@@ -135,8 +135,8 @@ def synthetic_source(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_raw(synthetic_source, tmp_path_factory) -> Path:
     """``data/raw`` built from ``synthetic_source`` (read-only)."""
-    from carbench.layouts import open_local
-    from carbench.manifest import build_raw
+    from carbench.data.layouts import open_local
+    from carbench.data.manifest import build_raw
 
     out = tmp_path_factory.mktemp("pipeline") / "raw"
     with open_local(synthetic_source, out.parent / "scratch") as source:
@@ -147,7 +147,7 @@ def synthetic_raw(synthetic_source, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_split(synthetic_raw) -> Path:
     """``data/split`` for ``synthetic_raw`` (read-only)."""
-    from carbench.split import run_split
+    from carbench.data.split import run_split
 
     out = synthetic_raw.parent / "split"
     run_split(split_config(), SEED, synthetic_raw, out, None, None)
@@ -157,7 +157,7 @@ def synthetic_split(synthetic_raw) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_crops(synthetic_raw, synthetic_split) -> Path:
     """The crop store ``data/crops`` for the tiny synthetic dataset (read-only)."""
-    from carbench.crop import run_crop
+    from carbench.data.crop import run_crop
 
     out = synthetic_raw.parent / "crops"
     run_crop(crop_config(), False, synthetic_raw, synthetic_split, out, None, None)

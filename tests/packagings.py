@@ -20,7 +20,7 @@ import tarfile
 from pathlib import Path
 from typing import Callable, Optional
 
-from carbench.matfiles import (AllInOneAnnotation, read_annotations, read_class_names, write_all_in_one,
+from carbench.data.matfiles import (AllInOneAnnotation, read_annotations, read_class_names, write_all_in_one,
                                write_annotations)
 
 TEST_LABELS = "cars_test_annos_withlabels.mat"
@@ -33,7 +33,7 @@ def annotations(source: Path) -> list[tuple[str, object]]:
 
 
 def reference_lines(source: Path) -> list[str]:
-    """The fingerprint lines, computed here independently of carbench.fingerprint."""
+    """The fingerprint lines, computed here independently of carbench.data.fingerprint."""
     return [f"{split},{a.official_class}," + ",".join(str(v) for v in a.box) for split, a in annotations(source)]
 
 

@@ -1,4 +1,4 @@
-"""carbench.aggregate: one row per experiment, declared columns, collected (never recomputed) values."""
+"""carbench.report.aggregate: one row per experiment, declared columns, collected (never recomputed) values."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from carbench import aggregate as A
+from carbench.report import aggregate as A
 from carbench.config import parse_params
 from conftest import repo_params
 from carbench.errors import UserError

@@ -1,11 +1,11 @@
-"""carbench.augment: batched per-sample augmentation and eval preprocessing."""
+"""carbench.train.augment: batched per-sample augmentation and eval preprocessing."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from carbench import augment as A
+from carbench.train import augment as A
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 BATCH, STORE, SIZE = 6, 24, 16

@@ -13,15 +13,15 @@ import scipy.io
 from PIL import Image
 
 from carbench.config import DataConfig, build
-from carbench.crop import run_crop
-from carbench.crops import crop_box
-from carbench.download import run_download
+from carbench.data.crop import run_crop
+from carbench.data.crops import crop_box
+from carbench.data.download import run_download
 from carbench.errors import DataError
-from carbench.layouts import open_local
-from carbench.manifest import read_manifest
-from carbench.matfiles import BOX_FIELDS, MatAnnotation, read_annotations, write_annotations
-from carbench.split import run_split
-from carbench.store import load_split
+from carbench.data.layouts import open_local
+from carbench.data.manifest import read_manifest
+from carbench.data.matfiles import BOX_FIELDS, MatAnnotation, read_annotations, write_annotations
+from carbench.data.split import run_split
+from carbench.data.store import load_split
 
 from conftest import SYNTHETIC_TINY, crop_config, make_official_archives, repo_params, split_config
 

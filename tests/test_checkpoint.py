@@ -1,4 +1,4 @@
-"""carbench.checkpoint: the best.pt format round-trips and rebuilds the model without weights files."""
+"""carbench.train.checkpoint: the best.pt format round-trips and rebuilds the model without weights files."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from carbench.checkpoint import FORMAT, load_classifier, make_checkpoint, save_checkpoint
+from carbench.train.checkpoint import FORMAT, load_classifier, make_checkpoint, save_checkpoint
 from carbench.config import parse_params
 from carbench.errors import UserError
-from carbench.models import build_model
-from carbench.optim import build_optimizer, build_scheduler, param_groups
+from carbench.train.models import build_model
+from carbench.train.optim import build_optimizer, build_scheduler, param_groups
 from conftest import repo_params
 
 ROOT = Path(__file__).resolve().parents[1]

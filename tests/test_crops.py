@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from carbench.crop import run_crop
-from carbench.crops import apply_draft, crop_batch, crop_box, decode_crop, draft_scale, plan_crop, to_rgb
+from carbench.data.crop import run_crop
+from carbench.data.crops import apply_draft, crop_batch, crop_box, decode_crop, draft_scale, plan_crop, to_rgb
 from carbench.errors import DataError
-from carbench.layouts import open_local
-from carbench.manifest import build_raw, read_manifest
-from carbench.store import load_meta, load_split
+from carbench.data.layouts import open_local
+from carbench.data.manifest import build_raw, read_manifest
+from carbench.data.store import load_meta, load_split
 
 from conftest import CROP_SIZE_TINY, ROOT, crop_config
 

@@ -13,12 +13,12 @@ import pytest
 
 import packagings
 from carbench.config import DataConfig, build
-from carbench.crop import run_crop
-from carbench.download import run_download
+from carbench.data.crop import run_crop
+from carbench.data.download import run_download
 from carbench.errors import DataError
-from carbench.fingerprint import write_reference
-from carbench.split import run_split
-from carbench.store import SPLITS, load_split
+from carbench.data.fingerprint import write_reference
+from carbench.data.split import run_split
+from carbench.data.store import SPLITS, load_split
 
 from conftest import SEED, SYNTHETIC_TINY, crop_config, make_official_archives, repo_params, split_config
 

@@ -94,11 +94,11 @@ def test_stage_code_deps_are_exactly_its_imports(name):
 
 def test_the_import_walk_sees_relative_lazy_and_package_imports(tmp_path):
     """The walk itself can fail: plots.py is reached from aggregate, and a lazy import inside a function counts."""
-    assert "src/carbench/plots.py" in imported_files(ROOT / "stages" / "aggregate.py")
+    assert "src/carbench/report/plots.py" in imported_files(ROOT / "stages" / "aggregate.py")
     assert "src/carbench/__init__.py" in imported_files(ROOT / "stages" / "aggregate.py")
     script = tmp_path / "stage.py"
-    script.write_text("def main():\n    from carbench.metrics import top_k\n")
-    assert {"src/carbench/metrics.py", "src/carbench/__init__.py"} <= {
+    script.write_text("def main():\n    from carbench.report.metrics import top_k\n")
+    assert {"src/carbench/report/metrics.py", "src/carbench/__init__.py"} <= {
         p.relative_to(ROOT).as_posix() for p in direct_imports(script)}
     script.write_text("import os\n")
     assert direct_imports(script) == set()

@@ -1,4 +1,4 @@
-"""carbench.embed on a tiny crop store and a tiny checkpoint; also the tiny-world builder shared by
+"""carbench.retrieval.embed on a tiny crop store and a tiny checkpoint; also the tiny-world builder shared by
 test_predictor / test_evaluate / test_predict (imported from here)."""
 from __future__ import annotations
 
@@ -42,8 +42,8 @@ def class_colours() -> np.ndarray:
 
 
 def write_store(crops: Path, seed: int = 0) -> None:
-    """A crop store (:func:`carbench.store.write_store`) of noisy single-colour crops."""
-    from carbench.store import write_store as write
+    """A crop store (:func:`carbench.data.store.write_store`) of noisy single-colour crops."""
+    from carbench.data.store import write_store as write
 
     rng = np.random.default_rng(seed)
     colours = class_colours()
@@ -58,8 +58,8 @@ def write_store(crops: Path, seed: int = 0) -> None:
 
 def write_checkpoint(path: Path, seed: int = 0) -> None:
     """A tiny untrained scratch-CNN classifier checkpoint in the real format (ARCHITECTURE.md §4)."""
-    from carbench.checkpoint import make_checkpoint, save_checkpoint
-    from carbench.models import build_model
+    from carbench.train.checkpoint import make_checkpoint, save_checkpoint
+    from carbench.train.models import build_model
 
     raw = raw_params()
     model_cfg = build(ModelConfig, {**raw["model"], "arch": "cnn", "weights": "none", "cnn_widths": CNN_WIDTHS,
@@ -87,8 +87,8 @@ def make_world(tmp_path: Path, raw: dict | None = None) -> SimpleNamespace:
 
 def fit_retrieval(world: SimpleNamespace, name: str) -> None:
     """embed + knn for retrieval experiment ``name`` into the world's conventional paths."""
-    from carbench.embed import run_embed
-    from carbench.knn import run_knn_experiment
+    from carbench.retrieval.embed import run_embed
+    from carbench.retrieval.knn import run_knn_experiment
 
     emb = world.root / "data" / "embeddings" / name
     run_embed(world.params, name, world.crops, world.models, emb, "cpu")
@@ -104,8 +104,8 @@ RETRIEVAL = "knn_resnet50_k3"      # embedder: tl_resnet50_finetune
 
 
 def test_embed_writes_the_store_format(tmp_path):
-    from carbench.embed import run_embed
-    from carbench.embeddings import load_embeddings
+    from carbench.retrieval.embed import run_embed
+    from carbench.retrieval.embeddings import load_embeddings
     from carbench.io import file_md5
 
     world = make_world(tmp_path)
@@ -128,10 +128,10 @@ def test_embed_writes_the_store_format(tmp_path):
 
 
 def test_embed_matches_the_model_features(tmp_path):
-    from carbench.checkpoint import load_classifier
-    from carbench.embed import run_embed
-    from carbench.augment import eval_preprocess
-    from carbench.embeddings import load_embeddings
+    from carbench.train.checkpoint import load_classifier
+    from carbench.retrieval.embed import run_embed
+    from carbench.train.augment import eval_preprocess
+    from carbench.retrieval.embeddings import load_embeddings
 
     world = make_world(tmp_path)
     run_embed(world.params, RETRIEVAL, world.crops, world.models, tmp_path / "emb", "cpu")
@@ -145,8 +145,8 @@ def test_embed_matches_the_model_features(tmp_path):
 
 
 def test_penultimate_layer_and_train_only_gallery(tmp_path):
-    from carbench.embed import run_embed
-    from carbench.embeddings import load_embeddings
+    from carbench.retrieval.embed import run_embed
+    from carbench.retrieval.embeddings import load_embeddings
 
     raw = raw_params()
     raw["experiments"][RETRIEVAL]["embed"] = {"layer": "penultimate", "gallery": "train", "l2_normalize": False}
@@ -159,7 +159,7 @@ def test_penultimate_layer_and_train_only_gallery(tmp_path):
 
 
 def test_embed_errors_name_the_problem(tmp_path):
-    from carbench.embed import run_embed
+    from carbench.retrieval.embed import run_embed
     from carbench.errors import UserError
 
     world = make_world(tmp_path)

@@ -1,4 +1,4 @@
-"""carbench.engine and stages/train.py on a tiny crop store written here with NumPy."""
+"""carbench.train.engine and stages/train.py on a tiny crop store written here with NumPy."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,16 +15,16 @@ import pytest
 import torch
 import yaml
 
-from carbench.augment import build_augmenter, eval_preprocess, stored_size
-from carbench.batches import Order, load_split_data
-from carbench.checkpoint import load_classifier
+from carbench.train.augment import build_augmenter, eval_preprocess, stored_size
+from carbench.train.batches import Order, load_split_data
+from carbench.train.checkpoint import load_classifier
 from carbench.config import parse_params
-from carbench.engine import setup_trainer, train_experiment
-from carbench.models import build_model
-from carbench.resume import RESUME_FORMAT
+from carbench.train.engine import setup_trainer, train_experiment
+from carbench.train.models import build_model
+from carbench.train.resume import RESUME_FORMAT
 from carbench.runtime import seed_everything
-from carbench.train_log import TIMING_KEYS
-from carbench.store import write_store as write_crop_store
+from carbench.train.train_log import TIMING_KEYS
+from carbench.data.store import write_store as write_crop_store
 from conftest import repo_params
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""carbench.evaluate end to end on a tiny store: classifier and k-NN through one code path; stage scripts."""
+"""carbench.report.evaluate end to end on a tiny store: classifier and k-NN through one code path; stage scripts."""
 from __future__ import annotations
 
 import csv
@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from carbench import evaluate as E
+from carbench.report import evaluate as E
 from carbench.errors import UserError
-from carbench.metrics import PAIR_COLUMNS, PER_CLASS_COLUMNS
+from carbench.report.metrics import PAIR_COLUMNS, PER_CLASS_COLUMNS
 from test_embed import CLASS_NAMES, PER_CLASS, ROOT, fit_retrieval, make_world
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -73,7 +73,7 @@ def test_knn_evaluation_agrees_with_the_knn_stage(tmp_path):
 
 def test_tta_averages_the_mirrored_crop(tmp_path):
     world = make_world(tmp_path)
-    from carbench.predictor import load_predictor
+    from carbench.retrieval.predictor import load_predictor
 
     pred = load_predictor(world.models / "cnn_basic", "cpu", world.models)
     images = np.load(world.crops / "test.npy")

@@ -1,4 +1,4 @@
-"""carbench.fetch against a loopback HTTP server: resume, md5 -> next URL, all fail -> every attempt named."""
+"""carbench.data.fetch against a loopback HTTP server: resume, md5 -> next URL, all fail -> every attempt named."""
 from __future__ import annotations
 
 import hashlib
@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from carbench.fetch import FetchError, fetch_file
+from carbench.data.fetch import FetchError, fetch_file
 from carbench.io import file_md5
 
 PAYLOAD = os.urandom(300_000)

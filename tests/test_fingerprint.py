@@ -1,4 +1,4 @@
-"""carbench.fingerprint: the definition, the pinned value of the real dataset, canonical order, what differs."""
+"""carbench.data.fingerprint: the definition, the pinned value of the real dataset, canonical order, what differs."""
 from __future__ import annotations
 
 import hashlib
@@ -7,10 +7,10 @@ from pathlib import Path
 import scipy.io
 
 from carbench.config import load_params
-from carbench.fingerprint import (canonical_order, differences, digest, fingerprint, read_reference,
+from carbench.data.fingerprint import (canonical_order, differences, digest, fingerprint, read_reference,
                                   write_reference)
-from carbench.layouts import SourceImage, open_local
-from carbench.matfiles import read_all_in_one
+from carbench.data.layouts import SourceImage, open_local
+from carbench.data.matfiles import read_all_in_one
 
 from conftest import ROOT, SYNTHETIC_TINY
 from packagings import reference_lines

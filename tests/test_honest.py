@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from carbench import stats, sweep
+from carbench.report import stats, sweep
 from carbench.config import ConfigError, DataConfig, build, parse_params
 from carbench.errors import DataError
-from carbench.split import assign_splits, fold_ids
+from carbench.data.split import assign_splits, fold_ids
 from conftest import SEED, crop_config, repo_params, split_config, synthetic_config
 
 
@@ -105,11 +105,11 @@ def _data_cfg(tmp_path, extra):
 
 
 def test_extra_class_becomes_class_13_in_every_data_stage(tmp_path):
-    from carbench.crop import run_crop
-    from carbench.download import run_download
-    from carbench.manifest import read_classes, read_manifest
-    from carbench.split import run_split
-    from carbench.store import load_meta, load_split
+    from carbench.data.crop import run_crop
+    from carbench.data.download import run_download
+    from carbench.data.manifest import read_classes, read_manifest
+    from carbench.data.split import run_split
+    from carbench.data.store import load_meta, load_split
 
     extra = _extra_folder(tmp_path, boxes=True)
     metrics = run_download(_data_cfg(tmp_path, extra), SEED, tmp_path / "raw", tmp_path / "data.json")
@@ -136,7 +136,7 @@ def test_extra_class_becomes_class_13_in_every_data_stage(tmp_path):
 
 
 def test_extra_folder_errors_are_named(tmp_path):
-    from carbench.download import run_download
+    from carbench.data.download import run_download
 
     with pytest.raises(DataError, match="is not a folder"):
         run_download(_data_cfg(tmp_path, tmp_path / "nope"), SEED, tmp_path / "raw", None)

@@ -8,7 +8,7 @@ from PIL import Image
 
 from carbench.errors import DataError
 from carbench.errors import DataWarning
-from carbench.layouts import open_local
+from carbench.data.layouts import open_local
 
 from conftest import SYNTHETIC_TINY, make_official_archives
 
@@ -68,7 +68,7 @@ def test_incomplete_archives_name_what_is_missing(synthetic_source, tmp_path):
 
 def _class_folders(synthetic_source, root) -> None:
     """Rearrange the synthetic set as Kaggle's train/<class name>/*.jpg."""
-    from carbench.matfiles import read_annotations, read_class_names
+    from carbench.data.matfiles import read_annotations, read_class_names
 
     names = read_class_names(synthetic_source / "devkit" / "cars_meta.mat")
     for split, mat in (("train", "devkit/cars_train_annos.mat"), ("test", "cars_test_annos_withlabels.mat")):

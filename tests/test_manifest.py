@@ -8,9 +8,9 @@ import shutil
 import numpy as np
 from PIL import Image
 
-from carbench.layouts import open_local
-from carbench.manifest import MANIFEST_COLUMNS, build_raw, read_classes, read_manifest
-from carbench.matfiles import MatAnnotation, read_annotations, write_annotations
+from carbench.data.layouts import open_local
+from carbench.data.manifest import MANIFEST_COLUMNS, build_raw, read_classes, read_manifest
+from carbench.data.matfiles import MatAnnotation, read_annotations, write_annotations
 
 from conftest import SYNTHETIC_TINY
 

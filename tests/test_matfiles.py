@@ -6,7 +6,7 @@ import pytest
 import scipy.io
 
 from carbench.errors import DataError
-from carbench.matfiles import (BOX_FIELDS, MatAnnotation, read_annotations, read_class_names, write_annotations,
+from carbench.data.matfiles import (BOX_FIELDS, MatAnnotation, read_annotations, read_class_names, write_annotations,
                                write_class_names)
 
 ROWS = [MatAnnotation("00001.jpg", (1, 2, 30, 40), 5, 1), MatAnnotation("00002.jpg", (3, 4, 50, 60), 196, 2)]
@@ -100,7 +100,7 @@ def test_real_devkit_files_parse(shared_data):
 def test_all_in_one_round_trip_and_a_missing_field(tmp_path):
     import scipy.io
 
-    from carbench.matfiles import AllInOneAnnotation, read_all_in_one, write_all_in_one
+    from carbench.data.matfiles import AllInOneAnnotation, read_all_in_one, write_all_in_one
 
     rows = [AllInOneAnnotation("car_ims/000001.jpg", (1, 2, 30, 40), 2, False, 1),
             AllInOneAnnotation("car_ims/000002.jpg", (5, 6, 70, 80), 1, True, 2)]

@@ -1,4 +1,4 @@
-"""carbench.models: every family builds, heads and features have the right shapes, freeze modes work."""
+"""carbench.train.models: every family builds, heads and features have the right shapes, freeze modes work."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,7 +10,7 @@ from torch import nn
 
 from carbench.config import parse_params
 from carbench.errors import UserError
-from carbench.models import (CarNet, apply_freeze, build_model, count_parameters, trainable_blocks_for_epoch)
+from carbench.train.models import (CarNet, apply_freeze, build_model, count_parameters, trainable_blocks_for_epoch)
 from conftest import repo_params
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""carbench.optim / carbench.losses: parameter groups, optimizers, lr schedules, focal loss."""
+"""carbench.train.optim / carbench.train.losses: parameter groups, optimizers, lr schedules, focal loss."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from carbench.config import parse_params
-from carbench.losses import FocalLoss, build_loss
-from carbench.models import build_model
-from carbench.optim import PLATEAU_PATIENCE, build_optimizer, build_scheduler, param_groups
+from carbench.train.losses import FocalLoss, build_loss
+from carbench.train.models import build_model
+from carbench.train.optim import PLATEAU_PATIENCE, build_optimizer, build_scheduler, param_groups
 from conftest import repo_params
 
 ROOT = Path(__file__).resolve().parents[1]

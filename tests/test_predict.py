@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from carbench import predict as P
+from carbench.predict import predict as P
 from test_embed import CLASS_NAMES, class_colours, fit_retrieval, make_world
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -110,7 +110,7 @@ def test_crop_matches_the_crop_store(synthetic_raw, synthetic_crops, tmp_path):
     """A raw photo cropped by predict is bit-identical to the crop stage's stored crop of it."""
     import pandas as pd
 
-    from carbench.store import load_split
+    from carbench.data.store import load_split
 
     manifest = pd.read_csv(synthetic_raw / "manifest.csv")
     test = load_split(synthetic_crops, "test")

@@ -1,14 +1,14 @@
-"""carbench.predictor: one interface for classifier and k-NN models, with the staleness check."""
+"""carbench.retrieval.predictor: one interface for classifier and k-NN models, with the staleness check."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from carbench.embeddings import load_embeddings
+from carbench.retrieval.embeddings import load_embeddings
 from carbench.errors import UserError
-from carbench.knn import load_knn
-from carbench.predictor import ClassifierPredictor, KnnPredictor, load_predictor
+from carbench.retrieval.knn import load_knn
+from carbench.retrieval.predictor import ClassifierPredictor, KnnPredictor, load_predictor
 from test_embed import CLASS_NAMES, fit_retrieval, make_world, write_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -24,7 +24,7 @@ def world(tmp_path):
 
 
 def test_classifier_predictor(world):
-    from carbench.models import count_parameters
+    from carbench.train.models import count_parameters
 
     pred = load_predictor(world.models / "cnn_basic", "cpu", world.models)
     assert isinstance(pred, ClassifierPredictor) and pred.kind == "classifier"

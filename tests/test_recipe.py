@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from carbench import augment as A
+from carbench.train import augment as A
 from carbench.config import ConfigError, KnnConfig, parse_params
-from carbench.batches import Order
-from carbench.engine import setup_trainer, train_experiment, use_feature_cache
-from carbench.knn import fit_preprocessing
-from carbench.losses import build_loss
-from carbench.models import trainable_blocks_for_epoch
-from carbench.optim import param_groups
+from carbench.train.batches import Order
+from carbench.train.engine import setup_trainer, train_experiment, use_feature_cache
+from carbench.retrieval.knn import fit_preprocessing
+from carbench.train.losses import build_loss
+from carbench.train.models import trainable_blocks_for_epoch
+from carbench.train.optim import param_groups
 from carbench.runtime import seed_everything
 from conftest import repo_params
 from test_engine import Interrupt, assert_same_weights, deterministic_metrics, run, tiny, weights_of

@@ -1,4 +1,4 @@
-"""carbench.knn (with carbench.index and carbench.embeddings): neighbours, votes, gallery-only fitting, backends,
+"""carbench.retrieval.knn (with carbench.retrieval.index and carbench.retrieval.embeddings): neighbours, votes, gallery-only fitting, backends,
 the saved model, the knn stage function."""
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from carbench import embeddings as E
-from carbench import index as X
-from carbench import knn as K
+from carbench.retrieval import embeddings as E
+from carbench.retrieval import index as X
+from carbench.retrieval import knn as K
 from carbench.config import ConfigError, KnnConfig
 from carbench.errors import UserError
 

@@ -9,7 +9,7 @@ import pytest
 
 from carbench.errors import DataError
 from carbench.errors import DataWarning
-from carbench.split import assign_splits, holdout_count, read_split, run_split
+from carbench.data.split import assign_splits, holdout_count, read_split, run_split
 
 from conftest import split_config
 

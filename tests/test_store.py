@@ -1,4 +1,4 @@
-"""The crop store (carbench.store): its writers and the reader API (load_meta / load_split, memory-mapped, checked)."""
+"""The crop store (carbench.data.store): its writers and the reader API (load_meta / load_split, memory-mapped, checked)."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from carbench.errors import DataError
-from carbench.store import CropSplit, StoreMeta, load_meta, load_split, store_files, write_store
+from carbench.data.store import CropSplit, StoreMeta, load_meta, load_split, store_files, write_store
 
 from conftest import CROP_SIZE_TINY, SYNTHETIC_TINY
 

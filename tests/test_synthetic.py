@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from carbench.crops import crop_batch
-from carbench.matfiles import read_annotations, read_class_names
-from carbench.synthetic import class_names, class_style, generate, main
+from carbench.data.crops import crop_batch
+from carbench.data.matfiles import read_annotations, read_class_names
+from carbench.data.synthetic import class_names, class_style, generate, main
 
 from conftest import SYNTHETIC_TINY, synthetic_config
 

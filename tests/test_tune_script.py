@@ -31,7 +31,7 @@ def raw() -> dict:
 @pytest.fixture
 def reads(monkeypatch) -> list:
     """The splits the engine opens, in order."""
-    import carbench.batches as batches
+    import carbench.train.batches as batches
 
     seen: list = []
     original = batches.read_split

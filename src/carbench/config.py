@@ -50,7 +50,7 @@ ROUTE_KINDS = ("kaggle", "urls", "huggingface", "hf_parquet")
 
 @dataclass(frozen=True)
 class Route:
-    """A way to get Stanford Cars from the internet (``data.routes``; see carbench.routes)."""
+    """A way to get Stanford Cars from the internet (``data.routes``; see carbench.data.routes)."""
 
     name: str
     kind: str = _f(choices=ROUTE_KINDS)
@@ -75,7 +75,7 @@ class Route:
 
 @dataclass(frozen=True)
 class ExpectedData:
-    """The dataset every downloaded route must match (carbench.fingerprint)."""
+    """The dataset every downloaded route must match (carbench.data.fingerprint)."""
 
     sha256: str                        # fingerprint over split, class and box of every image
     labels_sha256: str                 # the same over split and class only (routes without boxes)
@@ -108,7 +108,7 @@ class DataConfig:
     expected: ExpectedData
     routes: tuple[Route, ...]
     synthetic: SyntheticConfig
-    extra: Optional[str] = None        # a folder of <class name>/*.jpg merged in as new classes (carbench.extra)
+    extra: Optional[str] = None        # a folder of <class name>/*.jpg merged in as new classes (carbench.data.extra)
 
     def check(self, where: str) -> None:
         if self.source == "local" and not self.path:
@@ -255,7 +255,7 @@ class KnnConfig:
 
 @dataclass(frozen=True)
 class AggregateConfig:
-    """Uncertainty in the summary (carbench.stats): bootstrap over test images, paired test vs the best."""
+    """Uncertainty in the summary (carbench.report.stats): bootstrap over test images, paired test vs the best."""
 
     bootstrap: int = _f(1000, min=0)                 # resamples for the confidence intervals; 0 = none
     confidence: float = _f(0.95, gt=0.0, lt=1.0)     # interval level

@@ -1,0 +1,209 @@
+"""Measurements behind scripts/benchmark.py: each compares our code with a plain baseline in the same run.
+
+1. :func:`measure_crop` — the crop stage (reduced-scale decode, process pool) against a plain sequential
+   full PIL decode of the same JPEG bytes.
+2. :func:`measure_train` — the training loop (crop store -> device, augmentation, forward, backward,
+   optimizer step) against forward+backward+step of the same model on random tensors already on the device.
+"""
+from __future__ import annotations
+
+import io
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from carbench.config import CropConfig, DataConfig, ExpectedData, SplitConfig, SyntheticConfig
+
+CROP_SIZES = (224, 384)
+CROP_TARGET_RATIO = 1.0
+TRAIN_TARGET_RATIO = 0.9
+#: Local and synthetic sources only record their fingerprint; nothing is expected of them here.
+NOTHING_EXPECTED = ExpectedData(sha256="", labels_sha256="", train=0, test=0)
+SYNTHETIC_FALLBACK = SyntheticConfig(num_classes=20, train_per_class=10, test_per_class=5, min_size=600,
+                                     max_size=900, grayscale_fraction=0.05)
+
+
+def _ingest(raw_source: Path, work: Path) -> tuple[Path, Path, str]:
+    """Pack ``raw_source`` (torchvision layout; synthetic large photos when absent) into data/raw + split."""
+    from carbench.data.download import run_download
+    from carbench.data.split import run_split
+
+    if raw_source.is_dir():
+        data = DataConfig(source="local", path=str(raw_source), cache_dir=str(work / "cache"),
+                          skip_bad_images=False, timeout_s=1.0, expected=NOTHING_EXPECTED, routes=(),
+                          synthetic=SYNTHETIC_FALLBACK)
+        label = f"{raw_source.name} (real photos)"
+    else:
+        data = DataConfig(source="synthetic", path=None, cache_dir=str(work / "cache"), skip_bad_images=False,
+                          timeout_s=1.0, expected=NOTHING_EXPECTED, routes=(), synthetic=SYNTHETIC_FALLBACK)
+        label = "synthetic 600-900 px photos (../shared/data absent)"
+    raw, split = work / "raw", work / "split"
+    run_download(data, 0, raw, None)
+    run_split(SplitConfig(strategy="official", val_fraction=0.2, test_fraction=0.2, allow_missing_classes=True),
+              0, raw, split, None, None)
+    return raw, split, label
+
+
+def _plain_decode_rate(raw: Path) -> tuple[float, int]:
+    """Images/s of a sequential full decode (``Image.open(...).convert('RGB')``) of every image in data/raw."""
+    from PIL import Image
+
+    from carbench.data.manifest import IMAGES_BIN, read_manifest
+
+    manifest = read_manifest(raw)
+    blob = (raw / IMAGES_BIN).read_bytes()
+    start = time.perf_counter()
+    for offset, nbytes in zip(manifest["offset"], manifest["nbytes"]):
+        Image.open(io.BytesIO(blob[offset:offset + nbytes])).convert("RGB")
+    return len(manifest) / (time.perf_counter() - start), len(manifest)
+
+
+def measure_crop(raw_source: Path) -> dict[str, Any]:
+    """Crop-stage images/s (whole ``run_crop`` call, pool start-up included) vs plain full decode."""
+    from carbench.data.crop import run_crop
+
+    with tempfile.TemporaryDirectory(prefix="carbench-crop-") as tmp:
+        work = Path(tmp)
+        raw, split, label = _ingest(raw_source, work)
+        baseline, count = _plain_decode_rate(raw)
+        rows = []
+        for size in CROP_SIZES:
+            cfg = CropConfig(margin=0.0, size=size, keep_aspect=False, workers=0, preview=0)
+            start = time.perf_counter()
+            metrics = run_crop(cfg, False, raw, split, work / f"crops{size}", None, None)
+            rate = count / (time.perf_counter() - start)
+            rows.append({"size": size, "workers": metrics["workers"], "images_per_second": rate,
+                         "ratio": rate / baseline})
+    return {"data": label, "images": count, "plain_decode_images_per_second": baseline, "rows": rows}
+
+
+def print_crop(report: dict[str, Any]) -> None:
+    """Print the crop benchmark table."""
+    print(f"\n== 1. crop stage vs plain full PIL decode: {report['images']} images, {report['data']} ==")
+    print(f"plain sequential full decode: {report['plain_decode_images_per_second']:8.1f} images/s")
+    for row in report["rows"]:
+        verdict = "MET" if row["ratio"] >= CROP_TARGET_RATIO else "NOT MET"
+        print(f"crop stage {row['size']:4d} px, {row['workers']} worker(s): {row['images_per_second']:8.1f} images/s"
+              f"   ratio {row['ratio']:.2f}x (target >= {CROP_TARGET_RATIO}x: {verdict})")
+
+
+# ----------------------------------------------------------------------------- 2. training loop
+#: (label, experiment, overrides, store side, images) per device type. The CPU cases are the offline demo's
+#: models; the CUDA case is the full-data fine-tune (ResNet-50 at 224 px, AMP, channels_last).
+TRAIN_CASES = {
+    "cpu": [
+        ("cnn_bn_dropout 64px", "cnn_bn_dropout",
+         {"model": {"cnn_widths": [16, 32, 64, 128]}, "train": {"image_size": 64, "batch_size": 64}}, 64, 512),
+        ("mobilenet_v2 full fine-tune 64px", "tl_resnet50_finetune",
+         {"model": {"arch": "mobilenet_v2"}, "train": {"image_size": 64, "batch_size": 64}}, 64, 512),
+    ],
+    "cuda": [
+        ("resnet50 full fine-tune 224px AMP", "tl_resnet50_finetune",
+         {"train": {"image_size": 224, "batch_size": 128}}, 256, 4096),
+    ],
+}
+TRAIN_EPOCHS_TIMED = 3          # after one warm-up epoch; more epochs, less timing noise
+BENCH_CLASSES = 196
+
+
+def _write_random_store(root: Path, size: int, count: int, seed: int = 0) -> Path:
+    """A crop store of random uint8 crops (:func:`carbench.data.store.write_store`) for throughput measurements."""
+    from carbench.data.store import write_store
+
+    rng = np.random.default_rng(seed)
+    splits = {}
+    for split, n in (("train", count), ("val", max(count // 8, BENCH_CLASSES))):
+        images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+        labels = rng.integers(0, BENCH_CLASSES, n)
+        splits[split] = (images, [f"{split}/{i:05d}.jpg" for i in range(n)], labels)
+    write_store(root, splits, [f"class {i}" for i in range(BENCH_CLASSES)])
+    return root
+
+
+def _bench_experiment(name: str, overrides: dict):
+    """The repository's experiment ``name`` with ``overrides`` (weights off: speed does not depend on them)."""
+    import copy
+
+    from carbench.config import parse_params, read_yaml
+
+    raw = read_yaml(Path(__file__).resolve().parents[1] / "params.yaml")
+    entry = copy.deepcopy(raw["experiments"][name])
+    for section, values in copy.deepcopy(overrides).items():
+        entry.setdefault(section, {}).update(values)
+    entry["config"] = "scratch"                  # random init: no weight files needed to time a step
+    entry["model"]["weights"] = "none"
+    raw["experiments"] = {name: entry}
+    raw["dag"] = {"train": [name], "retrieval": {}}
+    return parse_params(raw), name
+
+
+def _bare_step_rate(trainer, steps: int) -> float:
+    """Images/s of forward+backward+step of ``trainer``'s model on random tensors already on the device."""
+    import torch
+
+    cfg, device = trainer.cfg, trainer.device
+    x = torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size, device=device)
+    if trainer.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, BENCH_CLASSES, (cfg.batch_size,), device=device)
+    for _ in range(2):                            # warm-up (cudnn autotuning, allocator)
+        trainer.train_step(x, y)
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        trainer.train_step(x, y)
+    _sync(device)
+    return steps * cfg.batch_size / (time.perf_counter() - start)
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _loop_rate(trainer) -> float:
+    """Images/s of the real training loop (store -> device batch -> augmentation -> step), after a warm-up."""
+    from carbench.train.train_log import NoBar
+
+    trainer.train_epoch(0, NoBar())
+    _sync(trainer.device)
+    images = seconds = 0.0
+    for epoch in range(1, 1 + TRAIN_EPOCHS_TIMED):
+        row = trainer.train_epoch(epoch, NoBar())
+        images, seconds = images + row["images"], seconds + row["seconds"]
+    return images / seconds
+
+
+def measure_train(device_name: str = "auto") -> dict[str, Any]:
+    """Training-loop images/s vs bare forward+backward+step, for the cases of the current device type."""
+    from carbench import runtime
+    from carbench.train.engine import setup_trainer
+
+    device = runtime.select_device(device_name)
+    rows = []
+    for label, name, overrides, size, count in TRAIN_CASES[device.type]:
+        params, name = _bench_experiment(name, overrides)
+        with tempfile.TemporaryDirectory(prefix="carbench-train-") as tmp:
+            store = _write_random_store(Path(tmp), size, count)
+            runtime.configure(params.base.seed, params.base.threads)
+            trainer, _ = setup_trainer(params.experiments[name], params.base, store, device)
+            loop = _loop_rate(trainer)
+            bare = _bare_step_rate(trainer, trainer.steps_per_epoch * TRAIN_EPOCHS_TIMED)
+        rows.append({"case": label, "batch_size": trainer.cfg.batch_size, "augment": trainer.cfg.augment,
+                     "loop_images_per_second": loop, "bare_images_per_second": bare, "ratio": loop / bare})
+    return {"device": str(device), "rows": rows}
+
+
+def print_train(report: dict[str, Any]) -> None:
+    """Print the training-loop benchmark table."""
+    print(f"\n== 2. training loop vs forward+backward+step on random on-device tensors ({report['device']}) ==")
+    for row in report["rows"]:
+        verdict = "MET" if row["ratio"] >= TRAIN_TARGET_RATIO else "NOT MET"
+        print(f"{row['case']:38s} batch {row['batch_size']:4d}, augment {row['augment']:8s}: loop "
+              f"{row['loop_images_per_second']:8.1f} img/s, bare {row['bare_images_per_second']:8.1f} img/s, "
+              f"ratio {row['ratio']:.2f}x (target >= {TRAIN_TARGET_RATIO}x: {verdict})")

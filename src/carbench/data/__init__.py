@@ -1,0 +1,1 @@
+"""The data phase: download, split and crop stages (data/raw, data/split, data/crops)."""

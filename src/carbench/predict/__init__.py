@@ -1,0 +1,1 @@
+"""The predict phase: the carbench-predict command."""

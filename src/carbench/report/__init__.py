@@ -1,0 +1,1 @@
+"""The report phase: evaluate@<name> and aggregate stages (metrics, plots, summary)."""

@@ -1,0 +1,113 @@
+"""Uncertainty of the test metrics: seeded bootstrap confidence intervals and paired tests (pure NumPy/SciPy).
+
+Everything works on per-test-image predictions (``metrics/eval/<name>/predictions.csv``, written by evaluate):
+
+- :func:`bootstrap_ci`: percentile bootstrap over test images (resample the N images with replacement,
+  ``samples`` times, from ``numpy.random.default_rng(seed)``) of top-1 and macro-F1. Macro-F1 is
+  scikit-learn's (classes present in the true or predicted labels of the resample; F1 = 0 when undefined),
+  computed from weighted class counts, so 1,000 resamples of 8,041 images take well under a second.
+  A predictor that is right on every image (or wrong on every image) gets an interval of zero width.
+- :func:`mcnemar`: exact McNemar test of two experiments on the same test images: of the images where
+  exactly one of them is right (``b`` only A right, ``c`` only B right), is the split compatible with 50/50?
+  Two-sided exact binomial p-value (``scipy.stats.binomtest``); ``p = 1`` when they never disagree
+  (identical predictions give p = 1).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..errors import UserError
+
+PREDICTIONS_CSV = "predictions.csv"
+PREDICTION_COLUMNS = ("image", "true", "predicted", "correct")
+
+
+@dataclass(frozen=True)
+class Interval:
+    low: float
+    high: float
+
+
+def _macro_f1_from_counts(tp: np.ndarray, n_true: np.ndarray, n_pred: np.ndarray) -> np.ndarray:
+    """Macro-F1 per row of class counts ``(B, C)``: mean over classes with n_true + n_pred > 0."""
+    denom = n_true + n_pred
+    present = denom > 0
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(denom, dtype=float), where=present)
+    return f1.sum(axis=1) / np.maximum(present.sum(axis=1), 1)
+
+
+def macro_f1(labels: np.ndarray, preds: np.ndarray) -> float:
+    """scikit-learn's ``f1_score(average="macro", zero_division=0)``, from counts."""
+    c = int(max(labels.max(initial=-1), preds.max(initial=-1))) + 1
+    hit = labels == preds
+    tp = np.bincount(labels[hit], minlength=c)[None].astype(float)
+    return float(_macro_f1_from_counts(tp, np.bincount(labels, minlength=c)[None].astype(float),
+                                       np.bincount(preds, minlength=c)[None].astype(float))[0])
+
+
+def bootstrap_ci(labels: Sequence[int], preds: Sequence[int], samples: int, confidence: float,
+                 seed: int) -> dict[str, Interval]:
+    """Percentile bootstrap intervals ``{"top1": ..., "f1_macro": ...}`` over the test images."""
+    labels, preds = np.asarray(labels, np.int64), np.asarray(preds, np.int64)
+    n = len(labels)
+    if n == 0:
+        nan = Interval(float("nan"), float("nan"))
+        return {"top1": nan, "f1_macro": nan}
+    c = int(max(labels.max(), preds.max())) + 1
+    hit = labels == preds
+    rng = np.random.default_rng(seed)
+    # Each resample as multiplicities of the N images (multinomial = N draws with replacement).
+    weights = rng.multinomial(n, np.full(n, 1.0 / n), size=samples).astype(float)      # (B, N)
+    top1 = weights @ hit.astype(float) / n
+    onehot_true = np.zeros((n, c))
+    onehot_true[np.arange(n), labels] = 1.0
+    onehot_pred = np.zeros((n, c))
+    onehot_pred[np.arange(n), preds] = 1.0
+    n_true, n_pred = weights @ onehot_true, weights @ onehot_pred
+    tp = weights @ (onehot_true * hit[:, None])
+    f1 = _macro_f1_from_counts(tp, n_true, n_pred)
+    alpha = (1.0 - confidence) / 2
+    out = {}
+    for key, values in (("top1", top1), ("f1_macro", f1)):
+        low, high = np.quantile(values, [alpha, 1.0 - alpha])
+        out[key] = Interval(float(low), float(high))
+    return out
+
+
+def mcnemar(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> float:
+    """Exact two-sided McNemar p-value of two classifiers' per-image correctness on the same images."""
+    from scipy.stats import binomtest
+
+    a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+    if a.shape != b.shape:
+        raise ValueError(f"paired test needs the same images: {a.shape} vs {b.shape}")
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    if only_a + only_b == 0:
+        return 1.0
+    return float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
+
+
+def read_predictions(path: str | Path) -> pd.DataFrame:
+    """A ``predictions.csv`` (image, true, predicted, correct), columns checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"missing per-image predictions: {path} (written by the evaluate stage; rerun it)")
+    frame = pd.read_csv(path, dtype={"image": str}, keep_default_na=False)
+    missing = [c for c in PREDICTION_COLUMNS if c not in frame.columns]
+    if missing:
+        raise UserError(f"{path}: missing column(s) {', '.join(missing)}")
+    return frame
+
+
+def paired(a: pd.DataFrame, b: pd.DataFrame, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image correctness of two prediction tables aligned on ``image``; they must cover the same images."""
+    if len(a) != len(b) or set(a["image"]) != set(b["image"]):
+        raise UserError(f"{what}: the two experiments were not evaluated on the same test images "
+                        f"({len(a)} vs {len(b)}); a paired test needs the same split")
+    right = b.set_index("image")["correct"]
+    return a["correct"].to_numpy(bool), right.loc[a["image"]].to_numpy(bool)

@@ -1,0 +1,1 @@
+"""The train phase: the train@<name> stage (models/<name>/best.pt)."""

@@ -1,0 +1,20 @@
+"""The train stage: train one transfer/scratch experiment on the crop store (:mod:`carbench.train.engine` does the work).
+
+Writes ``models/<name>/best.pt``, the dvclive directory ``metrics/train/<name>`` and the train/val curves; an
+interrupted run resumes from ``.cache/resume/<name>.pt`` (docs/train.md).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import BaseConfig, Experiment
+from ..runtime import configure
+
+
+def run(base: BaseConfig, exp: Experiment, crops_dir: str | Path, out_dir: str | Path, live_dir: str | Path,
+        curves_dir: str | Path, resume_dir: str | Path) -> dict:
+    """Stage entry point (stages/train.py): seed and set torch's threads, then train."""
+    configure(base.seed, base.threads)
+    from .engine import train_experiment  # after configure: torch threads are set before torch does work
+
+    return train_experiment(exp, base, crops_dir, out_dir, live_dir, resume_dir, curves_dir=curves_dir)
