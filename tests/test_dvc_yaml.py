@@ -97,8 +97,8 @@ def test_the_import_walk_sees_relative_lazy_and_package_imports(tmp_path):
     assert "src/carbench/report/plots.py" in imported_files(ROOT / "stages" / "aggregate.py")
     assert "src/carbench/__init__.py" in imported_files(ROOT / "stages" / "aggregate.py")
     script = tmp_path / "stage.py"
-    script.write_text("def main():\n    from carbench.report.metrics import top_k\n")
-    assert {"src/carbench/report/metrics.py", "src/carbench/__init__.py"} <= {
+    script.write_text("def main():\n    from carbench.metrics import top_k\n")
+    assert {"src/carbench/metrics.py", "src/carbench/__init__.py"} <= {
         p.relative_to(ROOT).as_posix() for p in direct_imports(script)}
     script.write_text("import os\n")
     assert direct_imports(script) == set()

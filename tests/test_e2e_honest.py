@@ -1,5 +1,6 @@
 """End to end, small: a user's own class through every stage up to one cheap experiment, then a 3-fold and a
-3-seed sweep as documented (`dvc exp run --queue ... ; dvc queue start -j 1`), summarised by scripts/sweep.py.
+3-seed sweep as documented (`dvc exp run --queue ... ; dvc queue start -j N`, the seeds with two workers at once),
+summarised by scripts/sweep.py.
 
 Only `evaluate@tl_resnet50_frozen` (download, split, crop, resolve, train@: MobileNetV2 frozen, a linear head on
 cached features, 4 epochs: the cheapest experiment that learns) runs, on the tiny synthetic data.
@@ -102,7 +103,7 @@ def test_three_fold_sweep_through_the_queue(project):
 def test_three_seed_sweep_through_the_queue(project):
     path, environ, _ = project
     run(["dvc", "exp", "run", "--queue", TARGET, "-S", "base.seed=0,1,2"], path, environ)
-    run(["dvc", "queue", "start", "-j", "1"], path, environ)
+    run(["dvc", "queue", "start", "-j", "2"], path, environ)   # two workers at once (README "Scaling out")
     _wait_for_queue(path, environ)
     rows = _sweep(path, environ, "--where", "split.strategy=official")
     assert rows[EXPERIMENT]["runs"] == 3

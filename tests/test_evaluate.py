@@ -13,7 +13,7 @@ import pytest
 
 from carbench.report import evaluate as E
 from carbench.errors import UserError
-from carbench.report.metrics import PAIR_COLUMNS, PER_CLASS_COLUMNS
+from carbench.metrics import PAIR_COLUMNS, PER_CLASS_COLUMNS
 from test_embed import CLASS_NAMES, PER_CLASS, ROOT, fit_retrieval, make_world
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,4 +1,4 @@
-"""carbench.report.metrics against values computed by hand on tiny arrays."""
+"""carbench.metrics against values computed by hand on tiny arrays."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from carbench.report import metrics as M
+from carbench import metrics as M
 
 # Five images, three classes: true labels and predictions used by several tests.
 LABELS = np.array([0, 0, 1, 1, 2])

@@ -106,7 +106,7 @@ def choose_experiment(name: Optional[str], summary_dir: str | Path, models_root:
 
 def top_classes(probs: np.ndarray, class_names: Sequence[str], n: int = TOP_CLASSES) -> list[tuple[str, float]]:
     """The ``n`` most probable (distinct) classes of one probability row ``(C,)``."""
-    from ..report.metrics import rank_classes
+    from ..metrics import rank_classes
 
     return [(class_names[i], float(probs[i])) for i in rank_classes(probs[None], n)[0]]
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from . import metrics as M
+from .. import metrics as M
 from . import plots
 from ..config import Params, experiment
 from ..errors import UserError

@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..report import metrics as M
+from .. import metrics as M
 from ..config import BaseConfig, Experiment, KnnConfig, Params, build, experiment, to_dict
 from .embeddings import Embeddings, l2_normalize, load_embeddings, read_checked_meta
 from ..errors import UserError
