@@ -115,16 +115,16 @@ def validate(raw: dict, runs: list[dict]) -> None:
                 dataclasses.replace(base_knn(params, run["experiment"]), **combo)
 
 
-def score_knn(model: Any, trainer: Any, crops: Path, meta: dict, base_knn: Any, grid: dict, seed: int) -> list:
+def score_knn(model: Any, trainer: Any, crops: Path, meta: Any, base_knn: Any, grid: dict, seed: int) -> list:
     """Val top-1 of every k-NN setting of ``grid`` on the best model's embeddings (gallery train, queries val)."""
     import numpy as np
     import torch
 
-    from carbench.train.batches import compute_features, load_split_data
     from carbench.retrieval.embeddings import as_stored
-    from carbench.train.engine import amp_dtype
     from carbench.retrieval.index import search
     from carbench.retrieval.knn import fit_preprocessing, vote
+    from carbench.train.batches import compute_features, load_split_data
+    from carbench.train.engine import amp_dtype
 
     cfg, device, n = trainer.cfg, trainer.device, meta.num_classes
     feats = {}
@@ -148,8 +148,8 @@ def score_knn(model: Any, trainer: Any, crops: Path, meta: dict, base_knn: Any, 
 
 def run_one(raw: dict, run: dict, crops: str, test: bool = False) -> dict:
     """Train one run (best epoch on val); with ``knn``, also score k-NN on its embeddings."""
-    from carbench.train.engine import setup_trainer
     from carbench.runtime import seed_everything, select_device
+    from carbench.train.engine import setup_trainer
     from carbench.train.train_log import NoBar
 
     params = parse_params(with_settings(raw, run["experiment"], run["settings"]))
@@ -181,20 +181,20 @@ def run_one(raw: dict, run: dict, crops: str, test: bool = False) -> dict:
     return row
 
 
-def final_test(params: Any, trainer: Any, crops: Path, meta: dict) -> dict:
+def final_test(params: Any, trainer: Any, crops: Path, meta: Any) -> dict:
     """``--test``: the experiment's final model (refitted on train+val when ``train.refit``, as `train@` does)
     scored on test like `evaluate@` (top-1, top-5, macro-F1), and every retrieval experiment it embeds for scored
     like `knn@` + `evaluate@` (gallery ``embed.gallery``, queries test)."""
     import numpy as np
     import torch
 
-    from carbench.train.augment import eval_preprocess
-    from carbench.train.batches import Order, compute_features, load_split_data
-    from carbench.retrieval.embeddings import as_stored
-    from carbench.train.engine import amp_dtype, refit_trainer
     from carbench.report.evaluate import classification_metrics
+    from carbench.retrieval.embeddings import as_stored
     from carbench.retrieval.index import search
     from carbench.retrieval.knn import fit_preprocessing, vote
+    from carbench.train.augment import eval_preprocess
+    from carbench.train.batches import Order, compute_features, load_split_data
+    from carbench.train.engine import amp_dtype, refit_trainer
     from carbench.train.train_log import NoBar
 
     exp, base, cfg, device = trainer.exp, params.base, trainer.cfg, trainer.device
@@ -221,6 +221,8 @@ def final_test(params: Any, trainer: Any, crops: Path, meta: dict) -> dict:
     metrics = classification_metrics(torch.cat(chunks).numpy(), torch.cat(labels).numpy())
     out[exp.name] = {k: round(float(v), 4) for k, v in metrics.items()}
     for ret in (e for e in params.experiments.values() if not e.trained and e.embedder == exp.name):
+        if ret.embed.layer != "backbone":  # compute_features gives the head's input, as embed.layer: backbone
+            raise SystemExit(f"{ret.name}: --test scores embed.layer: backbone only, not {ret.embed.layer!r}")
         feats = {}
         for split in ("train", "val", "test"):
             data = load_split_data(crops, split, device, n, size=cfg.image_size)

@@ -191,9 +191,9 @@ def test_one_experiment_key_reruns_only_that_experiment(project):
 
 
 def test_code_change_marks_the_stages_that_import_it(project):
-    """dvc.yaml deps follow the imports (tests/test_dvc_yaml.py): a change to plots.py reaches aggregate."""
+    """dvc.yaml deps follow the imports (tests/test_dvc_yaml.py): a change to report/plots.py reaches aggregate."""
     path, environ, _ = project
-    plots = path / "src" / "carbench" / "plots.py"
+    plots = path / "src" / "carbench" / "report" / "plots.py"
     original = plots.read_bytes()
     plots.write_bytes(original + b"\n# a change\n")
     try:
