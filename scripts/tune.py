@@ -115,14 +115,39 @@ def validate(raw: dict, runs: list[dict]) -> None:
                 dataclasses.replace(base_knn(params, run["experiment"]), **combo)
 
 
-def score_knn(model: Any, trainer: Any, crops: Path, meta: Any, base_knn: Any, grid: dict, seed: int) -> list:
-    """Val top-1 of every k-NN setting of ``grid`` on the best model's embeddings (gallery train, queries val)."""
+def knn_scores(gallery: Any, g_labels: Any, queries: Any, q_labels: Any, base_knn: Any, grid: dict,
+               num_classes: int, seed: int) -> list:
+    """Val top-1 of every k-NN setting of ``grid`` (``{KnnConfig field: [values]}`` over ``base_knn``) with
+    ``gallery`` as the gallery and ``queries`` as the queries. Settings that differ only in ``k`` and
+    ``weighting`` share one preprocessing fit and one search (exact search sorted by distance then gallery index:
+    the k nearest are the first k of the largest k)."""
     import numpy as np
     import torch
 
-    from carbench.retrieval.embeddings import as_stored
     from carbench.retrieval.index import search
     from carbench.retrieval.knn import fit_preprocessing, vote
+
+    grid = {"k": [base_knn.k], "weighting": [base_knn.weighting], **grid}
+    ks, weightings = grid.pop("k"), grid.pop("weighting")
+    rows = []
+    for combo in product(grid):
+        knn = dataclasses.replace(base_knn, **combo)
+        if knn.whiten and not knn.pca_components:
+            continue
+        prep = fit_preprocessing(gallery, knn, seed)
+        with torch.inference_mode():
+            dist, idx = search(prep.apply(queries), prep.apply(gallery), max(ks), knn.metric)
+        for k, weighting in itertools.product(ks, weightings):
+            probs = vote(g_labels[idx[:, :k]], dist[:, :k], num_classes, weighting)
+            rows.append({"k": k, "weighting": weighting, **combo,
+                         "val_top1": float((np.asarray(probs).argmax(1) == q_labels).mean())})
+    return rows
+
+
+def score_knn(model: Any, trainer: Any, crops: Path, meta: Any, base_knn: Any, grid: dict, seed: int) -> list:
+    """:func:`knn_scores` on the best model's embeddings (gallery train, queries val), L2-normalised and stored
+    as float16 as the embed stage stores them."""
+    from carbench.retrieval.embeddings import as_stored
     from carbench.train.batches import compute_features, load_split_data
     from carbench.train.engine import amp_dtype
 
@@ -132,18 +157,7 @@ def score_knn(model: Any, trainer: Any, crops: Path, meta: Any, base_knn: Any, g
         data = load_split_data(crops, split, device, n, size=cfg.image_size)
         out = compute_features(model, data, cfg.image_size, cfg.eval_batch_size, device, amp_dtype(device, cfg.amp))
         feats[split] = (as_stored(out.features.cpu().numpy(), True), out.labels.cpu().numpy())
-    (gallery, g_labels), (queries, q_labels) = feats["train"], feats["val"]
-    rows = []
-    for combo in product(grid):
-        knn = dataclasses.replace(base_knn, **combo)
-        if knn.whiten and not knn.pca_components:
-            continue
-        prep = fit_preprocessing(gallery, knn, seed)
-        with torch.inference_mode():
-            dist, idx = search(prep.apply(queries), prep.apply(gallery), knn.k, knn.metric)
-        probs = vote(g_labels[idx], dist, n, knn.weighting)
-        rows.append({**combo, "val_top1": float((np.asarray(probs).argmax(1) == q_labels).mean())})
-    return rows
+    return knn_scores(*feats["train"], *feats["val"], base_knn, dict(grid), n, seed)
 
 
 def run_one(raw: dict, run: dict, crops: str, test: bool = False) -> dict:
@@ -189,9 +203,8 @@ def final_test(params: Any, trainer: Any, crops: Path, meta: Any) -> dict:
     import torch
 
     from carbench.report.evaluate import classification_metrics
-    from carbench.retrieval.embeddings import as_stored
-    from carbench.retrieval.index import search
-    from carbench.retrieval.knn import fit_preprocessing, vote
+    from carbench.retrieval.embeddings import Embeddings, as_stored
+    from carbench.retrieval.knn import fit_knn
     from carbench.train.augment import eval_preprocess
     from carbench.train.batches import Order, compute_features, load_split_data
     from carbench.train.engine import amp_dtype, refit_trainer
@@ -220,22 +233,25 @@ def final_test(params: Any, trainer: Any, crops: Path, meta: Any) -> dict:
             labels.append(y.cpu())
     metrics = classification_metrics(torch.cat(chunks).numpy(), torch.cat(labels).numpy())
     out[exp.name] = {k: round(float(v), 4) for k, v in metrics.items()}
+    raw_features: dict = {}  # split -> (backbone features, labels), computed once for every retrieval experiment
     for ret in (e for e in params.experiments.values() if not e.trained and e.embedder == exp.name):
         if ret.embed.layer != "backbone":  # compute_features gives the head's input, as embed.layer: backbone
             raise SystemExit(f"{ret.name}: --test scores embed.layer: backbone only, not {ret.embed.layer!r}")
-        feats = {}
         for split in ("train", "val", "test"):
-            data = load_split_data(crops, split, device, n, size=cfg.image_size)
-            f = compute_features(model, data, cfg.image_size, cfg.eval_batch_size, device, amp)
-            feats[split] = (as_stored(f.features.cpu().numpy(), ret.embed.l2_normalize), f.labels.cpu().numpy())
+            if split not in raw_features:
+                data = load_split_data(crops, split, device, n, size=cfg.image_size)
+                f = compute_features(model, data, cfg.image_size, cfg.eval_batch_size, device, amp)
+                raw_features[split] = (f.features.cpu().numpy(), f.labels.cpu().numpy())
+        feats = {split: (as_stored(x, ret.embed.l2_normalize), y) for split, (x, y) in raw_features.items()}
         parts = ("train", "val") if ret.embed.gallery == "train+val" else ("train",)
-        gallery = np.concatenate([feats[s][0] for s in parts])
-        g_labels = np.concatenate([feats[s][1] for s in parts])
-        prep = fit_preprocessing(gallery, ret.knn, base.seed)
-        with torch.inference_mode():
-            dist, idx = search(prep.apply(feats["test"][0]), prep.apply(gallery), ret.knn.k, ret.knn.metric)
-        probs = np.asarray(vote(g_labels[idx], dist, n, ret.knn.weighting))
-        out[ret.name] = {k: round(float(v), 4) for k, v in classification_metrics(probs, feats["test"][1]).items()}
+        emb = Embeddings(gallery=np.concatenate([feats[s][0] for s in parts]),
+                         gallery_labels=np.concatenate([feats[s][1] for s in parts]),
+                         gallery_split=np.concatenate([np.full(len(feats[s][1]), s) for s in parts]),
+                         gallery_row=np.concatenate([np.arange(len(feats[s][1])) for s in parts]),
+                         query=feats["test"][0], query_labels=feats["test"][1],
+                         meta={"class_names": list(meta.class_names)})
+        probs = fit_knn(emb, ret.knn, base.seed).predict_proba(emb.query)  # as knn@ fits and evaluate@ votes
+        out[ret.name] = {k: round(float(v), 4) for k, v in classification_metrics(probs, emb.query_labels).items()}
     return out
 
 

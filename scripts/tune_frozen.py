@@ -16,7 +16,6 @@ Prints one JSON line per setting (val top-1) and, last, the best of each kind.
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import itertools
 import json
@@ -26,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -34,18 +32,10 @@ sys.path.insert(0, str(ROOT / "src"))
 from carbench.config import experiment, parse_params  # noqa: E402
 from carbench.retrieval.embeddings import as_stored  # noqa: E402
 from carbench.train.engine import Trainer, setup_trainer  # noqa: E402
-from carbench.retrieval.index import search  # noqa: E402
-from carbench.retrieval.knn import fit_preprocessing, vote  # noqa: E402
 from carbench.train.models import build_model  # noqa: E402
 from carbench.runtime import seed_everything, select_device  # noqa: E402
 from carbench.train.train_log import NoBar  # noqa: E402
-
-
-def merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in over.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
+from tune import knn_scores, load_raw  # noqa: E402  (scripts/tune.py: the same params loading and k-NN grid)
 
 
 def floats(text: str) -> list[float]:
@@ -65,10 +55,7 @@ def main() -> int:
     p.add_argument("--k", default="1,3,5,7,10,15")
     p.add_argument("--pca", default="0,128,256")
     args = p.parse_args()
-    raw = yaml.safe_load(Path(args.params).read_text())
-    if args.overrides:
-        raw = merge(raw, yaml.safe_load(Path(args.overrides).read_text()) or {})
-    params = parse_params(raw)
+    params = parse_params(load_raw(Path(args.params), Path(args.overrides) if args.overrides else None))
     exp, base = experiment(params, args.experiment), params.base
     device = select_device(base.device)
     seed_everything(base.seed)
@@ -107,18 +94,10 @@ def main() -> int:
     embed, knn = retrieval.embed, retrieval.knn
     gallery, queries = stored(fit.train_data), stored(fit.val_data)
     g_labels, q_labels = fit.train_data.labels.cpu().numpy(), fit.val_data.labels.cpu().numpy()
-    for metric, pca, whiten in itertools.product(("euclidean", "cosine"), [int(v) for v in floats(args.pca)],
-                                                 (False, True)):
-        if whiten and not pca:
-            continue
-        cfg = dataclasses.replace(knn, metric=metric, pca_components=pca, whiten=whiten)
-        prep = fit_preprocessing(gallery, cfg, base.seed)
-        ks = [int(v) for v in floats(args.k)]
-        dist, idx = search(prep.apply(queries), prep.apply(gallery), max(ks), metric)
-        for k, weighting in itertools.product(ks, ("uniform", "distance")):
-            probs = vote(g_labels[idx[:, :k]], dist[:, :k], meta.num_classes, weighting)
-            report("knn", {"k": k, "metric": metric, "weighting": weighting, "pca_components": pca,
-                           "whiten": whiten, "val_top1": float((probs.argmax(1) == q_labels).mean())})
+    grid = {"metric": ["euclidean", "cosine"], "pca_components": [int(v) for v in floats(args.pca)],
+            "whiten": [False, True], "k": [int(v) for v in floats(args.k)], "weighting": ["uniform", "distance"]}
+    for row in knn_scores(gallery, g_labels, queries, q_labels, knn, grid, meta.num_classes, base.seed):
+        report("knn", row)
     print(json.dumps({"best": best}), flush=True)
     return 0
 

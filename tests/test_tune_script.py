@@ -2,6 +2,7 @@
 k-NN scoring on a trained model's embeddings, and the --test mode that refits and scores like the pipeline)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -118,3 +119,49 @@ def test_command_line_runs_jobs_in_parallel_and_reports_the_best(raw, synthetic_
     assert sorted(r["settings"]["train.lr"] for r in rows) == [0.001, 0.01]
     assert lines[-1]["best"]["cnn_basic"]["val_top1"] == max(r["val_top1"] for r in rows)
     assert [json.loads(line) for line in out.read_text().splitlines()] == rows
+
+
+def test_knn_scores_equal_the_knn_stage_model_setting_by_setting():
+    """The grid shares one search per preprocessing and slices it by k: each row must equal what fit_knn's model
+    (the knn stage) predicts for that one setting."""
+    import numpy as np
+
+    from carbench.config import parse_params
+    from carbench.retrieval.embeddings import Embeddings
+    from carbench.retrieval.knn import fit_knn
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(60) % 4
+    gallery = rng.normal(size=(60, 8)).astype(np.float32) + labels[:, None]
+    queries = rng.normal(size=(25, 8)).astype(np.float32) + (np.arange(25) % 4)[:, None]
+    q_labels = np.arange(25) % 4
+    base = parse_params(repo_params()).experiments["knn_resnet50_k3"].knn
+    grid = {"k": [1, 3, 7], "weighting": ["uniform", "distance"], "metric": ["euclidean", "cosine"],
+            "pca_components": [0, 4], "whiten": [False, True]}
+    rows = tune.knn_scores(gallery, labels, queries, q_labels, base, grid, 4, 0)
+    assert len(rows) == 3 * 2 * 2 * 3
+    emb = Embeddings(gallery=gallery, gallery_labels=labels, gallery_split=np.full(60, "train"),
+                     gallery_row=np.arange(60), query=queries, query_labels=q_labels, meta={"class_names": list("abcd")})
+    for row in rows:
+        cfg = dataclasses.replace(base, **{k: v for k, v in row.items() if k != "val_top1"})
+        expected = float((fit_knn(emb, cfg, 0).predict_proba(queries).argmax(1) == q_labels).mean())
+        assert row["val_top1"] == expected, row
+
+
+def test_tune_frozen_scores_heads_and_knn_on_cached_features(raw, synthetic_crops, tmp_path):
+    raw["experiments"]["cnn_basic"]["model"]["freeze"] = "frozen"   # a frozen backbone needs no weights file here
+    raw["experiments"]["cnn_basic"]["train"].update(augment="none", image_size=32, batch_size=16)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "tune_frozen.py"), "--params", str(params),
+                           "--crops", str(synthetic_crops), "--experiment", "cnn_basic", "--lr", "0.01",
+                           "--epochs", "2", "--label-smoothing", "0", "--k", "1,3", "--pca", "0,4"],
+                          capture_output=True, text=True, timeout=600, env={"OMP_NUM_THREADS": "1",
+                                                                            "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    heads = [r for r in lines if r.get("kind") == "head"]
+    knns = [r for r in lines if r.get("kind") == "knn"]
+    assert len(heads) == 1 and 1 <= heads[0]["best_epoch"] <= 2
+    assert len(knns) == 2 * 3 * 2 * 2   # metrics x (no PCA, PCA, PCA + whitening) x k x weighting
+    assert lines[-1]["best"]["knn"]["val_top1"] == max(r["val_top1"] for r in knns)
