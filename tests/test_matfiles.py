@@ -31,6 +31,18 @@ def test_test_annotations_without_class(tmp_path):
     assert [r.box for r in rows] == [r.box for r in ROWS]
 
 
+def test_same_contents_same_bytes_whatever_the_clock(tmp_path, monkeypatch):
+    """scipy stamps the write time into the header; DVC would see a changed output on every rerun."""
+    import time
+
+    clock = iter(["Mon Nov 23 07:00:00 2026", "Mon Nov 23 07:00:01 2026"])
+    monkeypatch.setattr(time, "asctime", lambda *args: next(clock))
+    write_annotations(tmp_path / "a.mat", ROWS)
+    write_annotations(tmp_path / "b.mat", ROWS)
+    assert (tmp_path / "a.mat").read_bytes() == (tmp_path / "b.mat").read_bytes()
+    assert read_annotations(tmp_path / "b.mat") == ROWS
+
+
 def test_single_row_file_is_read(tmp_path):
     """squeeze_me turns a 1-row struct array into a 0-d array: still one annotation."""
     path = tmp_path / "one.mat"

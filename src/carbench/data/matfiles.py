@@ -32,6 +32,10 @@ TEST_FIELD = "test"
 #: The official files store boxes as uint16 and classes as uint8; keep the same dtypes when writing.
 BOX_DTYPE = np.uint16
 CLASS_DTYPE = np.uint8
+#: A v5 MAT file opens with 116 bytes of descriptive text. scipy writes the current time there, which would
+#: make two runs with one seed differ by a byte and DVC see a changed output; we write this fixed text instead.
+MAT_HEADER_TEXT = b"MATLAB 5.0 MAT-file, Platform: posix, written by carbench"
+MAT_HEADER_BYTES = 116
 
 
 @dataclass(frozen=True)
@@ -153,10 +157,21 @@ def read_all_in_one(path: str | Path) -> tuple[list[str], list[AllInOneAnnotatio
     return names, rows
 
 
+def _savemat(path: str | Path, variables: dict[str, Any]) -> None:
+    """``scipy.io.savemat`` with a fixed header text, so equal contents give equal bytes."""
+    import io
+
+    import scipy.io  # imported here: scipy.io costs ~0.4 s and only the .mat readers and writers need it
+
+    buffer = io.BytesIO()
+    scipy.io.savemat(buffer, variables)
+    data = bytearray(buffer.getvalue())
+    data[:MAT_HEADER_BYTES] = MAT_HEADER_TEXT.ljust(MAT_HEADER_BYTES)
+    Path(path).write_bytes(bytes(data))
+
+
 def write_all_in_one(path: str | Path, names: Sequence[str], rows: Sequence[AllInOneAnnotation]) -> None:
     """Write an all-in-one ``cars_annos.mat`` with the official variables, fields and dtypes."""
-    import scipy.io
-
     fields = (PATH_FIELD, *BOX_FIELDS, CLASS_FIELD, TEST_FIELD)
     table = np.empty((1, len(rows)), dtype=[(f, object) for f in fields])
     for i, ann in enumerate(rows):
@@ -165,7 +180,7 @@ def write_all_in_one(path: str | Path, names: Sequence[str], rows: Sequence[AllI
             table[0, i][field] = np.array([[value]], dtype=BOX_DTYPE)
         table[0, i][CLASS_FIELD] = np.array([[ann.official_class]], dtype=CLASS_DTYPE)
         table[0, i][TEST_FIELD] = np.array([[int(ann.test)]], dtype=CLASS_DTYPE)
-    scipy.io.savemat(str(path), {ANNOTATIONS_VAR: table, CLASS_NAMES_VAR: _name_cells(names)})
+    _savemat(path, {ANNOTATIONS_VAR: table, CLASS_NAMES_VAR: _name_cells(names)})
 
 
 def _name_cells(names: Sequence[str]) -> np.ndarray:
@@ -177,15 +192,11 @@ def _name_cells(names: Sequence[str]) -> np.ndarray:
 
 def write_class_names(path: str | Path, names: Sequence[str]) -> None:
     """Write a ``cars_meta.mat`` whose ``class_names`` is a (1, C) cell array, like the official file."""
-    import scipy.io
-
-    scipy.io.savemat(str(path), {CLASS_NAMES_VAR: _name_cells(names)})
+    _savemat(path, {CLASS_NAMES_VAR: _name_cells(names)})
 
 
 def write_annotations(path: str | Path, rows: Sequence[MatAnnotation], with_class: bool = True) -> None:
     """Write an ``annotations`` (1, N) struct array with the official field names and dtypes."""
-    import scipy.io
-
     fields = BOX_FIELDS + ((CLASS_FIELD,) if with_class else ()) + (FNAME_FIELD,)
     table = np.empty((1, len(rows)), dtype=[(f, object) for f in fields])
     for i, ann in enumerate(rows):
@@ -196,4 +207,4 @@ def write_annotations(path: str | Path, rows: Sequence[MatAnnotation], with_clas
                 raise ValueError(f"row {ann.row} has no class but with_class is true")
             table[0, i][CLASS_FIELD] = np.array([[ann.official_class]], dtype=CLASS_DTYPE)
         table[0, i][FNAME_FIELD] = np.array([ann.fname])
-    scipy.io.savemat(str(path), {ANNOTATIONS_VAR: table})
+    _savemat(path, {ANNOTATIONS_VAR: table})
