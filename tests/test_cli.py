@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 
 def _run_script(tmp_path, body: str, env_extra: dict | None = None, argv: tuple = ()) -> subprocess.CompletedProcess:
     script = tmp_path / "stage_x.py"
@@ -38,6 +40,37 @@ def test_stage_log_records_name_seconds_and_memory(tmp_path):
     record = json.loads(log.read_text())
     assert record["stage"] == "stage_x@cnn_basic" and record["status"] == "ok"
     assert record["seconds"] > 0 and record["peak_rss_mib"] > 1
+    assert record["end"] - record["start"] == pytest.approx(record["seconds"], abs=0.01)
+    assert "first_batch_s" not in record   # this stage ran no batch
+
+
+def test_stage_log_adds_first_batch_and_recorded_fields(tmp_path):
+    log = tmp_path / "stages.jsonl"
+    result = _run_script(tmp_path, """
+        import time
+        from carbench import timing
+        from carbench.cli import run
+        def main():
+            time.sleep(0.2)
+            timing.first_batch()
+            timing.first_batch()   # only the first call counts
+            timing.record(steady_images_per_second=123.0)
+        run(main)
+    """, {"CARBENCH_STAGE_LOG": str(log)})
+    assert result.returncode == 0, result.stderr
+    record = json.loads(log.read_text())
+    assert 0.2 <= record["first_batch_s"] <= record["seconds"]
+    assert record["start"] + 0.2 <= record["first_batch_at"] <= record["end"]
+    assert record["steady_images_per_second"] == 123.0
+
+
+def test_timing_keeps_nothing_when_the_log_is_off(monkeypatch):
+    from carbench import timing
+
+    monkeypatch.delenv(timing.STAGE_LOG_ENV, raising=False)
+    timing.first_batch()
+    timing.record(x=1)
+    assert timing.fields() == {}
 
 
 def test_cuda_requested_without_a_gpu_is_one_error_line(tmp_path):

@@ -211,6 +211,53 @@ def test_checkpoint_and_metrics_record_the_weights_file_and_its_sha256(tmp_path,
     assert changed["weights_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest() != expected["weights_sha256"]
 
 
+def test_cudnn_tunes_only_the_full_training_batch(store):
+    """train.cudnn_benchmark: autotuning on for full training batches only, off for the partial last batch and
+    validation (each new shape would pay a tuning run). The flag is only touched on CUDA; forced here on CPU."""
+    exp, base = tiny(train={"batch_size": 10, "epochs": 1})   # 24 train crops: batches of 10, 10, 4
+    trainer, _ = setup_trainer(exp, base, store, torch.device("cpu"))
+    assert trainer.cudnn_tune is False                         # CPU: never touched
+    trainer.cudnn_tune = True
+    seen = []
+    model = trainer.forward
+
+    def spy(x):
+        seen.append((len(x), torch.backends.cudnn.benchmark))
+        return model(x)
+
+    trainer.forward = spy
+    before = torch.backends.cudnn.benchmark
+    try:
+        from carbench.train.train_log import NoBar
+
+        trainer.train_epoch(0, NoBar())
+        assert seen == [(10, True), (10, True), (4, False)]
+        seen.clear()
+        trainer.evaluate()
+        assert seen and all(flag is False for _, flag in seen)
+        trainer.cudnn_tune = False                             # train.cudnn_benchmark: false leaves it alone
+        torch.backends.cudnn.benchmark = True
+        seen.clear()
+        trainer.train_epoch(1, NoBar())
+        assert {flag for _, flag in seen} == {True}
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+def test_stage_log_records_the_training_work(tmp_path, store, monkeypatch):
+    from carbench import timing
+
+    monkeypatch.setenv(timing.STAGE_LOG_ENV, str(tmp_path / "log.jsonl"))
+    monkeypatch.setattr(timing, "_fields", {})
+    exp, base = tiny(train={"epochs": 3, "refit": True, "lr": 0.05})
+    run(tmp_path, store, exp, base, "a")
+    got = timing.fields()
+    best = json.loads((tmp_path / "a" / "live" / "metrics.json").read_text())["best_epoch"]
+    assert got["train_images"] == 3 * COUNTS["train"] + best * (COUNTS["train"] + COUNTS["val"])
+    assert got["val_images"] == 3 * COUNTS["val"] and got["feature_images"] == 0
+    assert got["steady_images_per_second"] > 0 and got["first_batch_s"] > 0
+
+
 def test_early_stopping_on_patience(tmp_path, store):
     exp, base = tiny(train={"epochs": 6, "patience": 1, "lr": 1e-12, "scheduler": "none"})
     _, live = run(tmp_path, store, exp, base, "a")

@@ -91,6 +91,32 @@ def test_misclassified_are_most_confident_first():
     assert E.misclassified_indices(probs, labels, 1).tolist() == [1]
 
 
+class SlowPredictor:
+    """A predictor whose every call takes ``seconds`` (counts its calls)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.calls = seconds, 0
+
+    def predict(self, images):
+        import time
+
+        self.calls += 1
+        time.sleep(self.seconds)
+
+
+def test_latency_is_measured_in_bounded_time():
+    slow = SlowPredictor(0.05)
+    ms = E.measure_latency_ms(slow, None, warmup=5, runs=100, budget_s=0.3)
+    assert 45 <= ms <= 150
+    assert 4 <= slow.calls <= 9          # ~0.3 s of calls, not 105
+    unbounded = SlowPredictor(0.001)
+    E.measure_latency_ms(unbounded, None, warmup=5, runs=20)
+    assert unbounded.calls == 25
+    one = SlowPredictor(0.01)
+    E.measure_latency_ms(one, None, warmup=3, runs=10, budget_s=0.0)
+    assert one.calls == 1                # the budget spent before any run: still one timed run
+
+
 def test_class_mismatch_is_a_user_error(tmp_path):
     world = make_world(tmp_path)
     meta = json.loads((world.crops / "meta.json").read_text())

@@ -10,12 +10,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from . import timing
 from .config import ConfigError
 from .errors import UserError
 
-#: When set, every stage appends one JSON line (stage, seconds, peak RSS) to this file;
-#: scripts/benchmark.py uses it to time each stage of a `dvc repro`.
-STAGE_LOG_ENV = "CARBENCH_STAGE_LOG"
+STAGE_LOG_ENV = timing.STAGE_LOG_ENV
 _KIB_PER_MIB = 1024
 
 
@@ -35,20 +34,19 @@ def _stage_name() -> str:
 
 
 def _log_stage(status: str) -> None:
-    """Append this stage's wall time and peak resident memory to $CARBENCH_STAGE_LOG, if set.
+    """Append this stage's wall time, peak resident memory, start and end (epoch seconds) and what the library
+    recorded (:mod:`carbench.timing`: time to first batch, steady images/s) to $CARBENCH_STAGE_LOG, if set.
 
     The wall time counts from the process start, so interpreter start-up and imports are included.
     """
     path = os.environ.get(STAGE_LOG_ENV)
     if not path:
         return
-    import psutil
-
-    seconds = time.time() - psutil.Process().create_time()
+    seconds, end = timing.process_seconds(), time.time()
     # ru_maxrss is in KiB on Linux: the peak resident set of this process.
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / _KIB_PER_MIB
     record = {"stage": _stage_name(), "seconds": round(seconds, 3), "peak_rss_mib": round(peak_mib, 1),
-              "status": status}
+              "status": status, "start": round(end - seconds, 3), "end": round(end, 3), **timing.fields()}
     with open(path, "a") as handle:
         handle.write(json.dumps(record) + "\n")
 

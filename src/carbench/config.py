@@ -205,6 +205,7 @@ class TrainConfig:
     crop_ratio: Optional[tuple[float, ...]] = None   # [lo, hi] crop aspect (w / h); null = the augment preset's
     mixup_alpha: float = _f(0.0, min=0.0)          # Beta(alpha, alpha) mixup; 0 = off
     cutmix_alpha: float = _f(0.0, min=0.0)         # Beta(alpha, alpha) cutmix; 0 = off (both on: one per batch, 50/50)
+    cudnn_benchmark: bool = True           # CUDA: autotune cuDNN for the full training batch only (issue 14)
 
     def check(self, where: str) -> None:
         for key, hi in (("crop_scale", 1.0), ("crop_ratio", None)):
@@ -270,6 +271,7 @@ class EvaluateConfig:
     latency_runs: int = _f(min=1)
     misclassified: int = _f(min=0)
     confused_pairs: int = _f(min=0)
+    latency_budget_s: float = _f(5.0, gt=0.0)   # stop timing (warm-up and runs) after this many seconds
 
 
 CONFIGURATIONS = ("transfer", "scratch", "retrieval")

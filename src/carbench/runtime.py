@@ -55,7 +55,9 @@ def select_device(name: str):
     if name == "cpu":
         return torch.device("cpu")
     if torch.cuda.is_available():
-        torch.backends.cudnn.benchmark = True
+        # cuDNN autotuning stays off here: it tunes every new input shape again, which cost the inference
+        # stages more than their compute; the trainer turns it on for its one full training batch shape.
+        torch.backends.cudnn.benchmark = False
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         return torch.device("cuda")

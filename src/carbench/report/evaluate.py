@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .. import metrics as M
+from .. import timing
 from . import plots
 from ..config import Params, experiment
 from ..errors import UserError
@@ -40,6 +41,7 @@ def predict_batches(predictor: Predictor, images: np.ndarray, batch_size: int, t
     With ``tta`` each batch is also predicted mirrored and the two distributions are averaged.
     """
     out = []
+    timing.first_batch()
     start = time.perf_counter()
     for i in range(0, len(images), batch_size):
         batch = np.ascontiguousarray(images[i:i + batch_size])
@@ -53,15 +55,20 @@ def predict_batches(predictor: Predictor, images: np.ndarray, batch_size: int, t
     return np.concatenate(out), seconds
 
 
-def measure_latency_ms(predictor: Predictor, image: np.ndarray, warmup: int, runs: int) -> float:
-    """Median wall time (ms) of predicting one crop ``(1, S, S, 3)`` after ``warmup`` calls.
+def measure_latency_ms(predictor: Predictor, image: np.ndarray, warmup: int, runs: int,
+                       budget_s: float = float("inf")) -> float:
+    """Median wall time (ms) of predicting one crop ``(1, S, S, 3)`` after ``warmup`` calls, in bounded time:
+    warm-up and runs stop once ``budget_s`` seconds are spent (one timed run at least).
 
     ``Predictor.predict`` returns CPU tensors, so every timed call includes the device sync.
     """
+    deadline = time.perf_counter() + budget_s
     for _ in range(warmup):
+        if time.perf_counter() >= deadline:
+            break
         predictor.predict(image)
-    times = []
-    for _ in range(runs):
+    times: list[float] = []
+    while len(times) < runs and (not times or time.perf_counter() < deadline):
         start = time.perf_counter()
         predictor.predict(image)
         times.append(time.perf_counter() - start)
@@ -146,7 +153,7 @@ def evaluate_experiment(params: Params, name: str, crops_dir: str | Path, models
     result.update(classification_metrics(probs, labels))
     result.update({"params_count": predictor.num_parameters, "size_mb": predictor.size_bytes / BYTES_PER_MB,
                    "latency_ms": measure_latency_ms(predictor, np.ascontiguousarray(test.images[:1]),
-                                                    cfg.latency_warmup, cfg.latency_runs),
+                                                    cfg.latency_warmup, cfg.latency_runs, cfg.latency_budget_s),
                    "images_per_second": len(labels) / max(seconds, 1e-9)})
     write_tables(labels, probs, predictor.class_names, cfg.confused_pairs, tables_dir, test.names)
     write_plots(name, test.images, labels, probs, predictor.class_names, cfg.misclassified, plots_dir)

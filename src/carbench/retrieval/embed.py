@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import timing
 from ..config import BaseConfig, EmbedConfig, Experiment, Params, experiment
 from ..errors import UserError
 from ..io import atomic_dir
@@ -33,6 +34,7 @@ def gallery_splits(gallery: str) -> tuple[str, ...]:
 def embed_images(predictor: ClassifierPredictor, images: np.ndarray, cfg: EmbedConfig) -> np.ndarray:
     """Stored-form embeddings ``(N, D)`` (float16 values as float32) of uint8 crops ``(N, S, S, 3)``,
     computed in batches of ``embed.batch_size``."""
+    timing.first_batch()
     out = [as_stored(predictor.embed(images[i:i + cfg.batch_size], cfg.layer), cfg.l2_normalize)
            for i in range(0, len(images), cfg.batch_size)]
     if not out:

@@ -5,6 +5,7 @@
 checked by md5). Both take uint8 crops ``(N, S, S, 3)`` as stored in the crop store, apply the
 model's own eval preprocessing (:func:`carbench.train.augment.eval_preprocess`: resize to the
 checkpoint's ``image_size`` + its mean/std) and return probabilities ``(N, C)`` float32 on the CPU.
+On CUDA the network runs channels-last under bf16 autocast (fp16 where bf16 is missing), as in training.
 """
 from __future__ import annotations
 
@@ -62,6 +63,17 @@ class ClassifierPredictor(Predictor):
         self.model = model.eval()
         self.image_size = int(ckpt["image_size"])
         self.mean, self.std = tuple(ckpt["mean"]), tuple(ckpt["std"])
+        self.cuda = self.device.type == "cuda"
+        if self.cuda:
+            self.model.to(memory_format=torch.channels_last)
+            self.amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    def _run(self, fn: Any, x: torch.Tensor) -> torch.Tensor:
+        """``fn(x)`` as float32, under autocast (and channels-last input) on CUDA."""
+        if not self.cuda:
+            return fn(x).float()
+        with torch.autocast("cuda", dtype=self.amp):
+            return fn(x.contiguous(memory_format=torch.channels_last)).float()
 
     def _inputs(self, images: Any) -> torch.Tensor:
         """uint8 ``(N, S, S, 3)`` -> normalised float32 ``(N, 3, image_size, image_size)`` on the device."""
@@ -72,7 +84,7 @@ class ClassifierPredictor(Predictor):
 
     @torch.inference_mode()
     def logits(self, images: Any) -> torch.Tensor:
-        return self.model(self._inputs(images)).float().cpu()
+        return self._run(self.model, self._inputs(images)).cpu()
 
     def predict(self, images: Any) -> torch.Tensor:
         return torch.softmax(self.logits(images), dim=1)
@@ -80,9 +92,8 @@ class ClassifierPredictor(Predictor):
     @torch.inference_mode()
     def embed(self, images: Any, layer: str) -> np.ndarray:
         """Embeddings ``(N, D)`` float32: ``backbone`` = head input, ``penultimate`` = after the hidden layer."""
-        x = self._inputs(images)
-        out = self.model.features(x) if layer == "backbone" else self.model.penultimate(x)
-        return out.float().cpu().numpy()
+        fn = self.model.features if layer == "backbone" else self.model.penultimate
+        return self._run(fn, self._inputs(images)).cpu().numpy()
 
 
 class KnnPredictor(Predictor):

@@ -19,6 +19,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .. import timing
 from .augment import eval_preprocess, resize_nhwc_uint8
 from ..errors import DataError
 from .models import CarNet
@@ -161,6 +162,7 @@ def compute_features(model: CarNet, data: SplitData, image_size: int, batch_size
                      device: torch.device, amp: Optional[torch.dtype]) -> FeatureData:
     """Backbone features (N, D) float32 of a split, in eval mode, batched."""
     model.eval()
+    timing.first_batch()
     out = torch.empty(len(data), model.feature_dim, device=device)
     order = Order.make(torch.arange(len(data)), device)
     for start in range(0, len(data), batch_size):

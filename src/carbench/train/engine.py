@@ -48,6 +48,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 import torch.nn.functional as F
 
+from .. import timing
 from .augment import BatchMixer, build_augmenter, eval_preprocess, stored_size, train_policy
 from .batches import ConcatData, FeatureData, Order, compute_features, load_split_data
 from .checkpoint import cpu_state, make_checkpoint, save_checkpoint
@@ -134,6 +135,7 @@ class Trainer:
         self.amp_dtype = amp_dtype(device, self.cfg.amp)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.channels_last = device.type == "cuda" and self.cfg.channels_last and not feature_mode
+        self.cudnn_tune = device.type == "cuda" and self.cfg.cudnn_benchmark
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         self.forward = model.head if feature_mode else model
@@ -179,6 +181,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         seen = 0
+        timing.first_batch()
         for step in range(self.steps_per_epoch):
             bs = self.cfg.batch_size
             raw, y = self.train_data.batch(order, step * bs, min((step + 1) * bs, len(self.train_data)))
@@ -197,6 +200,7 @@ class Trainer:
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward, backward, optimizer and schedule step on one batch (``y``: labels (B,) or soft targets
         (B, C)); updates the EMA; returns (loss, logits)."""
+        self.tune_cudnn(len(x) == self.cfg.batch_size)
         with self.autocast():
             logits = self.forward(x)
             loss = self.criterion(logits, y)
@@ -210,9 +214,16 @@ class Trainer:
             self.ema.update_parameters(self.model)
         return loss, logits
 
+    def tune_cudnn(self, on: bool) -> None:
+        """cuDNN autotuning (``train.cudnn_benchmark``, CUDA) for the full training batch only: it tunes again
+        for every new input shape, and the last partial batch or a validation batch is not worth a tuning run."""
+        if self.cudnn_tune:
+            torch.backends.cudnn.benchmark = on
+
     @torch.inference_mode()
     def evaluate(self) -> tuple[float, float]:
         """(val cross-entropy, val top-1) with batches of ``train.eval_batch_size``."""
+        self.tune_cudnn(False)
         self.model.eval()
         module = self.final_module().eval()
         forward = self.forward if self.ema is None else (module.head if self.feature_mode else module)
@@ -440,6 +451,22 @@ def write_refit(trainer: Trainer, fit: dict, meta: dict, out_dir: Path) -> None:
         save_checkpoint(ckpt, tmp / "best.pt")
 
 
+def record_timing(trainer: Trainer, refit: Optional[Trainer]) -> None:
+    """The work this run did, for the benchmark's stage log (:mod:`carbench.timing`): images through training
+    steps and validation, backbone images of a feature cache, and the steady rate (median images/s of the
+    epochs after the first, which pays for warm-up)."""
+    if not timing.enabled():
+        return
+    epochs = trainer.state.epoch
+    refit_epochs = refit.state.epoch if refit is not None else 0
+    rates = sorted(row["images_per_second"] for row in trainer.state.history[1:epochs] if "images_per_second" in row)
+    timing.record(train_images=epochs * len(trainer.train_data)
+                  + refit_epochs * (len(refit.train_data) if refit is not None else 0),
+                  val_images=epochs * len(trainer.val_data),
+                  feature_images=len(trainer.train_data) + len(trainer.val_data) if trainer.feature_mode else 0,
+                  steady_images_per_second=rates[len(rates) // 2] if rates else None)
+
+
 def train_experiment(exp: Experiment, base: BaseConfig, crops_dir: PathLike, out_dir: PathLike,
                      live_dir: PathLike, resume_dir: PathLike = Path(".cache/resume"),
                      on_epoch_end: Optional[EpochCallback] = None, curves_dir: Optional[PathLike] = None) -> dict:
@@ -485,6 +512,7 @@ def train_experiment(exp: Experiment, base: BaseConfig, crops_dir: PathLike, out
         if trainer.state.best.state_dict is None:
             keep_untrained_as_best(trainer)
         write_best(trainer, meta, out_dir)
+    record_timing(trainer, refit)
     summary = finish_live(live, trainer)
     if curves_dir is not None:
         write_curves(Path(curves_dir), exp.name, trainer.state.history)
