@@ -3,10 +3,12 @@
     python scripts/benchmark.py crop      # 1. crop stage images/s vs a plain full PIL decode of the same JPEGs
     python scripts/benchmark.py train     # 2. training-loop images/s vs forward+backward+step on random tensors
     python scripts/benchmark.py pipeline  # 3+4. wall time and peak memory of each stage of the offline run
-    python scripts/benchmark.py all
+    python scripts/benchmark.py scale     # 5. the nine defaults at Stanford Cars scale vs the bare-compute floor
+    python scripts/benchmark.py all       # 1-4
 
 `pipeline` clones the committed repository into a temporary directory and runs `python scripts/offline.py`
-there (a fresh clone, as a user would), with every stage logging its wall time and peak RSS.
+there (a fresh clone, as a user would), with every stage logging its wall time and peak RSS. `scale`
+(scripts/scale.py) is meant for a GPU: `dvc repro` of the real defaults on 16k generated photos.
 """
 from __future__ import annotations
 
@@ -19,10 +21,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import bench  # noqa: E402  (the measurements themselves: scripts/bench.py, next to this file)
+import scale  # noqa: E402  (the scale benchmark: scripts/scale.py)
 
 PIPELINE_TARGET_S = 300.0   # issue target: all nine experiments at the offline settings in <= 5 minutes
 
@@ -61,11 +66,37 @@ def print_pipeline(report: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["crop", "train", "pipeline", "all"])
+    parser.add_argument("what", choices=["crop", "train", "pipeline", "scale", "all"])
     parser.add_argument("--raw", default=str(ROOT.parent / "shared" / "data" / "stanford-cars-raw300"),
                         help="torchvision-layout dir of full-resolution photos for the crop benchmark")
     parser.add_argument("--device", default="auto")
+    group = parser.add_argument_group("scale")
+    group.add_argument("--data", help="torchvision-layout dataset to run on (default: generate one of Stanford "
+                                      "Cars' size into --workdir)")
+    group.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "carbench-scale"),
+                       help="data, workspace, dvc and nvidia-smi logs (default: %(default)s)")
+    group.add_argument("--overrides", help="params overrides file merged into the workspace's params.yaml "
+                                           "(e.g. configs/offline.yaml for a CPU smoke run)")
+    group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="one params override, e.g. --set train.compile=true (repeatable; after --overrides)")
+    group.add_argument("--workers", type=int, default=0, help="processes generating the data (0 = all cores)")
+    for key, value in scale.SCALE_DATA.items():
+        group.add_argument("--" + key.replace("_", "-"), type=type(value), default=value,
+                           help=f"generated data: {key} (default: %(default)s)")
+    group.add_argument("--target", action="append", default=[],
+                       help="run only this stage and what it needs (`dvc repro TARGET`; repeatable; default: all)")
+    group.add_argument("--report", help="also write the scale report as JSON here")
     args = parser.parse_args()
+    if args.what == "scale":
+        overrides = yaml.safe_load(Path(args.overrides).read_text()) if args.overrides else {}
+        overrides = scale.deep_merge(overrides or {}, scale.dotted(args.set))
+        data = {key: getattr(args, key) for key in scale.SCALE_DATA}
+        report = scale.run_scale(Path(args.workdir), Path(args.data) if args.data else None, overrides,
+                                 args.device, args.workers, data, tuple(args.target))
+        scale.print_report(report)
+        if args.report:
+            Path(args.report).write_text(json.dumps(report, indent=2))
+        return
     if args.what in ("crop", "all"):
         bench.print_crop(bench.measure_crop(Path(args.raw)))
     if args.what in ("train", "all"):

@@ -253,7 +253,8 @@ def test_stage_log_records_the_training_work(tmp_path, store, monkeypatch):
     run(tmp_path, store, exp, base, "a")
     got = timing.fields()
     best = json.loads((tmp_path / "a" / "live" / "metrics.json").read_text())["best_epoch"]
-    assert got["train_images"] == 3 * COUNTS["train"] + best * (COUNTS["train"] + COUNTS["val"])
+    assert (got["epochs"], got["train_per_epoch"]) == (3, COUNTS["train"])
+    assert (got["refit_epochs"], got["refit_per_epoch"]) == (best, COUNTS["train"] + COUNTS["val"]) and best > 0
     assert got["val_images"] == 3 * COUNTS["val"] and got["feature_images"] == 0
     assert got["steady_images_per_second"] > 0 and got["first_batch_s"] > 0
 

@@ -65,6 +65,16 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
 
 
+def test_worker_processes_write_the_same_bytes(tmp_path, monkeypatch):
+    import carbench.data.synthetic as S
+
+    monkeypatch.setattr(S, "RENDER_CHUNK", 3)   # several tasks per split, finishing in any order
+    cfg = synthetic_config(num_classes=3, train_per_class=3, test_per_class=2)
+    generate(tmp_path / "one", cfg, 5)
+    generate(tmp_path / "two", cfg, 5, workers=2)
+    assert _digest(tmp_path / "one") == _digest(tmp_path / "two")
+
+
 def test_grayscale_fraction_and_size_range(tmp_path):
     generate(tmp_path / "g", synthetic_config(num_classes=2, grayscale_fraction=1.0, min_size=40, max_size=50), 0)
     for path in (tmp_path / "g" / "cars_train").glob("*.jpg"):

@@ -12,13 +12,18 @@ Written files (``out_dir`` plays the role of ``stanford_cars/``)::
     devkit/cars_meta.mat  devkit/cars_train_annos.mat  devkit/cars_test_annos.mat
 
 Boxes are the vehicle's exact extent in official 1-based inclusive pixels. Output depends only on the
-config and ``seed``. Command line: ``python -m carbench.data.synthetic OUT_DIR [--classes N ...]``.
+config and ``seed``: each photo draws from its own generator, seeded by (seed, split, index), so rendering in
+``workers`` processes writes the same bytes as one process. Command line:
+``python -m carbench.data.synthetic OUT_DIR [--classes N ...] [--workers N]``.
 """
 from __future__ import annotations
 
 import argparse
 import colorsys
+import contextlib
+import os
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -212,13 +217,17 @@ def render_image(style: ClassStyle, rng: np.random.Generator, size_range: tuple[
     return image, (x0 + 1, y0 + 1, x0 + w, y0 + h)
 
 
-def _write_split(out_dir: Path, split: str, labels: np.ndarray, cfg: SyntheticConfig,
-                 rng: np.random.Generator) -> list[MatAnnotation]:
-    """Render and save every image of one split; return its annotations in file order."""
-    folder = out_dir / f"cars_{split}"
-    folder.mkdir(parents=True)
+SPLIT_STREAMS = {"train": 0, "test": 1}   # per-photo generators: (seed, SPLIT_STREAMS[split], index)
+#: Photos per task handed to a worker process.
+RENDER_CHUNK = 64
+
+
+def _render_range(folder: Path, split: str, labels: list[int], first: int, cfg: SyntheticConfig,
+                  seed: int) -> list[MatAnnotation]:
+    """Render and save photos ``first .. first + len(labels) - 1`` (0-based) of one split."""
     rows = []
-    for i, label in enumerate(labels.tolist()):
+    for i, label in enumerate(labels, start=first):
+        rng = np.random.default_rng([seed, SPLIT_STREAMS[split], i])
         grayscale = bool(rng.random() < cfg.grayscale_fraction)
         image, box = render_image(class_style(label), rng, (cfg.min_size, cfg.max_size), grayscale)
         fname = f"{i + 1:05d}.jpg"
@@ -227,8 +236,22 @@ def _write_split(out_dir: Path, split: str, labels: np.ndarray, cfg: SyntheticCo
     return rows
 
 
-def generate(out_dir: str | Path, cfg: SyntheticConfig, seed: int) -> dict[str, int]:
-    """Write a synthetic dataset in torchvision's ``stanford_cars`` layout into ``out_dir``.
+def _write_split(out_dir: Path, split: str, labels: np.ndarray, cfg: SyntheticConfig, seed: int,
+                 pool: Optional[ProcessPoolExecutor]) -> list[MatAnnotation]:
+    """Render and save every image of one split (in ``pool`` when given); return its annotations in file order."""
+    folder = out_dir / f"cars_{split}"
+    folder.mkdir(parents=True)
+    labels = labels.tolist()
+    if pool is None:
+        return _render_range(folder, split, labels, 0, cfg, seed)
+    starts = range(0, len(labels), RENDER_CHUNK)
+    jobs = [pool.submit(_render_range, folder, split, labels[a:a + RENDER_CHUNK], a, cfg, seed) for a in starts]
+    return [row for job in jobs for row in job.result()]
+
+
+def generate(out_dir: str | Path, cfg: SyntheticConfig, seed: int, workers: int = 1) -> dict[str, int]:
+    """Write a synthetic dataset in torchvision's ``stanford_cars`` layout into ``out_dir``, rendering in
+    ``workers`` processes (0 = one per core; the bytes do not depend on it).
 
     ``out_dir`` must not exist or be empty. Returns ``{"train": n, "test": n, "classes": C}``.
     """
@@ -240,8 +263,10 @@ def generate(out_dir: str | Path, cfg: SyntheticConfig, seed: int) -> dict[str, 
     # Interleave classes in file order like the official files (not sorted by class).
     train_labels = rng.permutation(np.repeat(classes, cfg.train_per_class))
     test_labels = rng.permutation(np.repeat(classes, cfg.test_per_class))
-    train_rows = _write_split(out_dir, "train", train_labels, cfg, rng)
-    test_rows = _write_split(out_dir, "test", test_labels, cfg, rng)
+    workers = workers if workers > 0 else (os.cpu_count() or 1)
+    with ProcessPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
+        train_rows = _write_split(out_dir, "train", train_labels, cfg, seed, pool)
+        test_rows = _write_split(out_dir, "test", test_labels, cfg, seed, pool)
     devkit = out_dir / "devkit"
     devkit.mkdir()
     write_class_names(devkit / "cars_meta.mat", class_names(cfg.num_classes))
@@ -262,6 +287,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--max-size", type=int, default=160)
     p.add_argument("--grayscale-fraction", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1, help="rendering processes (0 = one per core); same bytes")
     args = p.parse_args(argv)
     from ..config import ConfigError, build
 
@@ -270,7 +296,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
            "grayscale_fraction": args.grayscale_fraction}
     try:
         cfg = build(SyntheticConfig, raw, "synthetic")
-        counts = generate(args.out_dir, cfg, args.seed)
+        counts = generate(args.out_dir, cfg, args.seed, args.workers)
     except (ConfigError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -148,6 +148,7 @@ def evaluate_experiment(params: Params, name: str, crops_dir: str | Path, models
     _check_classes(predictor, crops_dir, name)
     probs, seconds = predict_batches(predictor, test.images, cfg.batch_size, cfg.tta)
     labels = np.asarray(test.labels, dtype=np.int64)
+    timing.record(images=int(len(labels)))
     result: dict[str, Any] = {"config": exp.config, "kind": predictor.kind, "num_test": int(len(labels)),
                               "num_classes": len(predictor.class_names), "tta": cfg.tta, "device": str(device)}
     result.update(classification_metrics(probs, labels))

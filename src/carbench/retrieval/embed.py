@@ -78,6 +78,7 @@ def embed_experiment(exp: Experiment, crops_dir: str | Path, models_root: str | 
         raise UserError(f"{ckpt_path} was trained on other classes than {crops_dir}/meta.json lists; retrain "
                         f"{exp.embedder!r}")
     emb = build_embeddings(predictor, crops_dir, exp.embed)
+    timing.record(images=int(len(emb.gallery) + len(emb.query)))
     emb.meta = {"experiment": name, "embedder": exp.embedder, "checkpoint": ckpt_path.as_posix(),
                 "checkpoint_md5": file_md5(ckpt_path), "layer": exp.embed.layer,
                 "l2_normalize": exp.embed.l2_normalize, "gallery": exp.embed.gallery, "class_names": class_names,

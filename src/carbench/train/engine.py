@@ -452,16 +452,16 @@ def write_refit(trainer: Trainer, fit: dict, meta: dict, out_dir: Path) -> None:
 
 
 def record_timing(trainer: Trainer, refit: Optional[Trainer]) -> None:
-    """The work this run did, for the benchmark's stage log (:mod:`carbench.timing`): images through training
-    steps and validation, backbone images of a feature cache, and the steady rate (median images/s of the
-    epochs after the first, which pays for warm-up)."""
+    """The work this run did, for the benchmark's stage log (:mod:`carbench.timing`): epochs and images per epoch
+    of the fit and refit phases, validation images, backbone images of a feature cache, and the steady rate
+    (median images/s of the fit epochs after the first, which pays for warm-up)."""
     if not timing.enabled():
         return
     epochs = trainer.state.epoch
-    refit_epochs = refit.state.epoch if refit is not None else 0
     rates = sorted(row["images_per_second"] for row in trainer.state.history[1:epochs] if "images_per_second" in row)
-    timing.record(train_images=epochs * len(trainer.train_data)
-                  + refit_epochs * (len(refit.train_data) if refit is not None else 0),
+    timing.record(epochs=epochs, train_per_epoch=len(trainer.train_data),
+                  refit_epochs=refit.state.epoch if refit is not None else 0,
+                  refit_per_epoch=len(refit.train_data) if refit is not None else 0,
                   val_images=epochs * len(trainer.val_data),
                   feature_images=len(trainer.train_data) + len(trainer.val_data) if trainer.feature_mode else 0,
                   steady_images_per_second=rates[len(rates) // 2] if rates else None)
