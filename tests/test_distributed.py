@@ -35,7 +35,7 @@ COUNTS = {"train": 64, "val": 48, "test": 8}
 VAL_TOLERANCE = 3 / 48
 #: The single-process run must be clearly above chance (1/4) for the comparison to mean something.
 WELL_ABOVE_CHANCE = 0.6
-STAGE_TRAIN = {"epochs": 3, "batch_size": 8, "eval_batch_size": 16, "image_size": IMAGE_SIZE, "warmup_epochs": 0,
+STAGE_TRAIN = {"epochs": 4, "batch_size": 8, "eval_batch_size": 16, "image_size": IMAGE_SIZE, "warmup_epochs": 0,
                "optimizer": "adam", "lr": 0.01, "scheduler": "none", "augment": "none", "label_smoothing": 0.0}
 STAGE_MODEL = {"cnn_widths": [4, 8], "cnn_batch_norm": True}
 
@@ -45,11 +45,11 @@ def store(tmp_path_factory) -> Path:
     """A crop store whose classes differ in mean colour (learnable in a few epochs), with 48 val images."""
     root = tmp_path_factory.mktemp("crops")
     rng = np.random.default_rng(0)
-    colours = rng.integers(40, 216, (CLASSES, 3))
+    colours = np.array([[200, 60, 60], [60, 200, 60], [60, 60, 200], [200, 200, 60]])
     splits = {}
     for split, n in COUNTS.items():
         labels = np.arange(n) % CLASSES
-        noise = rng.integers(-60, 61, (n, STORE_SIZE, STORE_SIZE, 3))
+        noise = rng.integers(-40, 41, (n, STORE_SIZE, STORE_SIZE, 3))
         images = np.clip(colours[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8)
         splits[split] = (images, [f"cars_{split}/{i:05d}.jpg" for i in range(n)], labels)
     write_crop_store(root, splits, [f"car {i}" for i in range(CLASSES)])
@@ -161,8 +161,15 @@ def _worker(rank: int, world: int, tmp: str, store: str, job: str) -> None:
                                                  "unfreeze_every": 1}, train={"epochs": 3, "lr": 0.05})
             trainer, _ = setup_trainer(exp, base, Path(store), torch.device("cpu"), ddp)
             initial = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+            batches, batch = [], trainer.train_data.batch
+
+            def recorded(order, start, stop):  # which samples each training step of this rank takes
+                batches.append(order.cpu[start:stop].clone())
+                return batch(order, start, stop)
+
+            trainer.train_data.batch = recorded
             fit(trainer, NoLive(), tmp_path / f"resume{rank}.pt", "key", None)
-            torch.save({"initial": initial, "final": trainer.model.state_dict(),
+            torch.save({"initial": initial, "final": trainer.model.state_dict(), "batches": batches,
                         "blocks": trainer.model.trainable_blocks}, tmp_path / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -190,6 +197,12 @@ def test_progressive_unfreezing_rebuilds_ddp_so_ranks_stay_equal(tmp_path, store
     assert unfrozen_late  # the backbone trained after it unfroze
     for key, value in rank0["final"].items():  # gradients of late-unfrozen blocks were all-reduced too
         assert torch.allclose(value.float(), rank1["final"][key].float(), atol=1e-6), key
+    # Each epoch the ranks split one permutation: equal steps of batch_size / 2, disjoint, all 64 samples.
+    steps = len(rank0["batches"]) // 3
+    assert len(rank1["batches"]) == 3 * steps and {len(b) for b in rank0["batches"] + rank1["batches"]} == {4}
+    for epoch in range(3):
+        part0, part1 = (torch.cat(r["batches"][epoch * steps:(epoch + 1) * steps]).tolist() for r in (rank0, rank1))
+        assert sorted(part0 + part1) == list(range(COUNTS["train"])), epoch
 
 
 # ----------------------------------------------------------------------------- base.device: cuda:auto
