@@ -35,10 +35,10 @@ progress output in :mod:`carbench.train.train_log`, seeding in :mod:`carbench.ru
   augmentation and mixing streams are seeded per rank; train and val metrics are summed over ranks (val is
   sharded); rank 0 alone writes the checkpoint, dvclive, curves and resume file (which keeps every rank's RNG).
 
-Length: about 490 lines, over the ~350 the other modules keep to, because the :class:`Trainer` (~200 lines:
+Length: about 550 lines, over the ~350 the other modules keep to, because the :class:`Trainer` (~220 lines:
 one epoch, one step, validation, its resume state) and the run around it (setup, fit, refit and the resume
-phases of :func:`train_experiment`, ~250 lines) read and write the same trainer state; splitting them would
-only spread that state over two modules.
+phases of :func:`train_experiment`, ~270 lines) read and write the same trainer state; splitting them would
+only spread that state over two modules (the DDP helpers live in :mod:`carbench.train.distributed`).
 """
 from __future__ import annotations
 
