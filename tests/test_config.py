@@ -83,6 +83,10 @@ def test_numeric_string_lr_from_cli_is_accepted(raw):
         ("crop.margin", -0.1, "crop.margin must be >= 0"),
         ("knn.k", 0, "knn.k must be >= 1"),
         ("base.device", "tpu", "base.device must be one of"),
+        ("base.gpus", 0, "base.gpus must be >= 1"),
+        ("base.gpus", 1.5, "base.gpus must be an integer"),
+        ("base.gpu", 2, "unknown key base.gpu"),
+        ("base.device", "cuda:0", "base.device must be one of"),
         ("data.source", "ftp", "data.source must be one of"),
         ("experiments.cnn_basic.train", {"lrate": 1}, "unknown key experiments.cnn_basic.train.lrate"),
         ("experiments.cnn_basic.config", "bagging", "experiments.cnn_basic.config must be one of"),
@@ -97,6 +101,12 @@ def test_numeric_string_lr_from_cli_is_accepted(raw):
 def test_bad_values_name_their_key(raw, dotted, value, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
         parse_params(_with(raw, dotted, value))
+
+
+def test_gpus_and_cuda_auto_are_accepted(raw):
+    params = parse_params(_with(_with(raw, "base.gpus", 4), "base.device", "cuda:auto"))
+    assert (params.base.gpus, params.base.device) == (4, "cuda:auto")
+    assert parse_params(raw).base.gpus == 1  # the committed default: one process
 
 
 def test_missing_key_is_named(raw):

@@ -40,7 +40,7 @@ def _log_stage(status: str) -> None:
     The wall time counts from the process start, so interpreter start-up and imports are included.
     """
     path = os.environ.get(STAGE_LOG_ENV)
-    if not path:
+    if not path or os.environ.get("RANK", "0") != "0":   # under torchrun (base.gpus > 1) rank 0 logs the stage
         return
     seconds, end = timing.process_seconds(), time.time()
     # ru_maxrss is in KiB on Linux: the peak resident set of this process.

@@ -32,9 +32,10 @@ def _f(default: Any = dataclasses.MISSING, **meta: Any) -> Any:
 @dataclass(frozen=True)
 class BaseConfig:
     seed: int = _f(min=0)
-    device: str = _f(choices=("auto", "cuda", "cpu"))
+    device: str = _f(choices=("auto", "cuda", "cuda:auto", "cpu"))  # cuda:auto: claim a free GPU (runtime.claim_gpu)
     threads: int = _f(min=0)
     offline: bool          # true: no download of any kind (data and weights); see carbench.runtime.is_offline
+    gpus: int = _f(1, min=1)  # train@: processes under torchrun (DDP); 1 = one process (carbench.train.distributed)
 
 
 @dataclass(frozen=True)

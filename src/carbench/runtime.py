@@ -49,11 +49,15 @@ def is_offline(flag: bool = False) -> bool:
 
 
 def select_device(name: str):
-    """Return the torch device for ``base.device`` (auto | cuda | cpu)."""
+    """Return the torch device for ``base.device`` (auto | cuda | cuda:auto | cpu; cuda:auto: :func:`claim_gpu`)."""
     import torch
 
     if name == "cpu":
         return torch.device("cpu")
+    if name == "cuda:auto" and torch.cuda.is_available():
+        torch.cuda.set_device(index := claim_gpu())
+        select_device("cuda")  # its CUDA settings
+        return torch.device("cuda", index)
     if torch.cuda.is_available():
         # cuDNN autotuning stays off here: it tunes every new input shape again, which cost the inference
         # stages more than their compute; the trainer turns it on for its one full training batch shape.
@@ -61,9 +65,50 @@ def select_device(name: str):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         return torch.device("cuda")
-    if name == "cuda":
-        raise DeviceError("base.device is 'cuda' but torch sees no CUDA device; set base.device to auto or cpu")
+    if name in ("cuda", "cuda:auto"):
+        raise DeviceError(f"base.device is {name!r} but torch sees no CUDA device; set base.device to auto or cpu")
     return torch.device("cpu")
+
+
+#: ``cuda:auto`` keeps its GPU lock file open here for the process lifetime (the OS releases it at exit).
+_CLAIMED: list = []
+GPU_LOCK_NAME = "carbench-gpu-{}.lock"
+
+
+def visible_gpu_names(count: int) -> list[str]:
+    """Names of torch's CUDA devices 0..count-1 as the machine knows them: the ``CUDA_VISIBLE_DEVICES`` entries
+    (indices or UUIDs) when set, else the indices; so two processes shown different GPUs never share a lock."""
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    names = visible[:count] if len(visible) >= count else [str(i) for i in range(count)]
+    return ["".join(c if c.isalnum() or c in "-_" else "_" for c in name) for name in names]
+
+
+def claim_gpu(lock_dir=None) -> int:
+    """``base.device: cuda:auto``: the index of the first CUDA device no other process holds, claimed with an
+    exclusive ``fcntl.flock`` on ``<lock_dir>/carbench-gpu-<name>.lock`` (default: the system temp dir) that this
+    process holds until it exits; when every device is claimed, the one with the most free memory (shared).
+    For ``dvc queue start -j N``, whose workers all start with the same environment. (Under DDP each rank uses
+    ``LOCAL_RANK`` instead.)"""
+    import fcntl
+    import tempfile
+    from pathlib import Path
+
+    import torch
+
+    count = torch.cuda.device_count()
+    if count == 0:
+        raise DeviceError("base.device is 'cuda:auto' but torch sees no CUDA device; set base.device to auto or cpu")
+    folder = Path(lock_dir if lock_dir is not None else tempfile.gettempdir())
+    for index, name in enumerate(visible_gpu_names(count)):
+        handle = open(folder / GPU_LOCK_NAME.format(name), "a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        _CLAIMED.append(handle)
+        return index
+    return max(range(count), key=lambda i: torch.cuda.mem_get_info(i)[0])
 
 
 def generator(seed: int, device=None):

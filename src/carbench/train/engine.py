@@ -29,11 +29,16 @@ progress output in :mod:`carbench.train.train_log`, seeding in :mod:`carbench.ru
   sizes (:func:`carbench.train.resume.resume_key`). A matching state is resumed (the dvclive files are rewritten
   from the saved history, so they end identical); a stale one is replaced. The file is deleted after
   success. On CPU a resumed run equals an uninterrupted one.
+* DDP (a process group exists: torchrun workers, :mod:`carbench.train.distributed`): the model (or its head on
+  cached features) trains in DistributedDataParallel, rebuilt when the trainable set changes (progressive or
+  partial freezing); every rank draws the same permutation and trains its equal shard with batch_size / world;
+  augmentation and mixing streams are seeded per rank; train and val metrics are summed over ranks (val is
+  sharded); rank 0 alone writes the checkpoint, dvclive, curves and resume file (which keeps every rank's RNG).
 
-Length: about 490 lines, over the ~350 the other modules keep to, because the :class:`Trainer` (~200 lines:
+Length: about 550 lines, over the ~350 the other modules keep to, because the :class:`Trainer` (~220 lines:
 one epoch, one step, validation, its resume state) and the run around it (setup, fit, refit and the resume
-phases of :func:`train_experiment`, ~250 lines) read and write the same trainer state; splitting them would
-only spread that state over two modules.
+phases of :func:`train_experiment`, ~270 lines) read and write the same trainer state; splitting them would
+only spread that state over two modules (the DDP helpers live in :mod:`carbench.train.distributed`).
 """
 from __future__ import annotations
 
@@ -61,7 +66,8 @@ from .optim import build_optimizer, build_scheduler, param_groups
 from .resume import RESUME_FORMAT, capture_rng, load_resume_file, restore_rng, resume_key, save_resume_file
 from ..runtime import generator, seed_everything, select_device
 from ..data.store import load_meta
-from .train_log import epoch_line, finish_live, log_epoch, open_live, progress_bar, say, write_curves
+from .distributed import SINGLE, Ddp, context, local_batch_size
+from .train_log import NoLive, epoch_line, finish_live, log_epoch, open_live, progress_bar, say, write_curves
 from .weights import WEIGHTS_NONE, weights_record
 
 PathLike = Union[str, os.PathLike]
@@ -124,11 +130,13 @@ class Trainer:
     """Trains one CarNet (or only its head on cached features) with the experiment's settings."""
 
     def __init__(self, exp: Experiment, base: BaseConfig, model: CarNet, train: Any, val: Any,
-                 device: torch.device, feature_mode: bool, weights: Optional[dict] = None) -> None:
-        self.exp, self.cfg, self.model, self.device = exp, exp.train, model, device
+                 device: torch.device, feature_mode: bool, weights: Optional[dict] = None, ddp: Ddp = SINGLE) -> None:
+        self.exp, self.cfg, self.model, self.device, self.ddp = exp, exp.train, model, device, ddp
         self.weights = weights  # weights_record of the pretrained weights (checkpoint and metrics)
         self.train_data, self.val_data, self.feature_mode = train, val, feature_mode
-        self.steps_per_epoch = batches_per_epoch(len(train), self.cfg.batch_size)
+        # DDP: each rank takes batch_size / world of an equal shard, so the global batch stays train.batch_size
+        self.batch_size = local_batch_size(self.cfg.batch_size, ddp.world)
+        self.steps_per_epoch = batches_per_epoch(len(ddp.shard(torch.arange(len(train)), even=True)), self.batch_size)
         self.optimizer = build_optimizer(param_groups(model, exp.model, self.cfg), self.cfg)
         self.schedule = build_scheduler(self.optimizer, self.cfg, self.steps_per_epoch)
         self.criterion = build_loss(self.cfg)
@@ -141,17 +149,26 @@ class Trainer:
         self.forward = model.head if feature_mode else model
         if device.type == "cuda" and self.cfg.compile:
             self.forward = torch.compile(self.forward)
-        self.shuffle_gen = generator(base.seed + SHUFFLE_SEED_OFFSET)
-        self.augment_gen = generator(base.seed + AUGMENT_SEED_OFFSET, device)
+        self.train_forward, self.trainable = self.forward, trainable_names(model)  # DDP-wrapped under DDP
+        if ddp.enabled:
+            self.train_forward = self.wrap()
+        self.shuffle_gen = generator(base.seed + SHUFFLE_SEED_OFFSET)  # the same permutation on every rank
+        self.augment_gen = generator(base.seed + AUGMENT_SEED_OFFSET + ddp.rank, device)
         policy = train_policy(self.cfg.augment, self.cfg.crop_scale, self.cfg.crop_ratio)
         self.augment = build_augmenter(policy, self.cfg.randaugment, self.cfg.image_size,
                                        model.mean, model.std, self.augment_gen)
-        self.mix_gen = generator(base.seed + MIX_SEED_OFFSET)
+        self.mix_gen = generator(base.seed + MIX_SEED_OFFSET + ddp.rank)
         self.mixer = (BatchMixer(self.cfg.mixup_alpha, self.cfg.cutmix_alpha, model.num_classes, self.mix_gen)
                       if self.cfg.mixing else None)
         self.ema = make_ema(model, self.cfg.ema_decay)
         self.state = TrainState()
         self.last_lr = self.schedule.last_lr()
+
+    def wrap(self) -> Callable:
+        """The training forward under DDP: the model (its head on cached features) in DistributedDataParallel,
+        compiled on CUDA when ``train.compile``."""
+        wrapped = self.ddp.wrap(self.model.head if self.feature_mode else self.model)
+        return torch.compile(wrapped) if self.device.type == "cuda" and self.cfg.compile else wrapped
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Mixed precision on CUDA when ``train.amp``; nothing on CPU."""
@@ -175,16 +192,20 @@ class Trainer:
         """One pass over the training split (0-based ``epoch``); returns loss, top-1, images and seconds."""
         if not self.feature_mode:
             apply_freeze(self.model, self.exp.model, epoch)
+            if self.ddp.enabled and trainable_names(self.model) != self.trainable:
+                # DDP's reducer covers the parameters that required grad when it was built: build it anew
+                self.train_forward, self.trainable = self.wrap(), trainable_names(self.model)
         self.model.train()
         start = time.perf_counter()
-        order = Order.make(torch.randperm(len(self.train_data), generator=self.shuffle_gen), self.device)
+        perm = self.ddp.shard(torch.randperm(len(self.train_data), generator=self.shuffle_gen), even=True)
+        order, n = Order.make(perm, self.device), len(perm)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         seen = 0
         timing.first_batch()
         for step in range(self.steps_per_epoch):
-            bs = self.cfg.batch_size
-            raw, y = self.train_data.batch(order, step * bs, min((step + 1) * bs, len(self.train_data)))
+            bs = self.batch_size
+            raw, y = self.train_data.batch(order, step * bs, min((step + 1) * bs, n))
             x, target = self.prepare(raw, train=True), y
             if self.mixer is not None:  # soft targets; train/top1 still counts the unmixed labels
                 x, target = self.mixer(x, y)
@@ -193,16 +214,18 @@ class Trainer:
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(y)
             progress.update(1)
-        loss_total, correct_total = torch.stack([loss_sum, correct.float()]).tolist()  # the one sync
-        seconds = time.perf_counter() - start
+        seen_all = torch.tensor(float(seen), device=self.device)
+        loss_total, correct_total, seen_total = self.ddp.sum(torch.stack([loss_sum, correct.float(), seen_all])).tolist()
+        seen = int(seen_total)
+        seconds = time.perf_counter() - start  # (the one sync above)
         return {"loss": loss_total / seen, "top1": correct_total / seen, "images": seen, "seconds": seconds}
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward, backward, optimizer and schedule step on one batch (``y``: labels (B,) or soft targets
         (B, C)); updates the EMA; returns (loss, logits)."""
-        self.tune_cudnn(len(x) == self.cfg.batch_size)
+        self.tune_cudnn(len(x) == self.batch_size)
         with self.autocast():
-            logits = self.forward(x)
+            logits = self.train_forward(x)
             loss = self.criterion(logits, y)
         self.optimizer.zero_grad(set_to_none=True)
         self.last_lr = self.schedule.last_lr()  # the lr this step uses (a Python float: no sync)
@@ -228,21 +251,22 @@ class Trainer:
         module = self.final_module().eval()
         forward = self.forward if self.ema is None else (module.head if self.feature_mode else module)
         data, bs = self.val_data, self.cfg.eval_batch_size
-        order = Order.make(torch.arange(len(data)), self.device)
+        order = Order.make(self.ddp.shard(torch.arange(len(data)), even=False), self.device)  # DDP: a shard each
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
-        for start in range(0, len(data), bs):
-            raw, y = data.batch(order, start, min(start + bs, len(data)))
+        for start in range(0, len(order.cpu), bs):
+            raw, y = data.batch(order, start, min(start + bs, len(order.cpu)))
             with self.autocast():
                 logits = forward(self.prepare(raw, train=False))
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
-        loss_total, correct_total = torch.stack([loss_sum, correct.float()]).tolist()
+        loss_total, correct_total = self.ddp.sum(torch.stack([loss_sum, correct.float()])).tolist()
         return loss_total / len(data), correct_total / len(data)
 
     def run_epoch(self, epoch: int, progress: Any) -> dict:
         """Train + validate one epoch, update best/history; returns the epoch's metric row."""
         stats = self.train_epoch(epoch, progress)
+        self.ddp.broadcast_buffers(self.final_module())  # every rank validates rank 0's BatchNorm statistics
         val_loss, val_top1 = self.evaluate()
         self.schedule.epoch_end(val_top1)
         row = {"train/loss": stats["loss"], "train/top1": stats["top1"], "val/loss": val_loss,
@@ -271,7 +295,13 @@ class Trainer:
                 "scheduler": self.schedule.state_dict(), "scaler": self.scaler.state_dict(),
                 "rng": capture_rng(), "shuffle_gen": self.shuffle_gen.get_state(),
                 "augment_gen": self.augment_gen.get_state().cpu(), "mix_gen": self.mix_gen.get_state(),
-                "ema": None if self.ema is None else cpu_state(self.ema.state_dict())}
+                "ema": None if self.ema is None else cpu_state(self.ema.state_dict()),
+                **({"ranks": self.ddp.gather(self.rank_streams())} if self.ddp.world > 1 else {})}
+
+    def rank_streams(self) -> dict:
+        """This rank's random streams (DDP: each rank's differ; the resume file keeps every rank's)."""
+        return {"rng": capture_rng(), "augment_gen": self.augment_gen.get_state().cpu(),
+                "mix_gen": self.mix_gen.get_state()}
 
     def load_resume_state(self, state: dict) -> None:
         """Restore :meth:`resume_state` output."""
@@ -279,14 +309,20 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        restore_rng(state["rng"])
+        streams = state["ranks"][self.ddp.rank] if "ranks" in state else state
+        restore_rng(streams["rng"])
         self.shuffle_gen.set_state(state["shuffle_gen"])
-        self.augment_gen.set_state(state["augment_gen"])
-        self.mix_gen.set_state(state["mix_gen"])
+        self.augment_gen.set_state(streams["augment_gen"])
+        self.mix_gen.set_state(streams["mix_gen"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
         self.state = TrainState(int(state["epoch"]), list(state["history"]), BestSoFar(**state["best"]),
                                 float(state["train_seconds"]))
+
+
+def trainable_names(model: torch.nn.Module) -> tuple[str, ...]:
+    """Names of the parameters that require grad (DDP is rebuilt when they change)."""
+    return tuple(name for name, p in model.named_parameters() if p.requires_grad)
 
 
 def batches_per_epoch(n: int, batch_size: int) -> int:
@@ -318,7 +354,8 @@ def train_stored_size(exp: Experiment, store_size: int) -> int:
     return stored_size(policy, cfg.randaugment, cfg.image_size, store_size)
 
 
-def setup_trainer(exp: Experiment, base: BaseConfig, crops_dir: Path, device: torch.device) -> tuple[Trainer, dict]:
+def setup_trainer(exp: Experiment, base: BaseConfig, crops_dir: Path, device: torch.device,
+                  ddp: Ddp = SINGLE) -> tuple[Trainer, dict]:
     """Read the store, build the model (pretrained weights, downloaded unless ``base.offline``), record the
     weights file and its sha256 (read once), optionally cache features; -> (trainer, meta)."""
     meta = load_meta(crops_dir)
@@ -326,7 +363,8 @@ def setup_trainer(exp: Experiment, base: BaseConfig, crops_dir: Path, device: to
     train_size = train_stored_size(exp, meta.size)
     train = load_split_data(crops_dir, "train", device, num_classes, size=train_size)
     val = load_split_data(crops_dir, "val", device, num_classes, size=cfg.image_size)
-    model = build_model(exp.model, num_classes, pretrained=True, offline=base.offline).to(device)
+    with ddp.main_first():  # DDP: rank 0 alone downloads the weights into the shared cache
+        model = build_model(exp.model, num_classes, pretrained=True, offline=base.offline).to(device)
     weights = weights_record(exp.model.arch, exp.model.weights)
     apply_freeze(model, exp.model, 0)
     feature_mode = use_feature_cache(exp)
@@ -343,7 +381,10 @@ def setup_trainer(exp: Experiment, base: BaseConfig, crops_dir: Path, device: to
         amp = amp_dtype(device, cfg.amp)
         train = compute_features(model, train, cfg.image_size, cfg.eval_batch_size, device, amp)
         val = compute_features(model, val, cfg.image_size, cfg.eval_batch_size, device, amp)
-    return Trainer(exp, base, model, train, val, device, feature_mode, weights), meta
+    if ddp.enabled:
+        say(f"[{exp.name}] DDP: {ddp.world} rank(s), batch {cfg.batch_size // ddp.world} per rank "
+            f"(global {cfg.batch_size})")
+    return Trainer(exp, base, model, train, val, device, feature_mode, weights, ddp), meta
 
 
 def fit(trainer: Trainer, live: Any, resume_path: Path, key: str, on_epoch_end: Optional[EpochCallback]) -> None:
@@ -360,11 +401,18 @@ def fit(trainer: Trainer, live: Any, resume_path: Path, key: str, on_epoch_end: 
         finally:
             bar.close()
         log_epoch(live, row)
-        save_resume_file(resume_path, trainer.resume_state(key))
+        save_resume(trainer, resume_path, trainer.resume_state(key))
         blocks = "" if trainer.feature_mode else f" | {trainer.model.trainable_blocks}/{trainer.model.num_blocks} blocks"
         say(epoch_line(name, epoch, epochs, row, blocks))
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
+
+
+def save_resume(trainer: Trainer, path: Path, state: dict) -> None:
+    """Write the resume state (DDP: rank 0 writes, the others wait until it is written)."""
+    if trainer.ddp.main:
+        save_resume_file(path, state)
+    trainer.ddp.barrier()
 
 
 def keep_untrained_as_best(trainer: Trainer) -> None:
@@ -405,7 +453,7 @@ def refit_trainer(fit: Trainer, base: BaseConfig, crops_dir: Path, meta: dict) -
         train = ConcatData([fit.train_data, val])
     say(f"[{exp.name}] refit: training a fresh model on train+val ({len(train)} crops) for {epochs} epochs "
         f"(the best epoch on val)")
-    return Trainer(refit_exp, refit_base, model, train, fit.val_data, device, fit.feature_mode, fit.weights)
+    return Trainer(refit_exp, refit_base, model, train, fit.val_data, device, fit.feature_mode, fit.weights, fit.ddp)
 
 
 def fit_record(trainer: Trainer) -> dict:
@@ -430,7 +478,7 @@ def run_refit(trainer: Trainer, fit: dict, resume_path: Path, key: str,
         st.epoch, st.train_seconds = epoch + 1, st.train_seconds + stats["seconds"]
         row = {"refit/loss": stats["loss"], "refit/top1": stats["top1"], "epoch_seconds": stats["seconds"]}
         st.history.append(row)
-        save_resume_file(resume_path, {**trainer.resume_state(key), "phase": "refit", "fit": fit})
+        save_resume(trainer, resume_path, {**trainer.resume_state(key), "phase": "refit", "fit": fit})
         say(f"[{name}] refit epoch {epoch + 1}/{epochs}: train loss {stats['loss']:.4f} top1 {stats['top1']:.4f}"
             f" | {stats['seconds']:.1f}s")
         if on_epoch_end is not None:
@@ -468,22 +516,25 @@ def record_timing(trainer: Trainer, refit: Optional[Trainer]) -> None:
 
 
 def train_experiment(exp: Experiment, base: BaseConfig, crops_dir: PathLike, out_dir: PathLike,
-                     live_dir: PathLike, resume_dir: PathLike = Path(".cache/resume"),
+                     live_dir: Optional[PathLike], resume_dir: PathLike = Path(".cache/resume"),
                      on_epoch_end: Optional[EpochCallback] = None, curves_dir: Optional[PathLike] = None) -> dict:
     """Train a transfer/scratch experiment; write ``out_dir/best.pt`` and the dvclive dir ``live_dir``.
 
     With ``curves_dir``, also ``curves_dir/{top1,loss}/<name>.tsv`` (:func:`carbench.train.train_log.write_curves`).
     ``on_epoch_end(epoch, row)`` (0-based epoch, metric row) runs after each epoch's resume state is
-    saved (tests use it to interrupt a run). Returns the summary (best_val_top1, best_epoch,
+    saved (tests use it to interrupt a run). ``live_dir`` None: no dvclive directory. Inside a process group
+    (torchrun workers, :mod:`carbench.train.distributed`) every rank trains its shard under DDP and rank 0 alone
+    writes. Returns the summary (best_val_top1, best_epoch,
     params_count, train_seconds, weights_file, weights_sha256).
     """
     if not exp.trained:
         raise DataError(f"experiment {exp.name!r} is a {exp.config} experiment; only transfer/scratch ones train")
-    crops_dir, out_dir, live_dir, resume_dir = Path(crops_dir), Path(out_dir), Path(live_dir), Path(resume_dir)
-    device = select_device(base.device)
+    crops_dir, out_dir, resume_dir = Path(crops_dir), Path(out_dir), Path(resume_dir)
+    ddp = context()  # DDP when this process is one rank of a process group (carbench.train.distributed)
+    device = ddp.device if ddp.enabled else select_device(base.device)
     seed_everything(base.seed)
-    trainer, meta = setup_trainer(exp, base, crops_dir, device)
-    key = resume_key(exp, base, device, crops_dir, meta, trainer.weights)
+    trainer, meta = setup_trainer(exp, base, crops_dir, device, ddp)
+    key = resume_key(exp, base, device, crops_dir, meta, trainer.weights, ddp.world)
     resume_path = resume_dir / f"{exp.name}.pt"
     saved = load_resume_file(resume_path, key)
     refitting = saved is not None and saved.get("phase") == "refit"
@@ -496,7 +547,7 @@ def train_experiment(exp: Experiment, base: BaseConfig, crops_dir: PathLike, out
     elif saved is not None:
         trainer.load_resume_state(saved)
         say(f"[{exp.name}] resuming after epoch {trainer.state.epoch} from {resume_path}")
-    live = open_live(live_dir, trainer.state.history)
+    live = open_live(Path(live_dir), trainer.state.history) if ddp.main and live_dir is not None else NoLive()
     if not refitting:
         fit(trainer, live, resume_path, key, on_epoch_end)
     refit = None
@@ -507,16 +558,20 @@ def train_experiment(exp: Experiment, base: BaseConfig, crops_dir: PathLike, out
             refit.load_resume_state(saved)
         run_refit(refit, record, resume_path, key, on_epoch_end)
         trainer.state.train_seconds += refit.state.train_seconds
-        write_refit(refit, record, meta, out_dir)
+        if ddp.main:
+            write_refit(refit, record, meta, out_dir)
     else:
         if trainer.state.best.state_dict is None:
             keep_untrained_as_best(trainer)
-        write_best(trainer, meta, out_dir)
+        if ddp.main:
+            write_best(trainer, meta, out_dir)
     record_timing(trainer, refit)
     summary = finish_live(live, trainer)
-    if curves_dir is not None:
+    if curves_dir is not None and ddp.main:
         write_curves(Path(curves_dir), exp.name, trainer.state.history)
-    resume_path.unlink(missing_ok=True)
+    if ddp.main:
+        resume_path.unlink(missing_ok=True)
+    ddp.barrier()  # no rank leaves before the outputs are written
     say(f"[{exp.name}] best val top1 {summary['best_val_top1']:.4f} at epoch {summary['best_epoch']}; "
         f"wrote {out_dir / 'best.pt'}")
     return summary

@@ -45,13 +45,14 @@ def restore_rng(state: dict) -> None:
 
 # ----------------------------------------------------------------------------- resume files
 def resume_key(exp: Experiment, base: BaseConfig, device: torch.device, crops_dir: Path, meta: StoreMeta,
-               weights: Optional[dict] = None) -> str:
+               weights: Optional[dict] = None, world: int = 1) -> str:
     """sha256 of what determines the run: experiment config, seed, device type, weights record, store meta +
-    file sizes."""
+    file sizes, and the number of DDP processes when more than one."""
     sizes = {name: (Path(crops_dir) / name).stat().st_size for name in STORE_FILES
              if (Path(crops_dir) / name).exists()}
     payload = {"format": RESUME_FORMAT, "experiment": to_dict(exp), "seed": base.seed,
-               "device": device.type, "meta": meta.to_json(), "sizes": sizes, "weights": weights}
+               "device": device.type, "meta": meta.to_json(), "sizes": sizes, "weights": weights,
+               **({"world": world} if world != 1 else {})}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 

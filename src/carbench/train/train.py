@@ -9,12 +9,18 @@ from pathlib import Path
 
 from ..config import BaseConfig, Experiment
 from ..runtime import configure
+from . import distributed
 
 
 def run(base: BaseConfig, exp: Experiment, crops_dir: str | Path, out_dir: str | Path, live_dir: str | Path,
         curves_dir: str | Path, resume_dir: str | Path) -> dict:
-    """Stage entry point (stages/train.py): seed and set torch's threads, then train."""
+    """Stage entry point (stages/train.py): seed and set torch's threads, then train. ``base.gpus > 1`` outside a
+    torchrun worker: run this script again as that many torchrun workers and exit with their status."""
+    if distributed.should_launch(base.gpus):
+        distributed.local_batch_size(exp.train.batch_size, base.gpus)  # refuse before starting any process
+        raise SystemExit(distributed.launch(base.gpus))
     configure(base.seed, base.threads)
     from .engine import train_experiment  # after configure: torch threads are set before torch does work
 
-    return train_experiment(exp, base, crops_dir, out_dir, live_dir, resume_dir, curves_dir=curves_dir)
+    with distributed.session(base):  # a torchrun worker joins the process group (nothing otherwise)
+        return train_experiment(exp, base, crops_dir, out_dir, live_dir, resume_dir, curves_dir=curves_dir)

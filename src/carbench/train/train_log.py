@@ -2,6 +2,7 @@
 (per-epoch metrics and the run summary) and the overlaid train/val curves for dvc.yaml's plots."""
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -18,9 +19,15 @@ CURVES = {"top1": ("train/top1", "val/top1"), "loss": ("train/loss", "val/loss")
 TIMING_KEYS = ("epoch_seconds", "images_per_second", "train_seconds")
 
 
+def is_main_process() -> bool:
+    """False in torchrun workers of rank > 0 (``RANK`` set and not 0): they log nothing, rank 0 speaks for all."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def say(message: str) -> None:
-    """One progress/log line on stderr (stdout stays clean)."""
-    print(message, file=sys.stderr, flush=True)
+    """One progress/log line on stderr (stdout stays clean); nothing on torchrun ranks > 0."""
+    if is_main_process():
+        print(message, file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------- dvclive
@@ -33,6 +40,22 @@ def open_live(live_dir: Path, history: list) -> Any:
     for row in history:
         log_epoch(live, row)
     return live
+
+
+class NoLive:
+    """A dvclive logger that writes nothing (DDP ranks > 0, and runs without a dvclive directory)."""
+
+    def __init__(self) -> None:
+        self.summary: dict = {}
+
+    def log_metric(self, name: str, value: float) -> None:
+        pass
+
+    def next_step(self) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
 
 
 def log_epoch(live: Any, row: dict) -> None:
@@ -79,7 +102,7 @@ class NoBar:
 
 def progress_bar(epoch: int, epochs: int, steps: int) -> Any:
     """A tqdm bar on a terminal; nothing otherwise (one summary line per epoch is printed anyway)."""
-    if not sys.stderr.isatty():
+    if not sys.stderr.isatty() or not is_main_process():
         return NoBar()
     from tqdm import tqdm
 
