@@ -225,7 +225,7 @@ def test_cudnn_tunes_only_the_full_training_batch(store):
         seen.append((len(x), torch.backends.cudnn.benchmark))
         return model(x)
 
-    trainer.forward = spy
+    trainer.forward = trainer.train_forward = spy
     before = torch.backends.cudnn.benchmark
     try:
         from carbench.train.train_log import NoBar

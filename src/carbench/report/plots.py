@@ -23,6 +23,8 @@ CONFUSION_INCH_PER_CLASS = 0.12   # 196 classes -> a ~24 inch square figure: nam
 MIN_FIGURE_INCH = 5.0
 ANNOTATE_MAX_CLASSES = 30         # print counts in the cells only while they fit
 CELL_INCH = 1.9                   # one image tile of a grid
+CAPTION_INCH = 0.5                # caption space above each tile (two wrapped lines of 6 pt)
+TITLE_INCH = 0.4                  # the grid's title
 TITLE_WRAP_CHARS = 26             # Stanford Cars names run up to ~50 characters
 DPI = 110
 CONFUSION_DPI = 150               # 196 classes -> ~3500 px, 5 pt names ~10 px tall
@@ -89,21 +91,32 @@ def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str | Path,
 
 
 def image_grid(images: np.ndarray, titles: Sequence[str], path: str | Path, title: str) -> None:
-    """A grid PNG of uint8 images ``(N, H, W, 3)`` with one (wrapped) caption each."""
+    """A grid PNG of uint8 images ``(N, H, W, 3)`` (or ``(N, H, W)``) with one (wrapped) caption each.
+
+    The tiles are one mosaic in one axes with the captions as text above each tile: the same picture as a
+    subplot per image, drawn in a fraction of the time (36 subplots cost evaluate@ about 1.5 s per run)."""
     n = len(images)
     cols = max(1, math.ceil(math.sqrt(n)))
     rows = max(1, math.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * CELL_INCH, rows * (CELL_INCH + 0.5) + 0.4), squeeze=False,
-                             layout="constrained")
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, img, caption in zip(axes.ravel(), images, titles):
-        ax.imshow(np.asarray(img))
-        lines = [textwrap.fill(line, TITLE_WRAP_CHARS) for line in caption.split("\n")]
-        ax.set_title("\n".join(lines), fontsize=6)
+    fig = plt.figure(figsize=(cols * CELL_INCH, rows * (CELL_INCH + CAPTION_INCH) + TITLE_INCH))
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0 - TITLE_INCH / fig.get_figheight()))
+    ax.axis("off")
     if n == 0:
-        axes[0, 0].text(0.5, 0.5, "none", ha="center", va="center")
-    fig.suptitle(title)
+        ax.text(0.5, 0.5, "none", ha="center", va="center")
+    else:
+        tiles = [np.asarray(img) for img in images]
+        tiles = [np.repeat(t[..., None], 3, axis=2) if t.ndim == 2 else t for t in tiles]
+        h, w = max(t.shape[0] for t in tiles), max(t.shape[1] for t in tiles)
+        band = int(round(h * CAPTION_INCH / CELL_INCH))   # caption space above each tile, in pixels
+        mosaic = np.full((rows * (h + band), cols * w, 3), 255, dtype=np.uint8)
+        for k, (tile, caption) in enumerate(zip(tiles, titles)):
+            r, c = divmod(k, cols)
+            top = r * (h + band) + band
+            mosaic[top:top + tile.shape[0], c * w:c * w + tile.shape[1]] = tile
+            lines = [textwrap.fill(line, TITLE_WRAP_CHARS) for line in caption.split("\n")]
+            ax.text(c * w + w / 2, top - 1, "\n".join(lines), ha="center", va="bottom", fontsize=6)
+        ax.imshow(mosaic, interpolation="antialiased")
+    fig.suptitle(title, y=1.0 - 0.1 * TITLE_INCH / fig.get_figheight(), va="top")
     save_figure(fig, path)
 
 
