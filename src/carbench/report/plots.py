@@ -108,13 +108,14 @@ def image_grid(images: np.ndarray, titles: Sequence[str], path: str | Path, titl
         tiles = [np.repeat(t[..., None], 3, axis=2) if t.ndim == 2 else t for t in tiles]
         h, w = max(t.shape[0] for t in tiles), max(t.shape[1] for t in tiles)
         band = int(round(h * CAPTION_INCH / CELL_INCH))   # caption space above each tile, in pixels
-        mosaic = np.full((rows * (h + band), cols * w, 3), 255, dtype=np.uint8)
+        gap = max(2, w // 25)                               # white gutter between tiles
+        mosaic = np.full((rows * (h + band), cols * (w + gap), 3), 255, dtype=np.uint8)
         for k, (tile, caption) in enumerate(zip(tiles, titles)):
             r, c = divmod(k, cols)
-            top = r * (h + band) + band
-            mosaic[top:top + tile.shape[0], c * w:c * w + tile.shape[1]] = tile
+            top, left = r * (h + band) + band, c * (w + gap) + gap // 2
+            mosaic[top:top + tile.shape[0], left:left + tile.shape[1]] = tile
             lines = [textwrap.fill(line, TITLE_WRAP_CHARS) for line in caption.split("\n")]
-            ax.text(c * w + w / 2, top - 1, "\n".join(lines), ha="center", va="bottom", fontsize=6)
+            ax.text(left + w / 2, top - 1, "\n".join(lines), ha="center", va="bottom", fontsize=6)
         ax.imshow(mosaic, interpolation="antialiased")
     fig.suptitle(title, y=1.0 - 0.1 * TITLE_INCH / fig.get_figheight(), va="top")
     save_figure(fig, path)
