@@ -18,8 +18,9 @@ progress output in :mod:`carbench.train.train_log`, seeding in :mod:`carbench.ru
   no per-image Python. Augmentation runs batched on the device (:mod:`carbench.train.augment`).
 * Frozen backbone + ``augment: none`` + ``train.feature_cache``: backbone features of train/val are
   computed once and only the head is trained on them (identical maths, orders of magnitude faster).
-* CUDA only: autocast (bf16 if supported, else fp16 with GradScaler), channels_last, torch.compile.
-  The CPU path runs the same code without them. Losses/correct counts accumulate on the device and are
+* channels-last memory (``train.channels_last``) on CPU and CUDA (1.25-1.4x faster training steps on this
+  machine's CPU for MobileNetV2 and the scratch CNNs). CUDA only: autocast (bf16 if supported, else fp16 with
+  GradScaler), torch.compile. The CPU path runs the same code without them. Losses/correct counts accumulate on the device and are
   read once per epoch (no host-device sync per step).
 * ``train/loss`` is the training objective (label smoothing / focal); ``val/loss`` is plain
   cross-entropy, comparable across experiments. ``lr`` is the head's lr at the epoch's last step.
@@ -142,7 +143,7 @@ class Trainer:
         self.criterion = build_loss(self.cfg)
         self.amp_dtype = amp_dtype(device, self.cfg.amp)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
-        self.channels_last = device.type == "cuda" and self.cfg.channels_last and not feature_mode
+        self.channels_last = self.cfg.channels_last and not feature_mode
         self.cudnn_tune = device.type == "cuda" and self.cfg.cudnn_benchmark
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
