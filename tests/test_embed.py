@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -169,3 +171,14 @@ def test_embed_errors_name_the_problem(tmp_path):
     with pytest.raises(UserError, match="tl_resnet50_finetune/best.pt"):
         run_embed(world.params, RETRIEVAL, world.crops, world.models, tmp_path / "e", "cpu")
     assert not (tmp_path / "e").exists()
+
+
+def test_embed_and_knn_stages_load_no_table_or_plot_library():
+    """Import time is a fixed cost of every stage process: embed@ and knn@ build no table and draw nothing."""
+    code = ("import sys, runpy; sys.argv = ['x', '--help']\n"
+            "for stage in ('stages/embed.py', 'stages/knn.py'):\n"
+            "    try:\n        runpy.run_path(stage, run_name='__main__')\n    except SystemExit:\n        pass\n"
+            "print(sorted(m for m in ('pandas', 'matplotlib', 'sklearn') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"

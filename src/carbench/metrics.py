@@ -6,10 +6,12 @@ of each query's gallery neighbours, nearest first.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas is imported where a table is built: embed@ and knn@ never need it (0.4-0.6 s)
+    import pandas as pd
 
 #: Probabilities are clipped here before the log in :func:`nll`, so a k-NN vote of exactly 0 for
 #: the true class costs -log(1e-7) = 16.1 nats instead of infinity.
@@ -65,6 +67,7 @@ def summarize_classification(labels: np.ndarray, preds: np.ndarray) -> dict[str,
 
 def per_class_table(labels: np.ndarray, preds: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
     """One row per class (all C, in class-id order): class, support, precision, recall, f1."""
+    import pandas as pd
     from sklearn.metrics import precision_recall_fscore_support
 
     ids = np.arange(len(class_names))
@@ -86,6 +89,8 @@ def most_confused_pairs(cm: np.ndarray, class_names: Sequence[str], n: int) -> p
     ``count = a_as_b + b_as_a`` where ``a_as_b`` = images of class a predicted as b. Sorted by
     count (descending), then by class ids; pairs that are never confused are left out.
     """
+    import pandas as pd
+
     both = cm + cm.T
     rows, cols = np.triu_indices(len(cm), k=1)
     counts = both[rows, cols]
