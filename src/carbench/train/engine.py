@@ -18,10 +18,11 @@ progress output in :mod:`carbench.train.train_log`, seeding in :mod:`carbench.ru
   no per-image Python. Augmentation runs batched on the device (:mod:`carbench.train.augment`).
 * Frozen backbone + ``augment: none`` + ``train.feature_cache``: backbone features of train/val are
   computed once and only the head is trained on them (identical maths, orders of magnitude faster).
-* channels-last memory (``train.channels_last``) on CPU and CUDA (1.25-1.4x faster training steps on this
-  machine's CPU for MobileNetV2 and the scratch CNNs). CUDA only: autocast (bf16 if supported, else fp16 with
-  GradScaler), torch.compile. The CPU path runs the same code without them. Losses/correct counts accumulate on the device and are
-  read once per epoch (no host-device sync per step).
+* channels-last memory (``train.channels_last``) on CPU and CUDA (1.25-1.4x faster training steps on a 2-core
+  CPU for MobileNetV2 and the scratch CNNs). CUDA only: autocast (bf16 if supported, else fp16 with GradScaler),
+  torch.compile, cuDNN autotuning of the full training batch (``train.cudnn_benchmark``). The CPU path runs the
+  same code without them. Losses/correct counts accumulate on the device and are read once per epoch (no
+  host-device sync per step).
 * ``train/loss`` is the training objective (label smoothing / focal); ``val/loss`` is plain
   cross-entropy, comparable across experiments. ``lr`` is the head's lr at the epoch's last step.
 * Resume: after every epoch the full training state (model, optimizer, schedule, scaler, every RNG and
