@@ -204,7 +204,7 @@ def bare_rates(exp: Any, base: Any, num_classes: int, device: Any) -> Bare:
     import torch
 
     from carbench.train.batches import FeatureData
-    from carbench.train.engine import Trainer
+    from carbench.train.engine import Trainer, use_feature_cache
     from carbench.train.models import apply_freeze, build_model, trainable_blocks_for_epoch
 
     cfg, out = exp.train, Bare()
@@ -215,8 +215,7 @@ def bare_rates(exp: Any, base: Any, num_classes: int, device: Any) -> Bare:
     x = x.contiguous(memory_format=torch.channels_last) if trainer.channels_last else x
     y = torch.randint(0, num_classes, (cfg.batch_size,), device=device)
     states = sorted({trainable_blocks_for_epoch(exp.model, e, model.num_blocks) for e in range(max(cfg.epochs, 1))})
-    frozen_only = exp.model.freeze == "frozen"
-    for blocks in ([] if frozen_only else states):
+    for blocks in ([] if use_feature_cache(exp) else states):   # a cached-feature head: no backbone steps
         epoch = next(e for e in range(max(cfg.epochs, 1))
                      if trainable_blocks_for_epoch(exp.model, e, model.num_blocks) == blocks)
         apply_freeze(model, exp.model, epoch)
@@ -224,7 +223,8 @@ def bare_rates(exp: Any, base: Any, num_classes: int, device: Any) -> Bare:
         out.train[blocks] = cfg.batch_size / _timed(lambda: trainer.train_step(x, y), device)
     model.eval()
     xe = torch.randn(cfg.eval_batch_size, 3, cfg.image_size, cfg.image_size, device=device)
-    xe = xe.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else xe
+    xe = xe.contiguous(memory_format=torch.channels_last)      # as the predictor runs it
+    model.to(memory_format=torch.channels_last)
     amp = torch.autocast(device.type, dtype=trainer.amp_dtype) if trainer.amp_dtype else contextlib.nullcontext()
 
     @torch.inference_mode()

@@ -107,3 +107,28 @@ def test_tiny_scale_run_on_cpu(tmp_path):
     summary = out["summary"]
     assert summary["floor_s"] < summary["model_stage_sum_s"] <= summary["stage_sum_s"] < summary["dvc_repro_s"]
     assert "dvc repro wall <= 600 s" in done.stdout and "bare-compute floor" in done.stdout
+
+
+def test_bare_rates_time_every_freeze_state_on_cpu(monkeypatch):
+    import torch
+
+    from carbench.config import parse_params
+
+    monkeypatch.setattr(scale, "BARE_TIMED_SECONDS", 0.02)
+    monkeypatch.setattr(scale, "BARE_MIN_STEPS", 2)
+    monkeypatch.setattr(scale, "BARE_WARMUP_STEPS", 1)
+    params = parse_params(repo_params())
+    prog = params.experiments["tl_densenet121_progressive"]
+    prog = dataclasses.replace(prog, model=dataclasses.replace(prog.model, arch="mobilenet_v2", unfreeze_every=2),
+                               train=dataclasses.replace(prog.train, epochs=5, image_size=32, batch_size=4,
+                                                         eval_batch_size=4))
+    base = dataclasses.replace(params.base, device="cpu")
+    bare = scale.bare_rates(prog, base, 5, torch.device("cpu"))
+    assert sorted(bare.train) == [0, 1, 2]          # epochs 0-1: head only, 2-3: one block, 4: two blocks
+    assert all(rate > 0 for rate in bare.train.values()) and bare.infer > 0
+    frozen = params.experiments["tl_resnet50_frozen"]
+    frozen = dataclasses.replace(frozen, model=dataclasses.replace(frozen.model, arch="mobilenet_v2"),
+                                 train=dataclasses.replace(frozen.train, image_size=32, batch_size=4,
+                                                           eval_batch_size=4))
+    cached = scale.bare_rates(frozen, base, 5, torch.device("cpu"))
+    assert cached.train == {} and cached.infer > 0  # the feature cache runs the backbone only in inference
