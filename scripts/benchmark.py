@@ -85,6 +85,8 @@ def main() -> None:
                            help=f"generated data: {key} (default: %(default)s)")
     group.add_argument("--target", action="append", default=[],
                        help="run only this stage and what it needs (`dvc repro TARGET`; repeatable; default: all)")
+    group.add_argument("--logs", help="folder for the stage log, dvc's output and the GPU samples, written as the "
+                                      "run goes (default: --workdir; on the GPU machine: $OUT)")
     group.add_argument("--report", help="also write the scale report as JSON here")
     args = parser.parse_args()
     if args.what == "scale":
@@ -92,7 +94,8 @@ def main() -> None:
         overrides = scale.deep_merge(overrides or {}, scale.dotted(args.set))
         data = {key: getattr(args, key) for key in scale.SCALE_DATA}
         report = scale.run_scale(Path(args.workdir), Path(args.data) if args.data else None, overrides,
-                                 args.device, args.workers, data, tuple(args.target))
+                                 args.device, args.workers, data, tuple(args.target),
+                                 Path(args.logs) if args.logs else None)
         scale.print_report(report)
         if args.report:
             Path(args.report).write_text(json.dumps(report, indent=2))

@@ -253,15 +253,27 @@ def train_floor(exp: Any, bare: Bare, record: dict, num_blocks: int) -> float:
 
 
 # ----------------------------------------------------------------------------- the run
-def run_repro(repo: Path, log: Path, targets: tuple[str, ...] = ()) -> tuple[float, list[dict]]:
-    """``dvc repro [targets]`` in ``repo`` with the stage log on; returns (wall seconds, stage records in run order)."""
-    stage_log = repo.parent / "stages.jsonl"
+def run_repro(repo: Path, logs: Path, targets: tuple[str, ...] = ()) -> tuple[float, list[dict]]:
+    """``dvc repro [targets]`` in ``repo`` with the stage log on (``logs/stages.jsonl``, dvc's output in
+    ``logs/dvc-repro.log``, both written as the run goes); returns (wall seconds, stage records in run order).
+
+    dvc runs as ``python -m dvc`` and the stages' ``python`` is this interpreter (a ``python`` link first on
+    PATH), so the run needs no ``dvc`` or ``python`` command on PATH (the GPU machine has ``python3`` only)."""
+    stage_log, log = logs / "stages.jsonl", logs / "dvc-repro.log"
     stage_log.unlink(missing_ok=True)
-    env = {**os.environ, "CARBENCH_STAGE_LOG": str(stage_log), "PYTHONUNBUFFERED": "1",
+    shim = repo.parent / "bin"
+    shim.mkdir(exist_ok=True)
+    (shim / "python").unlink(missing_ok=True)
+    (shim / "python").symlink_to(sys.executable)
+    # Without pyenv's variables: dvc would otherwise strip the first PATH entries (its pyenv fix), the link's too.
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("PYENV_")}
+    env = {**inherited, "CARBENCH_STAGE_LOG": str(stage_log), "PYTHONUNBUFFERED": "1",
+           "PATH": os.pathsep.join([str(shim), os.environ.get("PATH", "")]),
            "PYTHONPATH": os.pathsep.join([str(repo / "src"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     start = time.perf_counter()
     with open(log, "w") as handle:
-        code = subprocess.call(["dvc", "repro", *targets], cwd=repo, env=env, stdout=handle, stderr=subprocess.STDOUT)
+        code = subprocess.call([sys.executable, "-m", "dvc", "repro", *targets], cwd=repo, env=env, stdout=handle,
+                               stderr=subprocess.STDOUT)
     wall = time.perf_counter() - start
     if code != 0:
         raise SystemExit(f"dvc repro failed (exit {code}); its output: {log}\n" + log.read_text()[-3000:])
@@ -354,11 +366,14 @@ def print_report(report: dict) -> None:
 
 
 def run_scale(work: Path, data: Optional[Path], overrides: dict, device: str, workers: int,
-              scale: dict, targets: tuple[str, ...] = ()) -> dict:
-    """Generate (or take) the data, run the workspace, measure; returns the report."""
+              scale: dict, targets: tuple[str, ...] = (), logs: Optional[Path] = None) -> dict:
+    """Generate (or take) the data, run the workspace, measure; returns the report. The stage log, dvc's output
+    and the GPU samples go to ``logs`` (default ``work``) as the run goes."""
     from carbench.config import read_yaml
 
     work.mkdir(parents=True, exist_ok=True)
+    logs = logs or work
+    logs.mkdir(parents=True, exist_ok=True)
     generate_s = 0.0
     if data is None:
         data = work / "stanford_cars"
@@ -371,9 +386,9 @@ def run_scale(work: Path, data: Optional[Path], overrides: dict, device: str, wo
         label = str(data)
     params = scale_params(read_yaml(ROOT / "params.yaml"), data, overrides, work / "weights")
     repo = make_workspace(work, params)
-    sampler = GpuSampler(work / "nvidia-smi.csv")
+    sampler = GpuSampler(logs / "nvidia-smi.csv")
     try:
-        wall, records = run_repro(repo, work / "dvc-repro.log", targets)
+        wall, records = run_repro(repo, logs, targets)
     finally:
         samples = sampler.stop()
     rows = measure(repo, records, samples, device)

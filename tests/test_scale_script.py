@@ -89,8 +89,11 @@ def test_tiny_scale_run_on_cpu(tmp_path):
            "--overrides", "configs/offline.yaml", "--num-classes", "4", "--train-per-class", "8",
            "--test-per-class", "4", "--min-size", "64", "--max-size", "96", "--workers", "2",
            "--report", str(report), "--set", "base.threads=1", "--set", "split.allow_missing_classes=true",
-           "--set", "experiments.tl_resnet50_finetune.train.epochs=1", "--target", "evaluate@knn_resnet50_k3"]
-    env = {**os.environ, "CARBENCH_BARE_SECONDS": "0.2"}
+           "--set", "experiments.tl_resnet50_finetune.train.epochs=1", "--target", "evaluate@knn_resnet50_k3",
+           "--logs", str(tmp_path / "logs")]
+    # as on the GPU machine: no `dvc` command on PATH (it runs as `python -m dvc`)
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if not (Path(p) / "dvc").exists())
+    env = {**os.environ, "CARBENCH_BARE_SECONDS": "0.2", "PATH": path}
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = json.loads(report.read_text())
@@ -107,6 +110,9 @@ def test_tiny_scale_run_on_cpu(tmp_path):
     summary = out["summary"]
     assert summary["floor_s"] < summary["model_stage_sum_s"] <= summary["stage_sum_s"] < summary["dvc_repro_s"]
     assert "dvc repro wall <= 600 s" in done.stdout and "bare-compute floor" in done.stdout
+    logs = tmp_path / "logs"
+    assert len((logs / "stages.jsonl").read_text().splitlines()) == 8
+    assert "Running stage 'evaluate@knn_resnet50_k3'" in (logs / "dvc-repro.log").read_text()
 
 
 def test_bare_rates_time_every_freeze_state_on_cpu(monkeypatch):
