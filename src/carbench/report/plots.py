@@ -29,12 +29,15 @@ TITLE_WRAP_CHARS = 26             # Stanford Cars names run up to ~50 characters
 DPI = 110
 CONFUSION_DPI = 150               # 196 classes -> ~3500 px, 5 pt names ~10 px tall
 CONFUSION_GAMMA = 0.5             # power-law colour scale: a 5% confusion is still clearly visible
+LABEL_EM_PER_CHAR = 0.45          # average character width of the tick labels, in font sizes
+POINTS_PER_INCH = 72
 
 
-def save_figure(fig: plt.Figure, path: str | Path, dpi: int = DPI) -> None:
-    """Write ``fig`` as PNG atomically and close it."""
+def save_figure(fig: plt.Figure, path: str | Path, dpi: int = DPI, tight: bool = True) -> None:
+    """Write ``fig`` as PNG atomically and close it. ``tight`` crops to the drawn content, which costs a second
+    full draw: figures that set their own margins pass False (the 196-class confusion matrix saves ~2.5 s)."""
     with atomic_file(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=dpi, bbox_inches="tight")
+        fig.savefig(handle, format="png", dpi=dpi, bbox_inches="tight" if tight else None)
     plt.close(fig)
 
 
@@ -72,7 +75,14 @@ def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str | Path,
     n = len(names)
     side = max(MIN_FIGURE_INCH, n * CONFUSION_INCH_PER_CLASS)
     font = 8 if n <= ANNOTATE_MAX_CLASSES else 5
-    fig, ax = plt.subplots(figsize=(side + 1.5, side))
+    tight = n <= ANNOTATE_MAX_CLASSES   # a tight bounding box costs a second draw: ~2.5 s with 196 names
+    if tight:
+        fig, ax = plt.subplots(figsize=(side + 1.5, side))
+    else:  # margins for the class names (the longest at ~0.45 em per character) instead
+        label = max((len(name) for name in names), default=1) * font * LABEL_EM_PER_CHAR / POINTS_PER_INCH + 0.45
+        width, height = side + 1.5 + label, side + label + 0.6
+        fig, ax = plt.subplots(figsize=(width, height))
+        fig.subplots_adjust(left=label / width, bottom=label / height, right=1 - 1.5 / width, top=1 - 0.6 / height)
     norm = matplotlib.colors.PowerNorm(gamma=CONFUSION_GAMMA, vmin=0.0, vmax=1.0)
     im = ax.imshow(rates, cmap="Blues", norm=norm, interpolation="nearest")
     ax.set_xticks(range(n), names, rotation=90, fontsize=font)
@@ -85,8 +95,12 @@ def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str | Path,
             if count:
                 ax.text(j, i, str(count), ha="center", va="center", fontsize=font,
                         color="white" if rates[i, j] > 0.5 else "black")
-    fig.colorbar(im, ax=ax, fraction=0.03, label="fraction of the actual class (square-root scale)")
-    save_figure(fig, path, CONFUSION_DPI)
+    colorbar = {"label": "fraction of the actual class (square-root scale)"}
+    if tight:
+        fig.colorbar(im, ax=ax, fraction=0.03, **colorbar)
+    else:  # in the right margin, so the square matrix keeps the whole box the margins leave
+        fig.colorbar(im, cax=fig.add_axes((1 - 1.2 / width, 0.3, 0.25 / width, 0.4)), **colorbar)
+    save_figure(fig, path, CONFUSION_DPI, tight=tight)
     return order
 
 
@@ -104,8 +118,8 @@ def image_grid(images: np.ndarray, titles: Sequence[str], path: str | Path, titl
     if n == 0:
         ax.text(0.5, 0.5, "none", ha="center", va="center")
     else:
-        tiles = [np.asarray(img) for img in images]
-        tiles = [np.repeat(t[..., None], 3, axis=2) if t.ndim == 2 else t for t in tiles]
+        shown = max(1, int(CELL_INCH * DPI))              # a tile's side in the saved PNG, in pixels
+        tiles = [_fit(np.asarray(img), shown) for img in images]
         h, w = max(t.shape[0] for t in tiles), max(t.shape[1] for t in tiles)
         band = int(round(h * CAPTION_INCH / CELL_INCH))   # caption space above each tile, in pixels
         gap = max(2, w // 25)                               # white gutter between tiles
@@ -116,9 +130,19 @@ def image_grid(images: np.ndarray, titles: Sequence[str], path: str | Path, titl
             mosaic[top:top + tile.shape[0], left:left + tile.shape[1]] = tile
             lines = [textwrap.fill(line, TITLE_WRAP_CHARS) for line in caption.split("\n")]
             ax.text(left + w / 2, top - 1, "\n".join(lines), ha="center", va="bottom", fontsize=6)
-        ax.imshow(mosaic, interpolation="antialiased")
+        ax.imshow(mosaic, interpolation="none")
     fig.suptitle(title, y=1.0 - 0.1 * TITLE_INCH / fig.get_figheight(), va="top")
     save_figure(fig, path)
+
+
+def _fit(img: np.ndarray, side: int) -> np.ndarray:
+    """An RGB uint8 tile no larger than ``side`` pixels (antialiased downscale with PIL, aspect kept)."""
+    from PIL import Image
+
+    tile = Image.fromarray(img).convert("RGB")
+    if max(tile.size) > side:
+        tile.thumbnail((side, side), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return np.asarray(tile)
 
 
 def plot_bars(table: pd.DataFrame, columns: Sequence[str], path: str | Path, title: str,
