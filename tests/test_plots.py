@@ -31,3 +31,17 @@ def test_grid_of_grayscale_and_of_nothing(tmp_path):
     assert _has_colour(png, (90, 90, 90), 400)
     plots.image_grid(np.zeros((0, 8, 8, 3), np.uint8), [], tmp_path / "none.png", "no mistakes")
     assert Image.open(tmp_path / "none.png").size[0] > 0
+
+
+def test_many_class_confusion_fills_its_figure(tmp_path):
+    """Past ANNOTATE_MAX_CLASSES the figure sets its own margins (no second, tight draw): the matrix must still
+    take most of the picture, with the class names in the margins."""
+    n = plots.ANNOTATE_MAX_CLASSES + 10
+    names = [f"Make{i % 7} Model {i} Sedan 2012" for i in range(n)]
+    plots.plot_confusion(np.eye(n, dtype=np.int64) * 5, names, tmp_path / "cm.png", "many classes")
+    png = np.asarray(Image.open(tmp_path / "cm.png").convert("RGB")).astype(int)
+    dark_blue = (png[..., 2] > 80) & (png[..., 0] < 60) & (png[..., 1] < 90)   # the diagonal cells
+    dark_blue[:, int(0.85 * png.shape[1]):] = False                              # not the colour bar
+    rows, cols = np.nonzero(dark_blue)
+    assert rows.max() - rows.min() > 0.7 * png.shape[0]      # 0.67 when the colour bar squeezed the matrix
+    assert cols.max() - cols.min() > 0.66 * png.shape[1]
