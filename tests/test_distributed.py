@@ -238,6 +238,18 @@ def test_cuda_auto_lock_is_held_by_another_process_until_it_exits(two_gpus):
     assert runtime.claim_gpu(two_gpus) == 0  # released when the holder exited
 
 
+def test_cuda_auto_in_a_torchrun_worker_keeps_its_local_rank(two_gpus, monkeypatch):
+    import torch
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(runtime, "claim_gpu", lambda *a: pytest.fail("a DDP rank must not claim another GPU"))
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert runtime.select_device("cuda:auto") == torch.device("cuda", 1)
+    assert chosen == [1]
+
+
 def test_cuda_auto_respects_cuda_visible_devices(two_gpus, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,GPU-ab:cd")
     assert runtime.visible_gpu_names(2) == ["3", "GPU-ab_cd"]

@@ -55,7 +55,9 @@ def select_device(name: str):
     if name == "cpu":
         return torch.device("cpu")
     if name == "cuda:auto" and torch.cuda.is_available():
-        torch.cuda.set_device(index := claim_gpu())
+        # a torchrun worker (base.gpus > 1) keeps the GPU of its LOCAL_RANK; any other process claims one
+        local = os.environ.get("LOCAL_RANK")
+        torch.cuda.set_device(index := int(local) if local is not None else claim_gpu())
         select_device("cuda")  # its CUDA settings
         return torch.device("cuda", index)
     if torch.cuda.is_available():
