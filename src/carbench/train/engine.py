@@ -533,7 +533,8 @@ def train_experiment(exp: Experiment, base: BaseConfig, crops_dir: PathLike, out
         raise DataError(f"experiment {exp.name!r} is a {exp.config} experiment; only transfer/scratch ones train")
     crops_dir, out_dir, resume_dir = Path(crops_dir), Path(out_dir), Path(resume_dir)
     ddp = context()  # DDP when this process is one rank of a process group (carbench.train.distributed)
-    device = ddp.device if ddp.enabled else select_device(base.device)
+    device = select_device(base.device)  # also its CUDA settings (TF32, cuDNN) under DDP
+    device = ddp.device if ddp.enabled else device
     seed_everything(base.seed)
     trainer, meta = setup_trainer(exp, base, crops_dir, device, ddp)
     key = resume_key(exp, base, device, crops_dir, meta, trainer.weights, ddp.world)
