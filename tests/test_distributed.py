@@ -56,12 +56,13 @@ def store(tmp_path_factory) -> Path:
     return root
 
 
-def stage(tmp_path: Path, store: Path, gpus: int, train: dict | None = None) -> subprocess.CompletedProcess:
+def stage(tmp_path: Path, store: Path, gpus: int, train: dict | None = None,
+          model: dict | None = None) -> subprocess.CompletedProcess:
     """Run stages/train.py for cnn_basic (BatchNorm on) with base.device cpu and base.gpus ``gpus``."""
     params = repo_params({"base": {"device": "cpu", "threads": 2, "gpus": gpus}})
     entry = params["experiments"]["cnn_basic"]
     entry["train"].update({**STAGE_TRAIN, **(train or {})})
-    entry["model"].update(STAGE_MODEL)
+    entry["model"].update({**STAGE_MODEL, **(model or {})})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     cmd = [sys.executable, str(ROOT / "stages" / "train.py"), "--params", "params.yaml", "--name", "cnn_basic",
            "--crops", str(store), "--out", "models/cnn_basic", "--live", "metrics/train/cnn_basic",
@@ -255,3 +256,23 @@ def test_cuda_auto_respects_cuda_visible_devices(two_gpus, monkeypatch):
     assert runtime.visible_gpu_names(2) == ["3", "GPU-ab_cd"]
     assert runtime.claim_gpu(two_gpus) == 0
     assert (two_gpus / "carbench-gpu-3.lock").is_file()
+
+
+def test_head_on_cached_features_with_refit_equals_the_single_process_run(tmp_path, store):
+    """Frozen backbone + feature cache (+ refit on train+val): the head has no BatchNorm, and the two ranks' half
+    batches together are the single process's batch, so DDP's averaged gradient is the same gradient: the saved
+    weights agree to float precision, in both phases (the refit trains on the concatenated cached features)."""
+    frozen = {"feature_cache": True, "refit": True, "epochs": 3}
+    runs = {}
+    for gpus in (1, 2):
+        folder = tmp_path / f"gpus{gpus}"
+        folder.mkdir()
+        done = stage(folder, store, gpus, train=frozen, model={"freeze": "frozen"})
+        assert done.returncode == 0, done.stderr
+        assert "feature cache" in done.stderr and "refit" in done.stderr
+        runs[gpus] = torch.load(folder / "models" / "cnn_basic" / "best.pt", weights_only=True)
+    assert runs[1]["refit"] and runs[2]["refit"] and runs[1]["epoch"] == runs[2]["epoch"]
+    one, two = runs[1]["state_dict"], runs[2]["state_dict"]
+    assert one.keys() == two.keys()
+    for key in one:
+        assert torch.allclose(one[key].float(), two[key].float(), atol=1e-5), key
