@@ -107,8 +107,8 @@ class SlowPredictor:
 def test_latency_is_measured_in_bounded_time():
     slow = SlowPredictor(0.05)
     ms = E.measure_latency_ms(slow, None, warmup=5, runs=100, budget_s=0.3)
-    assert 45 <= ms <= 150
-    assert 4 <= slow.calls <= 9          # ~0.3 s of calls, not 105
+    assert ms >= 45                      # a median of real calls (each sleeps 50 ms; a loaded machine adds more)
+    assert 2 <= slow.calls <= 8          # ~0.3 s of calls, not 105
     unbounded = SlowPredictor(0.001)
     E.measure_latency_ms(unbounded, None, warmup=5, runs=20)
     assert unbounded.calls == 25
