@@ -23,7 +23,7 @@ from carbench.train.checkpoint import load_classifier
 from carbench.train.engine import fit, setup_trainer, train_experiment
 from carbench.train.train_log import NoLive
 from conftest import repo_params
-from test_engine import tiny
+from test_engine import Interrupt, tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES, STORE_SIZE, IMAGE_SIZE = 4, 16, 16
@@ -154,7 +154,18 @@ def _worker(rank: int, world: int, tmp: str, store: str, job: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{tmp}/pg", rank=rank, world_size=world)
     try:
         tmp_path, ddp = Path(tmp), distributed.context()
-        if job == "outputs":  # every rank is given its own output paths: only rank 0's may appear
+        if job == "resume":  # one run straight through; one interrupted after epoch 1 and run again (resumed)
+            exp, base = tiny("cnn_basic", model={"cnn_batch_norm": True},
+                             train={"epochs": 3, "augment": "standard", "warmup_epochs": 1})
+            train_experiment(exp, base, store, tmp_path / "straight", None, resume_dir=tmp_path / "r1")
+            try:
+                train_experiment(exp, base, store, tmp_path / "resumed", None, resume_dir=tmp_path / "r2",
+                                 on_epoch_end=Interrupt(after=0))
+            except KeyboardInterrupt:
+                pass
+            assert (tmp_path / "r2" / "cnn_basic.pt").is_file() and not (tmp_path / "resumed").exists()
+            train_experiment(exp, base, store, tmp_path / "resumed", None, resume_dir=tmp_path / "r2")
+        elif job == "outputs":  # every rank is given its own output paths: only rank 0's may appear
             exp, base = tiny("cnn_basic", train={"epochs": 2, "refit": True})
             train_experiment(exp, base, store, tmp_path / f"model{rank}", tmp_path / f"live{rank}",
                              resume_dir=tmp_path / f"resume{rank}", curves_dir=tmp_path / f"curves{rank}")
@@ -179,6 +190,17 @@ def _worker(rank: int, world: int, tmp: str, store: str, job: str) -> None:
 
 def spawn(tmp_path: Path, store: Path, job: str) -> None:
     torch.multiprocessing.spawn(_worker, args=(2, str(tmp_path), str(store), job), nprocs=2)
+
+
+def test_two_rank_run_interrupted_and_resumed_equals_one_run_straight_through(tmp_path, store):
+    """The resume file (written by rank 0) keeps every rank's random streams: both ranks continue exactly, with
+    per-rank augmentation and BatchNorm, so the resumed model equals the uninterrupted one."""
+    spawn(tmp_path, store, "resume")
+    straight = torch.load(tmp_path / "straight" / "best.pt", weights_only=True)["state_dict"]
+    resumed = torch.load(tmp_path / "resumed" / "best.pt", weights_only=True)["state_dict"]
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
 
 
 def test_second_rank_writes_nothing(tmp_path, store):
