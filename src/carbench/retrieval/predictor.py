@@ -5,8 +5,8 @@
 checked by md5). Both take uint8 crops ``(N, S, S, 3)`` as stored in the crop store, apply the
 model's own eval preprocessing (:func:`carbench.train.augment.eval_preprocess`: resize to the
 checkpoint's ``image_size`` + its mean/std) and return probabilities ``(N, C)`` float32 on the CPU.
-The network runs channels-last (faster on CPU too) and on CUDA under bf16 autocast (fp16 where bf16 is missing),
-as in training.
+The network runs channels-last (faster on CPU too) and, on CUDA, under bf16 autocast (fp16 where bf16 is missing)
+when it trained with ``train.amp``, as in training.
 """
 from __future__ import annotations
 
@@ -65,8 +65,8 @@ class ClassifierPredictor(Predictor):
         self.image_size = int(ckpt["image_size"])
         self.mean, self.std = tuple(ckpt["mean"]), tuple(ckpt["std"])
         self.model.to(memory_format=torch.channels_last)
-        self.amp = None
-        if self.device.type == "cuda":
+        self.amp = None   # autocast on CUDA when the model trained with it (``train.amp`` in the checkpoint)
+        if self.device.type == "cuda" and ckpt.get("train", {}).get("amp", True):
             self.amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
     def _run(self, fn: Any, x: torch.Tensor) -> torch.Tensor:
