@@ -165,3 +165,20 @@ def test_predictions_of_other_test_images_cannot_be_paired(inputs):
     frame.iloc[:-1].to_csv(ev / "cnn_basic" / "predictions.csv", index=False)
     with pytest.raises(UserError, match="same test images"):
         A.build_table(params, ev, train, knn)
+
+
+def test_aggregate_stage_loads_no_torch(inputs, tmp_path, params_path):
+    """aggregate's bootstrap is numpy: the stage process must not pay torch's seconds of import."""
+    import subprocess
+
+    params, ev, train, knn = inputs
+    argv = ["aggregate.py", "--params", str(params_path), "--eval", str(ev), "--train-live", str(train),
+            "--knn", str(knn), "--out", str(tmp_path / "out"), "--plots", str(tmp_path / "pl"),
+            "--headline", str(tmp_path / "headline.json")]
+    code = (f"import sys, runpy; sys.argv = {argv!r}\n"
+            f"runpy.run_path({str(ROOT / 'stages' / 'aggregate.py')!r}, run_name='__main__')\n"
+            "print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "headline.json").exists()
+    assert done.stdout.strip().splitlines()[-1] == "False"

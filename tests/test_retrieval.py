@@ -150,6 +150,25 @@ def test_cosine_model_normalises_after_pca():
     assert out.shape == (4, 2) and np.linalg.norm(out, axis=1) == pytest.approx(np.ones(4), abs=1e-6)
 
 
+@pytest.mark.parametrize("step, loads", [({}, False), ({"standardize": True}, True), ({"pca_components": 2}, True)])
+def test_scikit_learn_is_loaded_only_by_a_step_that_uses_it(step, loads):
+    """Its import costs 1-2 s of every knn@ process: the default chain (no scaler, no PCA) must not pay it."""
+    import subprocess
+    import sys
+
+    cfg = {**dict(k=3, metric="euclidean", weighting="uniform", standardize=False, pca_components=0,
+                  backend="torch", faiss_min_gallery=0, retrieval_ks=(1,), classical="none"), **step}
+    code = ("import sys, numpy as np\n"
+            "from carbench.config import KnnConfig\n"
+            "from carbench.retrieval import knn as K\n"
+            f"K.fit_preprocessing(np.random.default_rng(0).standard_normal((20, 4)).astype(np.float32), "
+            f"KnnConfig(**{cfg!r}), 0)\n"
+            "print('sklearn' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(loads)
+
+
 # ----------------------------------------------------------------------------- the stage function
 def test_run_knn_metrics_by_hand(tmp_path):
     # gallery: class 0 at 0 and 1, class 1 at 10 and 11; queries: 0.4 (class 0), 10.2 (class 0: a miss)

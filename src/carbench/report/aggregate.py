@@ -239,5 +239,5 @@ def read_best(summary_dir: str | Path) -> Optional[str]:
 def run(params: Params, eval_dir: str | Path, train_dir: str | Path, knn_dir: str | Path, out_dir: str | Path,
         plots_dir: str | Path, headline_path: str | Path | None) -> pd.DataFrame:
     """Stage entry point (stages/aggregate.py): seed, then :func:`run_aggregate`."""
-    configure(params.base.seed, params.base.threads)
+    configure(params.base.seed, params.base.threads, use_torch=False)  # numpy bootstrap only
     return run_aggregate(params, eval_dir, train_dir, knn_dir, out_dir, plots_dir, headline_path)

@@ -79,12 +79,12 @@ WHITEN_EPS = 1e-12
 
 def fit_preprocessing(gallery: np.ndarray, cfg: KnnConfig, seed: int) -> Preprocessing:
     """Fit the scaler / PCA of ``cfg`` on ``gallery`` ``(Ng, D)`` only (never on queries)."""
-    from sklearn.decomposition import PCA
-    from sklearn.preprocessing import StandardScaler
-
     prep = Preprocessing(normalize=cfg.metric == "cosine")
     x = np.asarray(gallery, dtype=np.float32)
+    # scikit-learn is imported only when a step needs it: the import costs 1-2 s, most of a default knn@ run
     if cfg.standardize:
+        from sklearn.preprocessing import StandardScaler
+
         scaler = StandardScaler().fit(x)
         prep.scaler_mean, prep.scaler_scale = scaler.mean_.astype(np.float32), scaler.scale_.astype(np.float32)
         x = (x - prep.scaler_mean) / prep.scaler_scale
@@ -92,6 +92,8 @@ def fit_preprocessing(gallery: np.ndarray, cfg: KnnConfig, seed: int) -> Preproc
         if cfg.pca_components > min(x.shape):
             raise UserError(f"knn.pca_components ({cfg.pca_components}) exceeds min(gallery size, embedding "
                             f"dim) = {min(x.shape)}")
+        from sklearn.decomposition import PCA
+
         # covariance_eigh is exact and fast when there are more samples than dimensions.
         solver = "covariance_eigh" if x.shape[0] >= x.shape[1] else "full"
         pca = PCA(n_components=cfg.pca_components, whiten=cfg.whiten, svd_solver=solver, random_state=seed).fit(x)
