@@ -2,7 +2,6 @@
 this process, world 2 in spawned processes), the batch divisibility check, and base.device cuda:auto's GPU claim."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -17,16 +16,15 @@ import yaml
 
 from carbench import runtime
 from carbench.config import ConfigError
-from carbench.data.store import write_store as write_crop_store
 from carbench.train import distributed
 from carbench.train.checkpoint import load_classifier
 from carbench.train.engine import fit, setup_trainer, train_experiment
 from carbench.train.train_log import NoLive
 from conftest import repo_params
-from test_engine import Interrupt, tiny
+from test_engine import Interrupt, tiny, write_store
 
 ROOT = Path(__file__).resolve().parents[1]
-CLASSES, STORE_SIZE, IMAGE_SIZE = 4, 16, 16
+STORE_SIZE, IMAGE_SIZE = 16, 16
 COUNTS = {"train": 64, "val": 48, "test": 8}
 #: The DDP run's val top-1 may differ from the single-process one by at most this much: 3 of the 48 val images.
 #: Setting of the comparison: a BatchNorm CNN, no augmentation, the same seed and global batch. The two runs see
@@ -43,17 +41,8 @@ STAGE_MODEL = {"cnn_widths": [4, 8], "cnn_batch_norm": True}
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
     """A crop store whose classes differ in mean colour (learnable in a few epochs), with 48 val images."""
-    root = tmp_path_factory.mktemp("crops")
-    rng = np.random.default_rng(0)
     colours = np.array([[200, 60, 60], [60, 200, 60], [60, 60, 200], [200, 200, 60]])
-    splits = {}
-    for split, n in COUNTS.items():
-        labels = np.arange(n) % CLASSES
-        noise = rng.integers(-40, 41, (n, STORE_SIZE, STORE_SIZE, 3))
-        images = np.clip(colours[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8)
-        splits[split] = (images, [f"cars_{split}/{i:05d}.jpg" for i in range(n)], labels)
-    write_crop_store(root, splits, [f"car {i}" for i in range(CLASSES)])
-    return root
+    return write_store(tmp_path_factory.mktemp("crops"), counts=COUNTS, size=STORE_SIZE, colours=colours)
 
 
 def stage(tmp_path: Path, store: Path, gpus: int, train: dict | None = None,

@@ -37,17 +37,18 @@ METRIC_FILES = ("train/loss", "train/top1", "val/loss", "val/top1", "lr")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def write_store(root: Path, seed: int = 0) -> Path:
-    """A crop store in the documented format: each class has its own mean colour plus noise."""
+def write_store(root: Path, seed: int = 0, counts: dict[str, int] = COUNTS, size: int = STORE_SIZE,
+                colours: np.ndarray | None = None) -> Path:
+    """A crop store in the documented format: each class has its own mean colour (random unless given) plus noise."""
     rng = np.random.default_rng(seed)
-    colours = rng.integers(40, 216, (CLASSES, 3))
+    colours = rng.integers(40, 216, (CLASSES, 3)) if colours is None else np.asarray(colours)
     splits = {}
-    for split, n in COUNTS.items():
-        labels = np.arange(n) % CLASSES
-        noise = rng.integers(-40, 41, (n, STORE_SIZE, STORE_SIZE, 3))
+    for split, n in counts.items():
+        labels = np.arange(n) % len(colours)
+        noise = rng.integers(-40, 41, (n, size, size, 3))
         images = np.clip(colours[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8)
         splits[split] = (images, [f"cars_{split}/{i:05d}.jpg" for i in range(n)], labels)
-    write_crop_store(root, splits, [f"car {i}" for i in range(CLASSES)])
+    write_crop_store(root, splits, [f"car {i}" for i in range(len(colours))])
     return root
 
 

@@ -3,9 +3,9 @@ feature cache (a split's backbone features, computed once so that only the head 
 
 Each split's uint8 crops ``(N, S, S, 3)`` are copied once into a device tensor when they fit in
 :data:`RESIDENT_FRACTION` of free device memory (host RAM on CPU); otherwise batches are gathered from
-the memory-mapped store and streamed. Resident crops are resized once, while copying, to the size
-every batch would be resized to first (:func:`carbench.train.augment.stored_size`): same results, less
-memory and work. Batches come from seeded permutations (:class:`Order`): no DataLoader, no per-image Python.
+the memory-mapped store, one batch ahead in a background thread, and streamed (:func:`batches`). Resident
+crops are resized once, while copying, to the size every batch would be resized to first
+(:func:`carbench.train.augment.stored_size`): same results, less memory and work. Batches come from seeded permutations (:class:`Order`): no DataLoader, no per-image Python.
 """
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -27,6 +28,8 @@ from ..data.store import load_split
 
 #: A split is kept resident on the device when it needs at most this fraction of free memory.
 RESIDENT_FRACTION = 0.5
+#: Name prefix of the thread that reads a streamed split one batch ahead (:func:`batches`).
+PREFETCH_THREAD = "carbench-prefetch"
 #: Host memory used at a time while copying a split to the device.
 LOAD_CHUNK_BYTES = 256 * 2**20
 
@@ -64,15 +67,30 @@ class SplitData:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def streamed(self) -> bool:
+        return not self.resident
+
+    def gather(self, idx: torch.Tensor) -> Optional[np.ndarray]:
+        """Host rows ``(B, S, S, 3)`` of a streamed split at CPU indices ``idx`` (None when resident): the part
+        of a batch that reads the store, and the only part :func:`batches` runs in its background thread."""
+        return None if self.resident else self.source[idx.numpy()]
+
+    def place(self, rows: Optional[np.ndarray], idx: torch.Tensor, idx_device: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 images (B, S, S, 3) and labels (B,) on the device, from :meth:`gather`'s rows (streamed: pinned,
+        then copied asynchronously) or from the resident tensor."""
+        if self.resident:
+            return self.images.index_select(0, idx_device), self.labels.index_select(0, idx_device)
+        host = torch.from_numpy(rows)
+        if self.device.type == "cuda":
+            host = host.pin_memory()
+        return host.to(self.device, non_blocking=True), self.labels.index_select(0, idx_device)
+
     def batch(self, order: Order, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 images (B, S, S, 3) and labels (B,) of ``order[start:stop]``, on the device."""
-        idx = order.device[start:stop]
-        if self.resident:
-            return self.images.index_select(0, idx), self.labels.index_select(0, idx)
-        rows = torch.from_numpy(self.source[order.cpu[start:stop].numpy()])
-        if self.device.type == "cuda":
-            rows = rows.pin_memory()
-        return rows.to(self.device, non_blocking=True), self.labels.index_select(0, idx)
+        idx = order.cpu[start:stop]
+        return self.place(self.gather(idx), idx, order.device[start:stop])
 
 
 def copy_to_device(images: np.ndarray, device: torch.device, size: Optional[int] = None) -> torch.Tensor:
@@ -100,9 +118,17 @@ class FeatureData:
     def __len__(self) -> int:
         return len(self.labels)
 
+    streamed = False
+
+    def gather(self, idx: torch.Tensor) -> None:
+        return None
+
+    def place(self, rows: None, idx: torch.Tensor, idx_device: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.features.index_select(0, idx_device), self.labels.index_select(0, idx_device)
+
     def batch(self, order: Order, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = order.device[start:stop]
-        return self.features.index_select(0, idx), self.labels.index_select(0, idx)
+        idx = order.cpu[start:stop]
+        return self.place(None, idx, order.device[start:stop])
 
 
 class ConcatData:
@@ -116,19 +142,56 @@ class ConcatData:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def batch(self, order: Order, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = order.cpu[start:stop]
-        rows, positions = [], []
+    @property
+    def streamed(self) -> bool:
+        return any(part.streamed for part in self.parts)
+
+    def gather(self, idx: torch.Tensor) -> list[tuple]:
+        """Per part with rows in ``idx``: (part, positions in the batch, the part's own indices, its host rows)."""
+        out = []
         for part, low, high in zip(self.parts, self.bounds, self.bounds[1:]):
             where = ((idx >= low) & (idx < high)).nonzero().squeeze(1)
             if len(where):
-                sub = Order.make(idx[where] - low, part.labels.device)
-                rows.append(part.batch(sub, 0, len(where))[0])
-                positions.append(where)
+                local = idx[where] - low
+                out.append((part, where, local, part.gather(local)))
+        return out
+
+    def place(self, gathered: list[tuple], idx: torch.Tensor, idx_device: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = [part.place(host, local, local.to(part.labels.device))[0] for part, _, local, host in gathered]
         x = torch.cat(rows)
         out = torch.empty_like(x)
-        out[torch.cat(positions).to(x.device)] = x
-        return out, self.labels.index_select(0, order.device[start:stop])
+        out[torch.cat([where for _, where, _, _ in gathered]).to(x.device)] = x
+        return out, self.labels.index_select(0, idx_device)
+
+    def batch(self, order: Order, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = order.cpu[start:stop]
+        return self.place(self.gather(idx), idx, order.device[start:stop])
+
+
+def batches(data, order: Order, batch_size: int, steps: Optional[int] = None
+            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``data``'s batches ``order[0:bs]``, ``order[bs:2 bs]``, ... (the first ``steps`` of them; default all).
+
+    A streamed split is read one batch ahead: a background thread gathers the next batch's rows from the
+    memory-mapped store (numpy copies and page faults run without the GIL) while the caller computes on the
+    current one. Only that host read runs in the thread; pinning, the asynchronous device copy and every
+    device operation stay on the calling thread, so its device and CUDA stream are the ones used. Resident
+    data (and cached features) is indexed on the device directly, with no thread.
+    """
+    total = len(order.cpu)
+    spans = [(start, min(start + batch_size, total)) for start in range(0, total, batch_size)][:steps]
+    if not data.streamed:
+        for start, stop in spans:
+            yield data.batch(order, start, stop)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=PREFETCH_THREAD) as pool:
+        pending = pool.submit(data.gather, order.cpu[spans[0][0]:spans[0][1]]) if spans else None
+        for i, (start, stop) in enumerate(spans):
+            rows = pending.result()
+            if i + 1 < len(spans):
+                pending = pool.submit(data.gather, order.cpu[spans[i + 1][0]:spans[i + 1][1]])
+            yield data.place(rows, order.cpu[start:stop], order.device[start:stop])
 
 
 def free_memory_bytes(device: torch.device) -> int:
@@ -165,9 +228,8 @@ def compute_features(model: CarNet, data: SplitData, image_size: int, batch_size
     timing.first_batch()
     out = torch.empty(len(data), model.feature_dim, device=device)
     order = Order.make(torch.arange(len(data)), device)
-    for start in range(0, len(data), batch_size):
-        stop = min(start + batch_size, len(data))
-        raw, _ = data.batch(order, start, stop)
+    for start, (raw, _) in zip(range(0, len(data), batch_size), batches(data, order, batch_size)):
+        stop = start + len(raw)
         x = eval_preprocess(raw, image_size, model.mean, model.std)
         with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
             out[start:stop] = model.features(x).float()

@@ -57,7 +57,7 @@ import torch.nn.functional as F
 
 from .. import timing
 from .augment import BatchMixer, build_augmenter, eval_preprocess, stored_size, train_policy
-from .batches import ConcatData, FeatureData, Order, compute_features, load_split_data
+from .batches import ConcatData, FeatureData, Order, batches, compute_features, load_split_data
 from .checkpoint import cpu_state, make_checkpoint, save_checkpoint
 from ..config import BaseConfig, Experiment
 from ..errors import DataError
@@ -200,14 +200,12 @@ class Trainer:
         self.model.train()
         start = time.perf_counter()
         perm = self.ddp.shard(torch.randperm(len(self.train_data), generator=self.shuffle_gen), even=True)
-        order, n = Order.make(perm, self.device), len(perm)
+        order = Order.make(perm, self.device)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         seen = 0
         timing.first_batch()
-        for step in range(self.steps_per_epoch):
-            bs = self.batch_size
-            raw, y = self.train_data.batch(order, step * bs, min((step + 1) * bs, n))
+        for raw, y in batches(self.train_data, order, self.batch_size, self.steps_per_epoch):
             x, target = self.prepare(raw, train=True), y
             if self.mixer is not None:  # soft targets; train/top1 still counts the unmixed labels
                 x, target = self.mixer(x, y)
@@ -256,8 +254,7 @@ class Trainer:
         order = Order.make(self.ddp.shard(torch.arange(len(data)), even=False), self.device)  # DDP: a shard each
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
-        for start in range(0, len(order.cpu), bs):
-            raw, y = data.batch(order, start, min(start + bs, len(order.cpu)))
+        for raw, y in batches(data, order, bs):
             with self.autocast():
                 logits = forward(self.prepare(raw, train=False))
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
