@@ -5,16 +5,17 @@ Each split's uint8 crops ``(N, S, S, 3)`` are copied once into a device tensor w
 :data:`RESIDENT_FRACTION` of free device memory (host RAM on CPU); otherwise batches are gathered from
 the memory-mapped store, one batch ahead in a background thread, and streamed (:func:`batches`). Resident
 crops are resized once, while copying, to the size every batch would be resized to first
-(:func:`carbench.train.augment.stored_size`): same results, less memory and work. Batches come from seeded permutations (:class:`Order`): no DataLoader, no per-image Python.
+(:func:`carbench.train.augment.stored_size`): same results, less memory and work. Batches come from seeded
+permutations (:class:`Order`): no DataLoader, no per-image Python.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Optional
 
 import numpy as np
@@ -115,10 +116,11 @@ class FeatureData:
     def __init__(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         self.features, self.labels = features, labels
 
+    #: Always on the device: nothing to read ahead.
+    streamed = False
+
     def __len__(self) -> int:
         return len(self.labels)
-
-    streamed = False
 
     def gather(self, idx: torch.Tensor) -> None:
         return None
