@@ -1,0 +1,40 @@
+"""scripts/ddp_check.py, the GPU check of issue 15, run here as its CPU smoke: plain, torchrun x1 and torchrun x2
+(gloo) on a tiny crop store; it must train each under the path it names and compare them."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from conftest import repo_params
+from test_distributed import STAGE_MODEL, STAGE_TRAIN
+from test_distributed import store  # noqa: F401,F811 (module fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def check(tmp_path: Path, store: Path, tolerance: float) -> subprocess.CompletedProcess:
+    params = repo_params({"base": {"device": "cpu", "threads": 1}})
+    params["experiments"]["cnn_basic"]["train"].update(STAGE_TRAIN)
+    params["experiments"]["cnn_basic"]["model"].update(STAGE_MODEL)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    cmd = [sys.executable, str(ROOT / "scripts" / "ddp_check.py"), "--crops", str(store), "--name", "cnn_basic",
+           "--params", str(tmp_path / "params.yaml"), "--epochs", "2", "--device", "cpu", "--nproc", "2",
+           "--tolerance", str(tolerance)]
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "LOCAL_RANK", "RANK")}
+    return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**env, "PYTHONHASHSEED": "0"})
+
+
+def test_plain_torchrun_x1_and_x2_are_trained_and_compared(tmp_path, store):
+    done = check(tmp_path, store, tolerance=-1.0)      # no difference can pass: the comparison itself must fail
+    assert done.returncode == 1, done.stderr
+    rows = dict(re.findall(r"^\s*(plain|torchrun x\d): val top-1 ([0-9.]+)", done.stdout, re.M))
+    assert set(rows) == {"plain", "torchrun x1", "torchrun x2"}, done.stdout + done.stderr
+    # world size 1 is the plain computation through DDP's wrapper: the same model on CPU
+    assert rows["torchrun x1"] == rows["plain"]
+    assert "FAIL: a DDP run differs from the plain one" in done.stderr
