@@ -179,6 +179,24 @@ def _loop_rate(trainer) -> float:
     return images / seconds
 
 
+def _streamed_loop_rate(exp, base, store: Path, device) -> float:
+    """The same loop with the store streamed from its memory map, read one batch ahead (a zero memory budget:
+    what a store larger than the device gets), instead of resident on the device."""
+    from carbench.runtime import configure
+    from carbench.train import batches
+    from carbench.train.engine import setup_trainer
+
+    saved, batches.RESIDENT_FRACTION = batches.RESIDENT_FRACTION, 0.0
+    try:
+        configure(base.seed, base.threads)
+        trainer, _ = setup_trainer(exp, base, store, device)
+        if not trainer.train_data.streamed:
+            raise RuntimeError("a zero memory budget should stream the training split")
+        return _loop_rate(trainer)
+    finally:
+        batches.RESIDENT_FRACTION = saved
+
+
 def measure_train(device_name: str = "auto") -> dict[str, Any]:
     """Training-loop images/s vs bare forward+backward+step, for the cases of the current device type."""
     from carbench import runtime
@@ -194,8 +212,10 @@ def measure_train(device_name: str = "auto") -> dict[str, Any]:
             trainer, _ = setup_trainer(params.experiments[name], params.base, store, device)
             loop = _loop_rate(trainer)
             bare = _bare_step_rate(trainer, trainer.steps_per_epoch * TRAIN_EPOCHS_TIMED)
+            streamed = _streamed_loop_rate(params.experiments[name], params.base, store, device)
         rows.append({"case": label, "batch_size": trainer.cfg.batch_size, "augment": trainer.cfg.augment,
-                     "loop_images_per_second": loop, "bare_images_per_second": bare, "ratio": loop / bare})
+                     "loop_images_per_second": loop, "bare_images_per_second": bare, "ratio": loop / bare,
+                     "streamed_images_per_second": streamed, "streamed_ratio": streamed / loop})
     return {"device": str(device), "rows": rows}
 
 
@@ -207,3 +227,5 @@ def print_train(report: dict[str, Any]) -> None:
         print(f"{row['case']:38s} batch {row['batch_size']:4d}, augment {row['augment']:8s}: loop "
               f"{row['loop_images_per_second']:8.1f} img/s, bare {row['bare_images_per_second']:8.1f} img/s, "
               f"ratio {row['ratio']:.2f}x (target >= {TRAIN_TARGET_RATIO}x: {verdict})")
+        print(f"{'':38s} streamed from the memory map (store larger than the device): "
+              f"{row['streamed_images_per_second']:8.1f} img/s, {row['streamed_ratio']:.2f}x the resident loop")
