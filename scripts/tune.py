@@ -206,7 +206,7 @@ def final_test(params: Any, trainer: Any, crops: Path, meta: Any) -> dict:
     from carbench.retrieval.embeddings import Embeddings, as_stored
     from carbench.retrieval.knn import fit_knn
     from carbench.train.augment import eval_preprocess
-    from carbench.train.batches import Order, compute_features, load_split_data
+    from carbench.train.batches import Order, batches, compute_features, load_split_data
     from carbench.train.engine import amp_dtype, refit_trainer
     from carbench.train.train_log import NoBar
 
@@ -225,8 +225,7 @@ def final_test(params: Any, trainer: Any, crops: Path, meta: Any) -> dict:
     test = load_split_data(crops, "test", device, n, size=cfg.image_size)
     chunks, labels, order = [], [], Order.make(torch.arange(len(test)), device)
     with torch.inference_mode():
-        for start in range(0, len(test), cfg.eval_batch_size):
-            raw, y = test.batch(order, start, min(start + cfg.eval_batch_size, len(test)))
+        for raw, y in batches(test, order, cfg.eval_batch_size):
             x = eval_preprocess(raw, cfg.image_size, model.mean, model.std)
             with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
                 chunks.append(torch.softmax(model(x).float(), 1).cpu())

@@ -16,7 +16,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -54,7 +54,30 @@ class Order:
         return cls(perm, perm.to(device))
 
 
-class SplitData:
+class BatchSource:
+    """What :func:`batches` reads: ``gather`` (host rows, the part that may run in a background thread; None when
+    the data is on the device) then ``place`` (images and labels on the device)."""
+
+    #: True when ``gather`` reads the memory-mapped store (worth doing one batch ahead).
+    streamed = False
+    #: Labels (N,) int64 on the device.
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def gather(self, idx: torch.Tensor) -> Any:
+        return None
+
+    def place(self, rows: Any, idx_device: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def batch(self, order: Order, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images and labels of ``order[start:stop]``, on the device."""
+        return self.place(self.gather(order.cpu[start:stop]), order.device[start:stop])
+
+
+class SplitData(BatchSource):
     """One split: images resident on ``device`` or streamed from the mmap; labels (N,) int64 on device."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, device: torch.device, resident: bool,
@@ -65,9 +88,6 @@ class SplitData:
         self.source = images
         self.images = copy_to_device(images, device, size) if resident else None
 
-    def __len__(self) -> int:
-        return len(self.labels)
-
     @property
     def streamed(self) -> bool:
         return not self.resident
@@ -77,8 +97,7 @@ class SplitData:
         of a batch that reads the store, and the only part :func:`batches` runs in its background thread."""
         return None if self.resident else self.source[idx.numpy()]
 
-    def place(self, rows: Optional[np.ndarray], idx: torch.Tensor, idx_device: torch.Tensor
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+    def place(self, rows: Optional[np.ndarray], idx_device: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 images (B, S, S, 3) and labels (B,) on the device, from :meth:`gather`'s rows (streamed: pinned,
         then copied asynchronously) or from the resident tensor."""
         if self.resident:
@@ -87,11 +106,6 @@ class SplitData:
         if self.device.type == "cuda":
             host = host.pin_memory()
         return host.to(self.device, non_blocking=True), self.labels.index_select(0, idx_device)
-
-    def batch(self, order: Order, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 images (B, S, S, 3) and labels (B,) of ``order[start:stop]``, on the device."""
-        idx = order.cpu[start:stop]
-        return self.place(self.gather(idx), idx, order.device[start:stop])
 
 
 def copy_to_device(images: np.ndarray, device: torch.device, size: Optional[int] = None) -> torch.Tensor:
@@ -110,39 +124,23 @@ def copy_to_device(images: np.ndarray, device: torch.device, size: Optional[int]
     return out
 
 
-class FeatureData:
-    """Cached backbone features (N, D) float32 and labels (N,) on the device; same interface as SplitData."""
+class FeatureData(BatchSource):
+    """Cached backbone features (N, D) float32 and labels (N,) on the device (never streamed)."""
 
     def __init__(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         self.features, self.labels = features, labels
 
-    #: Always on the device: nothing to read ahead.
-    streamed = False
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def gather(self, idx: torch.Tensor) -> None:
-        return None
-
-    def place(self, rows: None, idx: torch.Tensor, idx_device: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def place(self, rows: None, idx_device: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.features.index_select(0, idx_device), self.labels.index_select(0, idx_device)
 
-    def batch(self, order: Order, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = order.cpu[start:stop]
-        return self.place(None, idx, order.device[start:stop])
 
-
-class ConcatData:
+class ConcatData(BatchSource):
     """Splits (SplitData or FeatureData) seen as one, rows in order (``train.refit``: train then val)."""
 
     def __init__(self, parts: list) -> None:
         self.parts = parts
         self.labels = torch.cat([p.labels for p in parts])
         self.bounds = np.cumsum([0] + [len(p) for p in parts]).tolist()
-
-    def __len__(self) -> int:
-        return len(self.labels)
 
     @property
     def streamed(self) -> bool:
@@ -158,20 +156,15 @@ class ConcatData:
                 out.append((part, where, local, part.gather(local)))
         return out
 
-    def place(self, gathered: list[tuple], idx: torch.Tensor, idx_device: torch.Tensor
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = [part.place(host, local, local.to(part.labels.device))[0] for part, _, local, host in gathered]
+    def place(self, gathered: list[tuple], idx_device: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = [part.place(host, local.to(part.labels.device))[0] for part, _, local, host in gathered]
         x = torch.cat(rows)
         out = torch.empty_like(x)
         out[torch.cat([where for _, where, _, _ in gathered]).to(x.device)] = x
         return out, self.labels.index_select(0, idx_device)
 
-    def batch(self, order: Order, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = order.cpu[start:stop]
-        return self.place(self.gather(idx), idx, order.device[start:stop])
 
-
-def batches(data, order: Order, batch_size: int, steps: Optional[int] = None
+def batches(data: BatchSource, order: Order, batch_size: int, steps: Optional[int] = None
             ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``data``'s batches ``order[0:bs]``, ``order[bs:2 bs]``, ... (the first ``steps`` of them; default all).
 
@@ -193,7 +186,7 @@ def batches(data, order: Order, batch_size: int, steps: Optional[int] = None
             rows = pending.result()
             if i + 1 < len(spans):
                 pending = pool.submit(data.gather, order.cpu[spans[i + 1][0]:spans[i + 1][1]])
-            yield data.place(rows, order.cpu[start:stop], order.device[start:stop])
+            yield data.place(rows, order.device[start:stop])
 
 
 def free_memory_bytes(device: torch.device) -> int:
