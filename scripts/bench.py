@@ -15,13 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from carbench.config import CropConfig, DataConfig, ExpectedData, SplitConfig, SyntheticConfig
+from carbench.config import CropConfig, DataConfig, SplitConfig, SyntheticConfig
 
 CROP_SIZES = (224, 384)
 CROP_TARGET_RATIO = 1.0
 TRAIN_TARGET_RATIO = 0.9
-#: Local and synthetic sources only record their fingerprint; nothing is expected of them here.
-NOTHING_EXPECTED = ExpectedData(sha256="", labels_sha256="", train=0, test=0)
 SYNTHETIC_FALLBACK = SyntheticConfig(num_classes=20, train_per_class=10, test_per_class=5, min_size=600,
                                      max_size=900, grayscale_fraction=0.05)
 
@@ -33,12 +31,11 @@ def _ingest(raw_source: Path, work: Path) -> tuple[Path, Path, str]:
 
     if raw_source.is_dir():
         data = DataConfig(source="local", path=str(raw_source), cache_dir=str(work / "cache"),
-                          skip_bad_images=False, timeout_s=1.0, expected=NOTHING_EXPECTED, routes=(),
-                          synthetic=SYNTHETIC_FALLBACK)
+                          skip_bad_images=False, timeout_s=1.0, synthetic=SYNTHETIC_FALLBACK)
         label = f"{raw_source.name} (real photos)"
     else:
         data = DataConfig(source="synthetic", path=None, cache_dir=str(work / "cache"), skip_bad_images=False,
-                          timeout_s=1.0, expected=NOTHING_EXPECTED, routes=(), synthetic=SYNTHETIC_FALLBACK)
+                          timeout_s=1.0, synthetic=SYNTHETIC_FALLBACK)
         label = "synthetic 600-900 px photos (../shared/data absent)"
     raw, split = work / "raw", work / "split"
     run_download(data, 0, raw, None)

@@ -3,6 +3,8 @@
 Usage: python scripts/compare.py [--eval metrics/eval] [--bootstrap 1000] [--confidence 0.95] [--seed 0] [NAME ...]
 Reads metrics/eval/<name>/predictions.csv of each name (default: every experiment that has one) and prints
 the aggregate stage's uncertainty table: top-1 and macro-F1 with bootstrap CIs, McNemar p against the best.
+Bad input (a missing file, experiments evaluated on different test images) prints one ``error: ...`` line and
+exits with status 1.
 """
 from __future__ import annotations
 
@@ -16,8 +18,20 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import pandas as pd  # noqa: E402
 
+from carbench import cli  # noqa: E402
 from carbench.report import aggregate, stats  # noqa: E402
 from carbench.config import AggregateConfig  # noqa: E402
+from carbench.errors import UserError  # noqa: E402
+
+
+def experiment_config(path: Path) -> str:
+    """The ``config`` field of an experiment's ``metrics/eval/<name>.json`` ("" without the file)."""
+    if not path.is_file():
+        return ""
+    try:
+        return json.loads(path.read_text()).get("config", "")
+    except (json.JSONDecodeError, AttributeError) as exc:
+        raise UserError(f"{path} is not an evaluate stage metrics file ({exc}); rerun that evaluate stage") from None
 
 
 def main() -> int:
@@ -34,8 +48,7 @@ def main() -> int:
         print(f"error: no {root}/<name>/{stats.PREDICTIONS_CSV} found (run an evaluate stage first)", file=sys.stderr)
         return 1
     predictions = {n: stats.read_predictions(root / n / stats.PREDICTIONS_CSV) for n in names}
-    configs = [json.loads((root / f"{n}.json").read_text()).get("config", "") if (root / f"{n}.json").is_file()
-               else "" for n in names]
+    configs = [experiment_config(root / f"{n}.json") for n in names]
     table = pd.DataFrame({"experiment": names, "config": configs,
                           "top1": [float(p["correct"].mean()) for p in predictions.values()],
                           "f1_macro": [stats.macro_f1(p["true"].to_numpy(), p["predicted"].to_numpy())
@@ -48,4 +61,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run_command(main)

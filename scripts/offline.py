@@ -19,6 +19,18 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from carbench import cli  # noqa: E402
+from carbench.errors import UserError  # noqa: E402
+
+EPILOG = """\
+Every other argument passes through to `dvc exp run`, after the overrides (so it wins over the file):
+  -n NAME          name the experiment (`dvc metrics diff A B` compares runs by name)
+  -S KEY=VALUE     one more params override, e.g. -S train.lr=3e-4
+  STAGE ...        run only these stages and what they depend on, e.g. train@cnn_basic
+  any other `dvc exp run` option (see `dvc exp run --help`)
+example: python scripts/offline.py -n lr3e-4 -S train.lr=3e-4"""
 
 
 def flatten(tree: dict, prefix: str = "") -> list[str]:
@@ -37,11 +49,27 @@ def flatten(tree: dict, prefix: str = "") -> list[str]:
     return pairs
 
 
+def read_overrides(path: Path) -> dict:
+    """The overrides file as a nested mapping (empty file: no overrides)."""
+    if not path.is_file():
+        raise UserError(f"overrides file not found: {path} (see --overrides)")
+    try:
+        overrides = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(overrides, dict):
+        raise UserError(f"{path} must be a mapping of params sections, e.g. train: {{lr: 0.01}}")
+    return overrides
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--overrides", default=str(ROOT / "configs" / "offline.yaml"))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=EPILOG,
+                                     usage="%(prog)s [-h] [--overrides FILE] [dvc exp run arguments ...]",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--overrides", metavar="FILE", default=str(ROOT / "configs" / "offline.yaml"),
+                        help="YAML of params overrides, passed as `-S` (default: configs/offline.yaml)")
     args, extra = parser.parse_known_args()
-    overrides = yaml.safe_load(Path(args.overrides).read_text()) or {}
+    overrides = read_overrides(Path(args.overrides))
     cmd = ["dvc", "exp", "run"]
     for pair in flatten(overrides):
         cmd += ["-S", pair]
@@ -56,6 +84,9 @@ def run_keeping_params(cmd: list[str], cwd: Path) -> int:
     print("+", " ".join(cmd), flush=True)
     try:
         return subprocess.call(cmd, cwd=cwd)
+    except FileNotFoundError:
+        raise UserError(f"{cmd[0]} not found: install the requirements (pip install -r requirements.txt) "
+                        "or activate their environment") from None
     finally:
         if params.read_bytes() != before:
             params.write_bytes(before)
@@ -64,4 +95,4 @@ def run_keeping_params(cmd: list[str], cwd: Path) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run_command(main)

@@ -5,11 +5,12 @@ Usage: python scripts/review_report.py BASE NEW [--out report.md]
 BASE and NEW are anything `dvc metrics diff` accepts: experiment names (`python scripts/offline.py -n NAME`
 records one), commits or branches. The report holds exactly the output of
 
-    dvc metrics diff BASE NEW --targets metrics/headline.json --no-path --precision 4 --md
+    dvc metrics diff BASE NEW --precision 4 --md
     dvc params diff BASE NEW --md
 
 (only what changed; every row fits 120 columns) plus the commands to drill down. CI runs it on the offline
 demo of the pull request's base and head (.github/workflows/review.yml) and posts it on the pull request.
+A failing `dvc` command or an unwritable `--out` prints one `error: ...` line and exits with status 1.
 """
 from __future__ import annotations
 
@@ -19,19 +20,29 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-HEADLINE = "metrics/headline.json"
+sys.path.insert(0, str(ROOT / "src"))
+
+from carbench import cli  # noqa: E402
+from carbench.errors import UserError  # noqa: E402
+
+HEADLINE = "metrics/headline/<experiment>.json"
 
 
 def dvc(args: list[str], cwd: Path) -> str:
-    """stdout of one dvc command; a failure stops the report with DVC's own message."""
-    result = subprocess.run(["dvc", *args], cwd=cwd, capture_output=True, text=True)
+    """stdout of one dvc command; a failure stops the report with DVC's own error line."""
+    try:
+        result = subprocess.run(["dvc", *args], cwd=cwd, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise UserError("dvc not found: install the requirements (pip install -r requirements.txt) "
+                        "or activate their environment") from None
     if result.returncode != 0:
-        raise SystemExit(f"error: dvc {' '.join(args)} exited {result.returncode}:\n{result.stderr.strip()}")
+        raise UserError(f"dvc {' '.join(args[:2])} exited {result.returncode}: {cli.tool_error(result.stderr)}")
     return result.stdout.strip()
 
 
 def metrics_diff(base: str, new: str, cwd: Path) -> str:
-    return dvc(["metrics", "diff", base, new, "--targets", HEADLINE, "--no-path", "--precision", "4", "--md"], cwd)
+    # The headline files are the pipeline's only DVC metrics: no --targets needed.
+    return dvc(["metrics", "diff", base, new, "--precision", "4", "--md"], cwd)
 
 
 def params_diff(base: str, new: str, cwd: Path) -> str:
@@ -66,10 +77,13 @@ def main() -> int:
     args = parser.parse_args()
     text = report(args.base, args.new)
     if args.out:
-        args.out.write_text(text)
+        try:
+            args.out.write_text(text)
+        except OSError as exc:
+            raise UserError(f"cannot write --out {args.out}: {exc.strerror}") from None
     print(text)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run_command(main)

@@ -7,19 +7,29 @@ Usage:
     python scripts/sweep.py NAME NAME ...                    # or the experiments named
 
 Reads `dvc exp show --json` (only what it shows: experiments of HEAD unless `-A` is passed through `--exp-show`).
+Bad input or a failing `dvc` prints one `error: ...` line and exits with status 1.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from carbench import cli  # noqa: E402
+from carbench.errors import UserError  # noqa: E402
 from carbench.report import sweep  # noqa: E402
+
+
+def parse_where(items: list[str]) -> dict[str, str]:
+    """``KEY=VALUE`` strings -> {KEY: VALUE}."""
+    bad = [item for item in items if "=" not in item]
+    if bad:
+        raise UserError(f"--where {bad[0]!r}: expected KEY=VALUE, e.g. --where split.strategy=kfold")
+    return dict(item.split("=", 1) for item in items)
 
 
 def main() -> int:
@@ -30,14 +40,8 @@ def main() -> int:
     parser.add_argument("--exp-show", default="", help="extra `dvc exp show` arguments, e.g. '-A'")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of markdown")
     args = parser.parse_args()
-    where = dict(item.split("=", 1) for item in args.where)
-    result = subprocess.run(["dvc", "exp", "show", "--json", *args.exp_show.split()], capture_output=True,
-                            text=True)
-    if result.returncode != 0:
-        print(f"error: dvc exp show failed: {result.stderr.strip()}", file=sys.stderr)
-        return 1
-    runs = sweep.ordered(sweep.select(sweep.runs_from_exp_show(json.loads(result.stdout or "[]")), args.names,
-                                      where))
+    where = parse_where(args.where)
+    runs = sweep.ordered(sweep.select(sweep.runs_from_exp_show(sweep.exp_show(args.exp_show.split())), args.names, where))
     if not runs:
         print("error: no experiment matches (dvc exp show lists the experiments of HEAD)", file=sys.stderr)
         return 1
@@ -47,4 +51,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run_command(main)

@@ -12,10 +12,8 @@ def main() -> None:
     parser.add_argument("--knn", required=True, help="k-NN metrics directory (metrics/knn)")
     parser.add_argument("--out", required=True, help="summary directory (metrics/summary)")
     parser.add_argument("--plots", required=True, help="summary plots directory (plots/summary)")
-    parser.add_argument("--headline", required=True, help="flat headline metrics JSON (metrics/headline.json)")
     args = parser.parse_args()
-    aggregate.run(config.load_params(args.params), args.eval, args.train_live, args.knn, args.out, args.plots,
-                  args.headline)
+    aggregate.run(config.load_params(args.params), args.eval, args.train_live, args.knn, args.out, args.plots)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,10 @@ def main() -> None:
     parser.add_argument("--metrics", required=True, help="metrics JSON (metrics/eval/<name>.json)")
     parser.add_argument("--plots", required=True, help="plots directory (plots/eval/<name>)")
     parser.add_argument("--tables", required=True, help="tables directory (metrics/eval/<name>)")
+    parser.add_argument("--headline", required=True, help="top-1 and macro-F1 JSON (metrics/headline/<name>.json)")
     args = parser.parse_args()
     evaluate.run(config.load_params(args.params), args.name, args.crops, args.models, args.metrics, args.plots,
-                 args.tables)
+                 args.tables, args.headline)
 
 
 if __name__ == "__main__":

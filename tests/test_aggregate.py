@@ -117,23 +117,9 @@ def test_aggregate_stage_script(inputs, tmp_path, monkeypatch, params_path):
     params, ev, train, knn = inputs
     monkeypatch.setattr(sys, "argv", ["aggregate.py", "--params", str(params_path), "--eval", str(ev),
                                       "--train-live", str(train), "--knn", str(knn), "--out",
-                                      str(tmp_path / "out"), "--plots", str(tmp_path / "pl"),
-                                      "--headline", str(tmp_path / "headline.json")])
+                                      str(tmp_path / "out"), "--plots", str(tmp_path / "pl")])
     runpy.run_path(str(ROOT / "stages" / "aggregate.py"), run_name="__main__")
     assert len(pd.read_csv(tmp_path / "out" / "summary.csv")) == len(params.experiments)
-    assert set(json.loads((tmp_path / "headline.json").read_text())) == set(params.experiments)
-
-
-def test_headline_is_flat_nine_experiments_by_headline_columns(inputs, tmp_path):
-    params, ev, train, knn = inputs
-    table = A.build_table(params, ev, train, knn)
-    A.write_headline(table, tmp_path / "headline.json")
-    headline = json.loads((tmp_path / "headline.json").read_text())
-    assert set(headline) == set(params.experiments)
-    for name, values in headline.items():
-        assert set(values) == set(A.HEADLINE_COLUMNS), name
-        row = table.set_index("experiment").loc[name]
-        assert values["top1"] == pytest.approx(row["top1"], abs=1e-4)
 
 
 def test_summary_has_intervals_and_paired_test_against_the_best(inputs, tmp_path):
@@ -173,12 +159,11 @@ def test_aggregate_stage_loads_no_torch(inputs, tmp_path, params_path):
 
     params, ev, train, knn = inputs
     argv = ["aggregate.py", "--params", str(params_path), "--eval", str(ev), "--train-live", str(train),
-            "--knn", str(knn), "--out", str(tmp_path / "out"), "--plots", str(tmp_path / "pl"),
-            "--headline", str(tmp_path / "headline.json")]
+            "--knn", str(knn), "--out", str(tmp_path / "out"), "--plots", str(tmp_path / "pl")]
     code = (f"import sys, runpy; sys.argv = {argv!r}\n"
             f"runpy.run_path({str(ROOT / 'stages' / 'aggregate.py')!r}, run_name='__main__')\n"
             "print('torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "headline.json").exists()
+    assert (tmp_path / "out" / "summary.csv").exists()
     assert done.stdout.strip().splitlines()[-1] == "False"

@@ -6,6 +6,7 @@ import io
 import json
 import shutil
 import tarfile
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from carbench.errors import DataError
 from carbench.data.layouts import open_local
 from carbench.data.manifest import read_manifest
 from carbench.data.matfiles import BOX_FIELDS, MatAnnotation, read_annotations, write_annotations
+from carbench.data.sources import Route, load_sources
 from carbench.data.split import run_split
 from carbench.data.store import load_split
 
@@ -69,6 +71,23 @@ def test_unreadable_jpeg(source, tmp_path):
     with pytest.raises(DataError, match=r"cars_train_annos\.mat row 2: not a readable image.*00002\.jpg"):
         _download(source, tmp_path)
     _assert_no_download_output(tmp_path)
+
+
+def test_not_an_image_names_the_file_and_the_way_forward(source, tmp_path):
+    bad = source / "cars_train" / "00002.jpg"
+    bad.write_bytes(b"Just some notes, saved with the wrong name.\n" * 4)
+    with pytest.raises(DataError) as info:
+        _download(source, tmp_path)
+    message = str(info.value)
+    assert message.endswith(f"row 2: not a readable image: no known image format (image {bad}); "
+                            "fix or remove it, or set data.skip_bad_images: true to skip bad images")
+    assert " object at 0x" not in message and "\n" not in message
+
+
+def test_every_refused_image_names_the_skip_option(source, tmp_path):
+    (source / "cars_train" / "00003.jpg").write_bytes(b"")
+    with pytest.raises(DataError, match=r"00003\.jpg\); fix or remove it, or set data\.skip_bad_images: true"):
+        _download(source, tmp_path)
 
 
 def test_zero_byte_file(source, tmp_path):
@@ -195,10 +214,12 @@ def test_md5_mismatch_on_every_url(http_server, tmp_path):
     official = ("cars_train.tgz", "cars_test.tgz", "car_devkit.tgz", "cars_test_annos_withlabels.mat")
     http_server.files.update({name: b"tampered" for name in official})
     raw = repo_params({"data": {"source": "auto", "cache_dir": str(tmp_path / "cache")}})
-    raw["data"]["routes"] = [{"name": "loopback", "kind": "urls", "files": {
-        name: {"urls": [http_server.url(name)], "md5": hashlib.md5(b"genuine").hexdigest()} for name in official}}]
+    route = {"name": "loopback", "kind": "urls", "files": {
+        name: {"urls": [http_server.url(name)], "md5": hashlib.md5(b"genuine").hexdigest()} for name in official}}
+    sources = replace(load_sources(), routes=(build(Route, route, "routes[0]"),))
     with pytest.raises(DataError, match=r"loopback \(urls .*could not download cars_train\.tgz: .*md5 mismatch"):
-        run_download(build(DataConfig, raw["data"], "data"), 0, tmp_path / "raw", tmp_path / "data.json")
+        run_download(build(DataConfig, raw["data"], "data"), 0, tmp_path / "raw", tmp_path / "data.json",
+                     sources=sources)
     _assert_no_download_output(tmp_path)
     assert not (tmp_path / "cache" / "loopback" / "cars_train.tgz").exists()
 
@@ -226,10 +247,15 @@ def test_truncated_jpeg_fails_the_crop_stage(source, tmp_path, workers):
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_skip_bad_images_at_crop_lists_them(source, tmp_path, workers):
+def test_skip_bad_images_at_crop_lists_them(source, tmp_path, workers, capsys):
     _truncate(source / "cars_test" / "00002.jpg")
     _download(source, tmp_path)
+    capsys.readouterr()
     metrics = _split_and_crop(tmp_path, skip=True, workers=workers)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert err == [f"warning: crop skipped 1 unreadable image(s) (data.skip_bad_images: true); "
+                   f"listed under 'skipped' in {tmp_path / 'crop.json'}"]
+    assert " object at 0x" not in metrics["skipped"][0]["reason"]
     assert [s["image"] for s in metrics["skipped"]] == ["cars_test/00002.jpg"]
     test = load_split(tmp_path / "crops", "test")
     assert "cars_test/00002.jpg" not in test.names and len(test.images) == len(test.names) == metrics["counts"]["test"]
@@ -263,6 +289,14 @@ def test_png_cmyk_and_16_bit_images_are_decoded_by_content(source, tmp_path):
         row = read_manifest(tmp_path / "raw").set_index("image").loc[image]
         expected = np.asarray(crop_box(reference, tuple(row[["x1", "y1", "x2", "y2"]]), 0.0, crop.shape[0], False))
         assert np.abs(crop - expected).mean() < 4.0, name
+
+
+def test_crop_store_records_where_the_images_came_from(source, tmp_path):
+    """The data source travels data/raw -> data/crops -> best.pt, so predict can warn about a demo model."""
+    _download(source, tmp_path)
+    _split_and_crop(tmp_path)
+    recorded = json.loads((tmp_path / "raw" / "classes.json").read_text())["source"]
+    assert json.loads((tmp_path / "crops" / "meta.json").read_text())["source"] == recorded == "torchvision"
 
 
 def test_sources_are_never_modified(source, tmp_path):

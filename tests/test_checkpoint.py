@@ -85,3 +85,14 @@ def test_bad_checkpoint_files_are_user_errors(tmp_path):
     torch.save({"format": "other"}, tmp_path / "x.pt")
     with pytest.raises(UserError, match="not a carbench checkpoint"):
         load_classifier(tmp_path / "x.pt", "cpu")
+
+
+def test_checkpoint_records_the_data_source(tmp_path):
+    exp = parse_params(repo_params()).experiments["cnn_bn_dropout"]
+    t = dataclasses.replace(exp.train, image_size=16)
+    model = build_model(exp.model, len(NAMES), pretrained=False)
+    save_checkpoint(make_checkpoint(model, exp.model, t, NAMES, 1, 0.5, {}, {}, data_source="synthetic"),
+                    tmp_path / "best.pt")
+    assert load_classifier(tmp_path / "best.pt", "cpu")[1]["data_source"] == "synthetic"
+    write_checkpoint(tmp_path / "other.pt")                   # a caller that does not say: recorded as unknown
+    assert torch.load(tmp_path / "other.pt", weights_only=True)["data_source"] == ""

@@ -87,3 +87,52 @@ def test_cuda_requested_without_a_gpu_is_one_error_line(tmp_path):
     """)
     assert result.returncode == 1
     assert result.stderr.strip() == "error: base.device is 'cuda' but torch sees no CUDA device; set base.device to auto or cpu"
+
+
+def test_closed_stdout_pipe_exits_141_without_a_traceback(tmp_path):
+    """`command | head -1`: the reader is gone before the output is flushed."""
+    script = tmp_path / "cmd.py"
+    script.write_text(textwrap.dedent("""
+        from carbench.cli import run_command
+        def main():
+            for i in range(5):
+                print(f"{i}. line")
+            return 0
+        run_command(main)
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and err == ""
+
+
+def test_command_user_error_is_one_line_and_warnings_lose_their_source_line(tmp_path):
+    result = _run_script(tmp_path, """
+        import warnings
+        from carbench.cli import run_command
+        from carbench.errors import DataWarning, UserError
+        def main():
+            warnings.warn("skipped 2 bad image(s); see metrics", DataWarning)
+            raise UserError("a vs b: not evaluated on the same test images")
+        run_command(main)
+    """)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == ["warning: skipped 2 bad image(s); see metrics",
+                                          "error: a vs b: not evaluated on the same test images"]
+
+
+def test_command_exit_status_is_mains():
+    from carbench.cli import run_command
+
+    run_command(lambda: 0)                    # success: no SystemExit, as a console entry point expects
+    with pytest.raises(SystemExit) as info:
+        run_command(lambda: 3)
+    assert info.value.code == 3
+
+
+def test_tool_error_is_the_error_line_of_dvc():
+    from carbench.cli import tool_error
+
+    stderr = "ERROR: unknown Git revision 'nope'\n\nHaving any troubles? Hit us up at https://dvc.org/support\n"
+    assert tool_error(stderr) == "ERROR: unknown Git revision 'nope'"
+    assert tool_error("something\nbroke\n") == "broke" and tool_error("") == "(no message)"

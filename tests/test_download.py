@@ -7,6 +7,7 @@ import hashlib
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from carbench.data.crop import run_crop
 from carbench.data.download import run_download
 from carbench.errors import DataError
 from carbench.data.fingerprint import write_reference
+from carbench.data.sources import ExpectedData, Route, Sources, load_sources
 from carbench.data.split import run_split
 from carbench.data.store import SPLITS, load_split
 
@@ -83,16 +85,28 @@ def expected(synthetic_source, tmp_path_factory) -> dict:
             "annotations": str(reference)}
 
 
-def _data(tmp_path, expected: dict, routes: list, **extra) -> DataConfig:
+class Case(NamedTuple):
+    """One download: the ``data`` section and the sources (fingerprint and routes) it is given."""
+
+    data: DataConfig
+    sources: Sources
+
+
+def _data(tmp_path, expected: dict, routes: list, **extra) -> Case:
     raw = repo_params({"data": {"source": "auto", "cache_dir": str(tmp_path / "cache"), "timeout_s": TIMEOUT_S,
-                                "expected": expected, **extra}})
-    raw["data"]["routes"] = routes
-    return build(DataConfig, raw["data"], "data")
+                                **extra}})
+    sources = Sources(expected=build(ExpectedData, expected, "expected"),
+                      routes=tuple(build(Route, r, f"routes[{i}]") for i, r in enumerate(routes)))
+    return Case(build(DataConfig, raw["data"], "data"), sources)
 
 
-def _crops(data: DataConfig, work: Path, offline: bool = False) -> tuple[dict, dict]:
+def _download(case: Case, out_dir: Path, metrics_path, offline: bool = False) -> dict:
+    return run_download(case.data, SEED, out_dir, metrics_path, offline=offline, sources=case.sources)
+
+
+def _crops(data: Case, work: Path, offline: bool = False) -> tuple[dict, dict]:
     """Download, split and crop into ``work``; return (download metrics, split -> crop images)."""
-    metrics = run_download(data, SEED, work / "raw", work / "data.json", offline=offline)
+    metrics = _download(data, work / "raw", work / "data.json", offline=offline)
     run_split(split_config(), SEED, work / "raw", work / "split", None, None)
     run_crop(crop_config(), False, work / "raw", work / "split", work / "crops", None, None)
     return metrics, {s: load_split(work / "crops", s) for s in SPLITS}
@@ -127,7 +141,7 @@ def test_kaggle_torchvision_route(synthetic_source, expected, baseline, tmp_path
 def test_kaggle_route_pins_a_version(synthetic_source, expected, tmp_path, monkeypatch):
     kaggle = FakeKaggle(monkeypatch, {"owner/tv-cars/versions/3": packagings.kaggle_torchvision(synthetic_source, tmp_path / "k")})
     data = _data(tmp_path, expected, [{"name": "k", "kind": "kaggle", "ref": "owner/tv-cars", "revision": "3"}])
-    assert run_download(data, SEED, tmp_path / "raw", None)["route"] == "k" and kaggle.calls == ["owner/tv-cars/versions/3"]
+    assert _download(data, tmp_path / "raw", None)["route"] == "k" and kaggle.calls == ["owner/tv-cars/versions/3"]
 
 
 def test_kaggle_copy_without_test_labels_takes_the_pinned_file(synthetic_source, expected, baseline, tmp_path,
@@ -148,7 +162,7 @@ def test_kaggle_copy_without_test_labels_and_no_pinned_file_is_rejected(syntheti
     FakeKaggle(monkeypatch, {"owner/nested-cars": packagings.kaggle_jessicali(synthetic_source, tmp_path / "k")})
     data = _data(tmp_path, expected, [{"name": "kaggle-nested", "kind": "kaggle", "ref": "owner/nested-cars"}])
     with pytest.raises(DataError, match=r"kaggle-nested .*rejected: .*cars_test_annos_withlabels\.mat is missing"):
-        run_download(data, SEED, tmp_path / "raw", tmp_path / "data.json")
+        _download(data, tmp_path / "raw", tmp_path / "data.json")
     assert not (tmp_path / "raw").exists() and not (tmp_path / "data.json").exists()
 
 
@@ -198,7 +212,7 @@ def test_hugging_face_file_with_a_wrong_md5_is_refused(synthetic_source, expecte
     FakeHub(monkeypatch, _hub_all_in_one(synthetic_source, tmp_path / "hub"), {})
     route = _hub_route(files={"car_ims.tgz": {"md5": "0" * 32}, "cars_annos.mat": {}})
     with pytest.raises(DataError, match=r"hf-all-in-one .*failed: .*car_ims\.tgz: md5 mismatch"):
-        run_download(_data(tmp_path, expected, [route]), SEED, tmp_path / "raw", None)
+        _download(_data(tmp_path, expected, [route]), tmp_path / "raw", None)
 
 
 def test_parquet_route_has_no_boxes_but_the_same_labels(synthetic_source, expected, baseline, tmp_path,
@@ -227,7 +241,7 @@ def test_a_wrong_label_is_rejected_naming_the_image_and_the_next_route_wins(synt
     FakeHub(monkeypatch, _hub_all_in_one(synthetic_source, tmp_path / "hub", edit=_relabel), {})
     FakeKaggle(monkeypatch, {"owner/tv-cars": packagings.kaggle_torchvision(synthetic_source, tmp_path / "k")})
     routes = [_hub_route(), {"name": "kaggle-tv", "kind": "kaggle", "ref": "owner/tv-cars"}]
-    metrics = run_download(_data(tmp_path, expected, routes), SEED, tmp_path / "raw", None)
+    metrics = _download(_data(tmp_path, expected, routes), tmp_path / "raw", None)
     assert metrics["route"] == "kaggle-tv"
     first = metrics["attempts"][0]
     assert first["route"] == "hf-all-in-one" and first["result"].startswith("rejected: ")
@@ -238,7 +252,7 @@ def test_a_wrong_label_is_rejected_naming_the_image_and_the_next_route_wins(synt
 def test_a_missing_image_is_rejected_naming_it(synthetic_source, expected, tmp_path, monkeypatch):
     FakeHub(monkeypatch, _hub_all_in_one(synthetic_source, tmp_path / "hub", edit=lambda rows: rows[1:]), {})
     with pytest.raises(DataError) as info:
-        run_download(_data(tmp_path, expected, [_hub_route()]), SEED, tmp_path / "raw", tmp_path / "data.json")
+        _download(_data(tmp_path, expected, [_hub_route()]), tmp_path / "raw", tmp_path / "data.json")
     message = str(info.value)
     first = packagings.annotations(synthetic_source)
     order = sorted(range(len(first)), key=lambda i: (first[i][1].official_class, -i))
@@ -258,7 +272,7 @@ def test_offline_forbids_every_download(synthetic_source, expected, tmp_path, mo
               {"name": "web", "kind": "urls", "files": {"x.tgz": {"urls": [http_server.url("x.tgz")]}}},
               _hub_route()]
     with pytest.raises(DataError) as info:
-        run_download(_data(tmp_path, expected, routes), SEED, tmp_path / "raw", None, offline=how == "param")
+        _download(_data(tmp_path, expected, routes), tmp_path / "raw", None, offline=how == "param")
     assert kaggle.calls == [] and hub.calls == [] and http_server.requests == []
     assert str(info.value).count("skipped: downloads are off") == 3 and "turn that off" in str(info.value)
 
@@ -270,11 +284,11 @@ def test_kaggle_refusal_names_the_credentials_and_never_prints_them(expected, tm
     monkeypatch.delenv("KAGGLE_KEY", raising=False)
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "no-kaggle-dir"))
     with pytest.raises(DataError, match=r"403 .*no Kaggle credentials are set.*KAGGLE_USERNAME and KAGGLE_KEY"):
-        run_download(data, SEED, tmp_path / "raw", None)
+        _download(data, tmp_path / "raw", None)
     monkeypatch.setenv("KAGGLE_USERNAME", "someone")
     monkeypatch.setenv("KAGGLE_KEY", "s3cret-token-value")
     with pytest.raises(DataError) as info:
-        run_download(data, SEED, tmp_path / "raw", None)
+        _download(data, tmp_path / "raw", None)
     assert "credentials are set" in str(info.value) and "s3cret-token-value" not in str(info.value)
 
 
@@ -282,16 +296,18 @@ def test_a_missing_client_package_is_named(expected, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "kagglehub", None)   # import kagglehub -> ImportError
     data = _data(tmp_path, expected, [{"name": "kaggle", "kind": "kaggle", "ref": "owner/x"}])
     with pytest.raises(DataError, match=r"pip install kagglehub"):
-        run_download(data, SEED, tmp_path / "raw", None)
+        _download(data, tmp_path / "raw", None)
 
 
 def test_the_default_params_take_the_first_route_with_no_flag(synthetic_source, expected, tmp_path, monkeypatch):
-    """params.yaml as committed (source auto), on a machine where Kaggle answers: the first route wins."""
+    """params.yaml as committed (source auto) and the shipped sources file, on a machine where Kaggle answers:
+    the first route wins."""
     kaggle = FakeKaggle(monkeypatch, {"rickyyyyyyy/torchvision-stanford-cars":
                                       packagings.kaggle_torchvision(synthetic_source, tmp_path / "k")})
-    raw = repo_params({"data": {"expected": expected, "cache_dir": str(tmp_path / "cache")}})
+    raw = repo_params({"data": {"cache_dir": str(tmp_path / "cache")}})
     assert raw["data"]["source"] == "auto"
-    metrics = run_download(build(DataConfig, raw["data"], "data"), SEED, tmp_path / "raw", None)
+    sources = replace(load_sources(), expected=build(ExpectedData, expected, "expected"))  # the shipped routes
+    metrics = run_download(build(DataConfig, raw["data"], "data"), SEED, tmp_path / "raw", None, sources=sources)
     assert metrics["route"] == "kaggle-torchvision" and kaggle.calls == ["rickyyyyyyy/torchvision-stanford-cars"]
 
 
@@ -313,7 +329,7 @@ def test_real_photos_give_identical_crops_in_every_packaging(shared_data, tmp_pa
     split = split_config(allow_missing_classes=True)
 
     def crops(data, work):
-        metrics = run_download(data, SEED, work / "raw", None)
+        metrics = _download(data, work / "raw", None)
         run_split(split, SEED, work / "raw", work / "split", None, None)
         run_crop(crop_config(size=64, workers=2), False, work / "raw", work / "split", work / "crops", None, None)
         return metrics, {s: load_split(work / "crops", s) for s in SPLITS}

@@ -2,7 +2,9 @@
 
 The imports are derived here from the code itself (the stage script, then every ``carbench`` module it
 imports, transitively, lazy imports inside functions included), so a new import without its dvc.yaml dep
-(a change there that `dvc status` would call up to date) fails this test, and so does a stale dep.
+(a change there that `dvc status` would call up to date) fails this test, and so does a stale dep. The same holds
+for the data files in src/carbench/resources/: a stage depends on exactly those its code names (a string literal
+equal to the file name), plus those a named text resource names in turn (sources.yaml names the annotations).
 """
 from __future__ import annotations
 
@@ -16,6 +18,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "carbench"
 SRC = ROOT / "src" / PACKAGE
+RESOURCES = SRC / "resources"
+#: Resources read as text, which may name other resources.
+TEXT_RESOURCES = (".yaml", ".yml", ".json", ".txt", ".csv")
 
 
 def _module_file(module: str) -> Path | None:
@@ -73,6 +78,29 @@ def imported_files(script: Path) -> set[str]:
     return {p.relative_to(ROOT).as_posix() for p in seen}
 
 
+def _string_literals(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    return {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+
+
+def resource_files(code: set[str]) -> set[str]:
+    """The files of src/carbench/resources/ that the ``code`` files name, and those named by a named text resource."""
+    by_name = {p.name: p for p in RESOURCES.iterdir() if p.is_file()}
+    literals = set().union(*(_string_literals(ROOT / f) for f in code if f.endswith(".py")))
+    found = {p for name, p in by_name.items() if name in literals}
+    todo = list(found)
+    while todo:
+        resource = todo.pop()
+        if resource.suffix not in TEXT_RESOURCES:
+            continue
+        text = resource.read_text()
+        for name, p in by_name.items():
+            if p not in found and name in text:
+                found.add(p)
+                todo.append(p)
+    return {p.relative_to(ROOT).as_posix() for p in found}
+
+
 def _stages() -> dict[str, dict]:
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     return {name: stage.get("do", stage) for name, stage in stages.items()}
@@ -90,6 +118,23 @@ def test_stage_code_deps_are_exactly_its_imports(name):
     have = {d for d in stage.get("deps", []) if isinstance(d, str) and _is_code(d)}
     assert have == want, (f"dvc.yaml stage {name!r}: missing {sorted(want - have)}, stale {sorted(have - want)}; "
                           f"its code deps should be:\n" + "\n".join(f"  - {d}" for d in sorted(want)))
+
+
+@pytest.mark.parametrize("name", sorted(_stages()))
+def test_stage_resource_deps_are_exactly_the_resources_its_code_names(name):
+    stage = _stages()[name]
+    script = re.search(r"python (stages/\S+\.py)", stage["cmd"]).group(1)
+    want = resource_files(imported_files(ROOT / script))
+    prefix = RESOURCES.relative_to(ROOT).as_posix() + "/"
+    have = {d for d in stage.get("deps", []) if isinstance(d, str) and d.startswith(prefix)}
+    assert have == want, f"dvc.yaml stage {name!r}: missing resource deps {sorted(want - have)}, stale {sorted(have - want)}"
+
+
+def test_the_resource_walk_follows_code_then_resources():
+    """The download code names sources.yaml, which names the annotations; the crop code names neither."""
+    assert resource_files(imported_files(ROOT / "stages" / "download.py")) == {
+        "src/carbench/resources/sources.yaml", "src/carbench/resources/stanford_cars_annotations.csv.gz"}
+    assert resource_files(imported_files(ROOT / "stages" / "crop.py")) == set()
 
 
 def test_the_import_walk_sees_relative_lazy_and_package_imports(tmp_path):

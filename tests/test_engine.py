@@ -343,3 +343,14 @@ def test_train_stage_offline_stops_before_downloading_weights(tmp_path, store):
     assert result.stderr.startswith("error: pretrained weights ResNet50_Weights.IMAGENET1K_V2 are not available")
     assert "offline mode is on (base.offline: true" in result.stderr and "downloading" not in result.stderr
     assert not (tmp_path / "models").exists() and not (tmp_path / "torch" / "hub" / "checkpoints").exists()
+
+
+def test_checkpoint_records_the_crop_store_data_source(tmp_path, store):
+    import shutil
+
+    synthetic = shutil.copytree(store, tmp_path / "crops")
+    meta = json.loads((synthetic / "meta.json").read_text())
+    (synthetic / "meta.json").write_text(json.dumps({**meta, "source": "synthetic"}))
+    exp, base = tiny(train={"epochs": 0})
+    out, _ = run(tmp_path, synthetic, exp, base, "a")
+    assert torch.load(out / "best.pt", weights_only=True)["data_source"] == "synthetic"

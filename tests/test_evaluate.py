@@ -28,9 +28,10 @@ NUMERIC_KEYS = ("top1", "top5", "loss", "f1_macro", "f1_weighted", "precision_ma
 def run_evaluate(world, name: str) -> tuple[dict, dict]:
     """evaluate_experiment into the conventional paths; returns (result, the paths)."""
     paths = {"metrics": world.root / "metrics" / "eval" / f"{name}.json",
-             "plots": world.root / "plots" / "eval" / name, "tables": world.root / "metrics" / "eval" / name}
+             "plots": world.root / "plots" / "eval" / name, "tables": world.root / "metrics" / "eval" / name,
+             "headline": world.root / "metrics" / "headline" / f"{name}.json"}
     result = E.evaluate_experiment(world.params, name, world.crops, world.models, paths["metrics"], paths["plots"],
-                                   paths["tables"], "cpu")
+                                   paths["tables"], paths["headline"], "cpu")
     return result, paths
 
 
@@ -48,6 +49,9 @@ def test_evaluate_writes_every_output(tmp_path, name):
     result, paths = run_evaluate(world, name)
     saved = json.loads(paths["metrics"].read_text())
     assert saved == pytest.approx(result)
+    # The headline (the only DVC metrics): top-1 and macro-F1, rounded, nothing else.
+    assert json.loads(paths["headline"].read_text()) == {"top1": round(saved["top1"], 4),
+                                                          "f1_macro": round(saved["f1_macro"], 4)}
     for key in NUMERIC_KEYS:
         assert isinstance(saved[key], (int, float)), key
     assert saved["num_test"] == N_TEST and saved["config"] == world.params.experiments[name].config
@@ -144,10 +148,12 @@ def test_stage_scripts_embed_knn_evaluate(tmp_path, monkeypatch):
                           "--out", model, "--metrics", f"metrics/knn/{RETRIEVAL}.json")
     cmd = [sys.executable, str(ROOT / "stages" / "evaluate.py"), "--params", params, "--name", RETRIEVAL,
            "--crops", "data/crops", "--models", "models", "--metrics", f"metrics/eval/{RETRIEVAL}.json",
-           "--plots", f"plots/eval/{RETRIEVAL}", "--tables", f"metrics/eval/{RETRIEVAL}"]
+           "--plots", f"plots/eval/{RETRIEVAL}", "--tables", f"metrics/eval/{RETRIEVAL}",
+           "--headline", f"metrics/headline/{RETRIEVAL}.json"]
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "metrics" / "eval" / f"{RETRIEVAL}.json").read_text())["num_test"] == N_TEST
+    assert set(json.loads((tmp_path / "metrics" / "headline" / f"{RETRIEVAL}.json").read_text())) == {"top1", "f1_macro"}
     assert (tmp_path / "metrics" / "knn" / f"{RETRIEVAL}.json").is_file()
 
 

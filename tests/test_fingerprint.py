@@ -6,16 +6,16 @@ from pathlib import Path
 
 import scipy.io
 
-from carbench.config import load_params
 from carbench.data.fingerprint import (canonical_order, differences, digest, fingerprint, read_reference,
                                   write_reference)
 from carbench.data.layouts import SourceImage, open_local
 from carbench.data.matfiles import read_all_in_one
+from carbench.data.sources import load_sources
 
-from conftest import ROOT, SYNTHETIC_TINY
+from conftest import SYNTHETIC_TINY
 from packagings import reference_lines
 
-PARAMS = load_params(ROOT / "params.yaml")
+EXPECTED = load_sources().expected   # the shipped src/carbench/resources/sources.yaml
 
 
 def _plain_sha256(lines) -> str:
@@ -51,26 +51,26 @@ def test_boxless_source_has_only_a_labels_fingerprint():
 
 
 def test_real_devkit_matches_the_pinned_fingerprint_in_both_packagings(shared_data):
-    """The split devkit (train annos + test labels) and the all-in-one cars_annos.mat give params' value."""
+    """The split devkit (train annos + test labels) and the all-in-one cars_annos.mat give the pinned value."""
     devkit = shared_data / "stanford-cars-devkit"
     split_lines = reference_lines(devkit)
     annos = scipy.io.loadmat(devkit / "cars_annos.mat", squeeze_me=True)["annotations"]
     all_in_one = [f"{'test' if r['test'] else 'train'},{r['class']},{r['bbox_x1']},{r['bbox_y1']},"
                   f"{r['bbox_x2']},{r['bbox_y2']}" for r in annos]
-    expected = PARAMS.data.expected
+    expected = EXPECTED
     assert _plain_sha256(split_lines) == _plain_sha256(all_in_one) == expected.sha256
     assert _plain_sha256(",".join(x.split(",")[:2]) for x in all_in_one) == expected.labels_sha256
     assert sum(x.startswith("train,") for x in all_in_one) == expected.train == 8144
     assert sum(x.startswith("test,") for x in all_in_one) == expected.test == 8041
-    assert sorted(read_reference(ROOT / expected.annotations)) == sorted(all_in_one)
+    assert sorted(read_reference(expected.annotations)) == sorted(all_in_one)
     names, rows = read_all_in_one(devkit / "cars_annos.mat")  # our reader agrees with plain scipy
     assert len(names) == 196 and [f"{'test' if r.test else 'train'},{r.official_class},"
                                   + ",".join(map(str, r.box)) for r in rows] == all_in_one
 
 
 def test_shipped_reference_lines_hash_to_the_pinned_fingerprint():
-    expected = PARAMS.data.expected
-    lines = read_reference(ROOT / expected.annotations)
+    expected = EXPECTED
+    lines = read_reference(expected.annotations)
     assert digest(lines) == expected.sha256 and len(lines) == expected.train + expected.test
 
 

@@ -150,7 +150,7 @@ def test_extra_folder_errors_are_named(tmp_path):
 def _exp_show(values):
     revs = [{"rev": f"r{i}", "name": f"fold{i}", "data": {
         "params": {"params.yaml": {"data": {"split": {"strategy": "kfold", "fold": i}, "base": {"seed": 0}}}},
-        "metrics": {"metrics/eval/cnn_basic.json": {"data": {"top1": v, "f1_macro": v - 0.1, "loss": 1.0}},
+        "metrics": {"metrics/headline/cnn_basic.json": {"data": {"top1": v, "f1_macro": v - 0.1, "loss": 1.0}},
                     "metrics/split.json": {"data": {"counts": {}}}}}} for i, v in enumerate(values)]
     return [{"rev": "workspace", "data": {}}, {"rev": "abc", "name": "main", "data": {},
                                                "experiments": [{"revs": [r]} for r in revs]}]
@@ -196,3 +196,60 @@ def test_compare_script_prints_intervals_and_the_paired_test(tmp_path):
     rows = {line.split(" | ")[0].strip("| "): line for line in out.splitlines() if line.startswith("| ")}
     assert rows["a"].endswith("| best |") and rows["b"].endswith("| 1.0000 |")     # identical predictions: p = 1
     assert "0.9000 [" in rows["a"] and "e-" in rows["c"]
+
+
+def _write_predictions(folder, images: int) -> None:
+    folder.mkdir(parents=True)
+    true = np.arange(images) % 4
+    pd.DataFrame({"image": [f"i{k}" for k in range(images)], "true": true, "predicted": true,
+                  "correct": 1}).to_csv(folder / "predictions.csv", index=False)
+
+
+def _script(name: str, *args: str, env: dict | None = None):
+    import os
+    import subprocess
+    import sys
+    from conftest import ROOT
+
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / name), *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+
+
+def test_compare_script_on_runs_of_two_datasets_is_one_error_line(tmp_path):
+    _write_predictions(tmp_path / "a", 20)
+    _write_predictions(tmp_path / "b", 30)
+    result = _script("compare.py", "--eval", str(tmp_path), "--bootstrap", "10")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "error: b vs a: the two experiments were not evaluated on the same test images (30 vs 20); "
+        "a paired test needs the same split"]
+
+
+def test_compare_script_names_a_missing_experiment(tmp_path):
+    _write_predictions(tmp_path / "a", 20)
+    result = _script("compare.py", "--eval", str(tmp_path), "a", "nope")
+    assert result.returncode == 1 and len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith(f"error: missing per-image predictions: {tmp_path / 'nope' / 'predictions.csv'}")
+
+
+def _fake_dvc(tmp_path) -> dict:
+    """PATH with a `dvc` that fails the way DVC does: an ERROR line, then blank and help lines."""
+    import os
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "dvc"
+    fake.write_text("#!/bin/sh\nprintf \"ERROR: unknown Git revision 'nope'\\n\\nHaving any troubles? Hit us up "
+                    "at https://dvc.org/support\\n\" >&2\nexit 255\n")
+    fake.chmod(0o755)
+    return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+
+
+def test_sweep_script_errors_are_one_line(tmp_path):
+    result = _script("sweep.py", "--where", "split.strategy")
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == ["error: --where 'split.strategy': expected KEY=VALUE, "
+                                          "e.g. --where split.strategy=kfold"]
+    result = _script("sweep.py", env=_fake_dvc(tmp_path))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == ["error: dvc exp show failed: ERROR: unknown Git revision 'nope'"]

@@ -38,3 +38,40 @@ def test_params_yaml_is_restored_byte_for_byte_even_when_the_run_fails(tmp_path)
     status = _load().run_keeping_params([sys.executable, "-c", rewrite], tmp_path)
     assert status == 3
     assert (tmp_path / "params.yaml").read_bytes() == original
+
+
+def _script(name: str, *args: str, env: dict | None = None):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / name), *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+
+
+def test_help_says_what_passes_through_to_dvc_exp_run():
+    result = _script("offline.py", "--help")
+    assert result.returncode == 0
+    assert "passes through to `dvc exp run`" in result.stdout
+    for option in ("-n NAME", "-S KEY=VALUE", "STAGE ..."):
+        assert option in result.stdout, option
+
+
+def test_missing_overrides_file_is_one_error_line(tmp_path):
+    result = _script("offline.py", "--overrides", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [f"error: overrides file not found: {tmp_path / 'nope.yaml'} "
+                                          "(see --overrides)"]
+
+
+def test_review_report_shows_only_dvc_s_error_line(tmp_path):
+    import os
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "dvc").write_text("#!/bin/sh\nprintf \"ERROR: unknown Git revision 'nope'\\n\\nHaving any troubles? "
+                                 "Hit us up at https://dvc.org/support\\n\" >&2\nexit 255\n")
+    (bin_dir / "dvc").chmod(0o755)
+    result = _script("review_report.py", "base", "nope", env={"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.splitlines() == ["error: dvc metrics diff exited 255: ERROR: unknown Git revision 'nope'"]

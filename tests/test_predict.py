@@ -48,8 +48,11 @@ def _ranked(stdout: str) -> list[tuple[str, float]]:
 def test_prints_five_distinct_classes(world, name, capsys, tmp_path):
     P.main(_argv(world, "--experiment", name, "--box", ",".join(map(str, BOX)), "--out", str(tmp_path / "nn.png")))
     ranked = _ranked(capsys.readouterr().out)
-    assert len(ranked) == 5 and len({n for n, _ in ranked}) == 5
+    # k-NN: only the classes its k = 3 neighbours voted for, never padded with unscored ones
+    expected = 5 if name == "cnn_basic" else len({n for n, _ in ranked})
+    assert len(ranked) == expected and len({n for n, _ in ranked}) == expected
     assert {n for n, _ in ranked} <= set(CLASS_NAMES)
+    assert all(p > 0 for _, p in ranked)
     assert sum(p for _, p in ranked) <= 1.0 + 5e-4                     # printed with 4 decimals
     assert [p for _, p in ranked] == sorted((p for _, p in ranked), reverse=True)
     assert (tmp_path / "nn.png").is_file() == (name == RETRIEVAL)
@@ -91,6 +94,81 @@ def test_bad_input_is_one_error_line(world, capsys, extra, message):
         P.main(argv)
     err = capsys.readouterr().err.strip()
     assert info.value.code == 1 and len(err.splitlines()) == 1 and err.startswith("error:") and message in err
+
+
+def test_knn_top_classes_are_only_the_scored_ones(world, tmp_path):
+    ranked, _ = P.predict_image(world.photo, RETRIEVAL, None, world.models, world.crops, None, tmp_path / "none")
+    assert 1 <= len(ranked) <= world.params.experiments[RETRIEVAL].knn.k < 5
+    assert all(p > 0 for _, p in ranked) and sum(p for _, p in ranked) == pytest.approx(1.0, abs=1e-5)
+    probs = np.array([0.5, 0.0, 0.25, 0.25, 0.0, 0.0])
+    assert P.top_classes(probs, CLASS_NAMES, scored_only=True) == \
+        [(CLASS_NAMES[0], 0.5), (CLASS_NAMES[2], 0.25), (CLASS_NAMES[3], 0.25)]
+    assert len(P.top_classes(probs, CLASS_NAMES)) == 5        # a classifier's softmax scores every class
+
+
+def test_no_picture_unless_out_is_given(world, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    P.main(_argv(world, "--experiment", RETRIEVAL))
+    assert "nearest gallery crops" not in capsys.readouterr().out
+    assert not list(tmp_path.glob("*.png"))
+    assert "default: no picture" in P.build_parser().format_help()
+    P.main(_argv(world, "--experiment", RETRIEVAL, "--out", str(tmp_path / "grid.png")))
+    assert f"nearest gallery crops: {tmp_path / 'grid.png'}" in capsys.readouterr().out
+    assert (tmp_path / "grid.png").is_file()
+
+
+def test_not_an_image_names_the_file_and_what_to_do(world, capsys, tmp_path):
+    text = tmp_path / "notes.jpg"
+    text.write_text("not a picture")
+    with pytest.raises(SystemExit) as info:
+        P.main([str(text), "--experiment", "cnn_basic", "--models", str(world.models), "--crops", str(world.crops)])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 1 and len(err.splitlines()) == 1
+    assert err == f"error: {text} is not a readable image (no known image format); pass a photo (JPEG, PNG, ...)"
+
+
+def test_a_model_trained_on_synthetic_data_warns_once(world, capsys):
+    import torch
+
+    path = world.models / "cnn_basic" / "best.pt"
+    P.main(_argv(world, "--experiment", "cnn_basic"))
+    assert capsys.readouterr().err == ""                      # no data_source recorded: no warning
+    ckpt = torch.load(path, weights_only=True)
+    torch.save({**ckpt, "data_source": "synthetic"}, path)
+    P.main(_argv(world, "--experiment", "cnn_basic"))
+    captured = capsys.readouterr()
+    assert len(_ranked(captured.out)) == 5
+    assert captured.err.startswith("warning: cnn_basic was trained on the synthetic data set")
+    assert len(captured.err.splitlines()) == 1
+    torch.save({**ckpt, "data_source": "torchvision"}, path)
+    P.main(_argv(world, "--experiment", "cnn_basic"))
+    assert capsys.readouterr().err == ""
+
+
+def test_retrieval_warns_when_its_embedder_saw_synthetic_data(world, capsys, tmp_path):
+    import torch
+
+    from carbench.retrieval.predictor import load_predictor
+
+    embedder = world.models / "tl_resnet50_finetune" / "best.pt"
+    ckpt = torch.load(embedder, weights_only=True)
+    torch.save({**ckpt, "data_source": "synthetic"}, embedder)
+    fit_retrieval(world, RETRIEVAL)                           # the k-NN model checks its embedder's md5
+    assert load_predictor(world.models / RETRIEVAL, "cpu", world.models).data_source == "synthetic"
+    P.main(_argv(world, "--experiment", RETRIEVAL))
+    assert capsys.readouterr().err.startswith(f"warning: {RETRIEVAL} was trained on the synthetic data set")
+
+
+def test_closed_stdout_pipe_ends_quietly(world):
+    """`carbench-predict ... | head -1`: the reader goes away before the top-5 is printed."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "carbench.predict.predict", *_argv(world, "--experiment", "cnn_basic")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()                      # like `head` exiting: the child's writes now fail with EPIPE
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == ""
 
 
 def test_not_an_image_and_missing_models(world, capsys, tmp_path):

@@ -101,3 +101,15 @@ def test_meta_with_a_wrong_type_or_inconsistent_classes_is_refused(store_copy):
 
 def test_a_training_run_reads_these_store_files():
     assert store_files(("train", "val")) == ("meta.json", "train.npy", "train.csv", "val.npy", "val.csv")
+
+
+def test_meta_records_the_data_source_and_reads_older_stores_without_it(tmp_path):
+    from carbench.data.store import write_meta
+
+    meta = StoreMeta(6, 0.0, False, ("a",), 1, {"train": 0}, source="synthetic")
+    write_meta(tmp_path, meta)
+    assert json.loads((tmp_path / "meta.json").read_text())["source"] == "synthetic"
+    assert load_meta(tmp_path) == meta
+    write_meta(tmp_path, StoreMeta(6, 0.0, False, ("a",), 1, {"train": 0}))     # as written before it was recorded
+    assert "source" not in json.loads((tmp_path / "meta.json").read_text())
+    assert load_meta(tmp_path).source == ""

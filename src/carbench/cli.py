@@ -1,21 +1,28 @@
-"""Shared entry-point plumbing for the thin scripts in stages/."""
+"""Shared entry-point plumbing for the thin scripts in stages/ and the user commands (carbench-predict, scripts/)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
+import signal
 import sys
 import time
+import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, Optional
 
 from . import timing
 from .config import ConfigError
-from .errors import UserError
+from .errors import DataWarning, UserError
 
 STAGE_LOG_ENV = timing.STAGE_LOG_ENV
 _KIB_PER_MIB = 1024
+#: Exit status when the reader of stdout went away (``... | head -1``): what a shell reports for a command
+#: killed by SIGPIPE, so pipelines treat it like any other program cut short by the reader.
+BROKEN_PIPE_STATUS = 128 + signal.SIGPIPE
+INTERRUPTED_STATUS = 130
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -51,16 +58,72 @@ def _log_stage(status: str) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
+@contextlib.contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """Show our data warnings as one ``warning: ...`` line, without the file, line and source Python adds."""
+    original = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 (warnings' signature)
+        if issubclass(category, DataWarning):
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = original
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null: Python flushes it again at exit, which would raise once more on the closed pipe
+    (the recipe of the Python docs, "Note on SIGPIPE")."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+def _guarded(main: Callable[[], Optional[int]], log: Callable[[str], None]) -> int:
+    """Run ``main``; a user error becomes one 'error: ...' line. Returns the exit status."""
+    try:
+        with _one_line_warnings():
+            status = main()
+            sys.stdout.flush()   # a closed pipe shows up here, where it can still be handled
+    except (ConfigError, UserError) as exc:
+        log("error")
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        _silence_stdout()
+        log("ok")
+        return BROKEN_PIPE_STATUS
+    except KeyboardInterrupt:
+        log("interrupted")
+        print("interrupted", file=sys.stderr)
+        return INTERRUPTED_STATUS
+    log("ok")
+    return int(status or 0)
+
+
 def run(main: Callable[[], None]) -> None:
     """Run a stage's ``main``; a user error becomes one 'error: ...' line and exit status 1."""
-    try:
-        main()
-    except (ConfigError, UserError) as exc:
-        _log_stage("error")
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        _log_stage("interrupted")
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    _log_stage("ok")
+    status = _guarded(main, _log_stage)
+    if status:
+        sys.exit(status)
+
+
+def run_command(main: Callable[[], Optional[int]]) -> None:
+    """Run a user command's ``main`` (carbench-predict, scripts/*.py) like a stage, without the stage log; exit
+    with its status when not 0: user errors are one 'error: ...' line, a closed stdout pipe ends quietly
+    (:data:`BROKEN_PIPE_STATUS`)."""
+    status = _guarded(main, lambda status: None)
+    if status:
+        sys.exit(status)
+
+
+def tool_error(stderr: str) -> str:
+    """The line of another tool's stderr (dvc) that says what went wrong: its first ``ERROR`` line, else its
+    last non-empty line (DVC adds help links and blank lines around the message)."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.upper().startswith("ERROR")]
+    return (errors or lines or ["(no message)"])[0 if errors else -1]

@@ -2,11 +2,11 @@
 
 Every section becomes a frozen dataclass. Unknown keys, missing keys, wrong types and
 out-of-range values raise :class:`ConfigError` naming the dotted key, before any stage does work.
-Field metadata carries the constraints: ``choices``, ``min``/``max`` (inclusive) and
-``gt``/``lt`` (exclusive).
+Field metadata carries each key's doc string (``doc``, from which ``python -m carbench.reference`` writes
+docs/params.md) and its constraints: ``choices``, ``min``/``max`` (inclusive) and ``gt``/``lt`` (exclusive).
 
-Why one module of ~640 lines: it is the single schema of ``params.yaml``; about two thirds are the section
-dataclasses (one field per documented key, with its constraint) and the rest is the one validator that reads
+Why one module of this size: it is the single schema of ``params.yaml``; about two thirds are the section
+dataclasses (one field per key, with its doc and constraint) and the rest is the one validator that reads
 them (``build``) plus the resolved-config files. Splitting the schema would scatter the keys a reader looks up.
 """
 from __future__ import annotations
@@ -23,76 +23,41 @@ import yaml
 from .errors import ConfigError
 
 
-def _f(default: Any = dataclasses.MISSING, **meta: Any) -> Any:
-    """A dataclass field with validation metadata (choices, min, max, gt, lt)."""
-    return field(default=default, metadata=meta)
+def _f(default: Any = dataclasses.MISSING, *, doc: str, factory: Any = dataclasses.MISSING, **meta: Any) -> Any:
+    """A dataclass field with its doc string (required: docs/params.md is generated from it, carbench.reference)
+    and validation metadata (choices, min, max, gt, lt); ``factory`` for a mutable default."""
+    if not doc.strip():
+        raise TypeError("every schema field needs a doc string")
+    return field(default=default, default_factory=factory, metadata={"doc": doc, **meta})
 
 
 # ----------------------------------------------------------------------------- sections
 @dataclass(frozen=True)
 class BaseConfig:
-    seed: int = _f(min=0)
-    device: str = _f(choices=("auto", "cuda", "cuda:auto", "cpu"))  # cuda:auto: claim a free GPU (runtime.claim_gpu)
-    threads: int = _f(min=0)
-    offline: bool          # true: no download of any kind (data and weights); see carbench.runtime.is_offline
-    gpus: int = _f(1, min=1)  # train@: processes under torchrun (DDP); 1 = one process (carbench.train.distributed)
+    """Settings every stage shares."""
 
-
-@dataclass(frozen=True)
-class RouteFile:
-    """One file a route fetches: URLs tried in order (a Hugging Face route names repo files, no URL)."""
-
-    urls: tuple[str, ...] = ()
-    md5: Optional[str] = None          # checked when given; the dataset fingerprint is checked always
-
-
-ROUTE_KINDS = ("kaggle", "urls", "huggingface", "hf_parquet")
-
-
-@dataclass(frozen=True)
-class Route:
-    """A way to get Stanford Cars from the internet (``data.routes``; see carbench.data.routes)."""
-
-    name: str
-    kind: str = _f(choices=ROUTE_KINDS)
-    ref: Optional[str] = None          # kaggle: owner/dataset; huggingface, hf_parquet: the dataset repo id
-    revision: Optional[str] = None     # huggingface, hf_parquet: pinned commit; kaggle: dataset version number
-    files: dict[str, RouteFile] = field(default_factory=dict)  # urls, huggingface: what to fetch; kaggle: extras
-    patterns: tuple[str, ...] = ("*.parquet",)                 # hf_parquet: repo files to fetch
-    checked: bool = False              # true only once this route was fetched and matched the fingerprint
-
-    def check(self, where: str) -> None:
-        if self.kind in ("kaggle", "huggingface", "hf_parquet") and not self.ref:
-            raise ConfigError(f"{where}.ref must name the {self.kind} dataset for route {self.name!r}")
-        if self.kind in ("urls", "huggingface") and not self.files:
-            raise ConfigError(f"{where}.files must list what route {self.name!r} fetches")
-        if self.kind == "urls":
-            for name, entry in self.files.items():
-                if not entry.urls:
-                    raise ConfigError(f"{where}.files.{name}.urls must list at least one URL")
-        if self.kind in ("huggingface", "hf_parquet") and not self.revision:
-            raise ConfigError(f"{where}.revision must pin a commit of {self.ref} (route {self.name!r})")
-
-
-@dataclass(frozen=True)
-class ExpectedData:
-    """The dataset every downloaded route must match (carbench.data.fingerprint)."""
-
-    sha256: str                        # fingerprint over split, class and box of every image
-    labels_sha256: str                 # the same over split and class only (routes without boxes)
-    train: int = _f(min=0)
-    test: int = _f(min=0)
-    annotations: Optional[str] = None  # reference lines (csv.gz), to name what differs
+    seed: int = _f(min=0, doc="one seed for every stage (split, synthetic data, init, augmentation, k-NN ties)")
+    device: str = _f(choices=("auto", "cuda", "cuda:auto", "cpu"),
+                     doc="auto = cuda when available; cuda:auto = claim a GPU no other carbench process holds "
+                         "(e.g. one per `dvc queue start -j N` worker; carbench.runtime.claim_gpu)")
+    threads: int = _f(min=0, doc="CPU threads for torch; 0 = all cores")
+    offline: bool = _f(doc="true: never download (data or weights); HF_HUB_OFFLINE=1 / CARBENCH_OFFLINE=1 do "
+                           "the same (carbench.runtime.is_offline)")
+    gpus: int = _f(1, min=1, doc="train@: N > 1 runs N DDP processes under torchrun (one per GPU; on CPU: N gloo "
+                                 "processes); train.batch_size is the global batch and must be divisible by N")
 
 
 @dataclass(frozen=True)
 class SyntheticConfig:
-    num_classes: int = _f(min=2, max=196)
-    train_per_class: int = _f(min=2)
-    test_per_class: int = _f(min=1)
-    min_size: int = _f(min=32)
-    max_size: int = _f(min=32)
-    grayscale_fraction: float = _f(min=0.0, max=1.0)
+    """The generated dataset of `data.source: synthetic` (carbench.data.synthetic)."""
+
+    num_classes: int = _f(min=2, max=196, doc="classes generated")
+    train_per_class: int = _f(min=2, doc="train images per class")
+    test_per_class: int = _f(min=1, doc="test images per class")
+    min_size: int = _f(min=32, doc="photo side lengths are drawn from [min_size, max_size] pixels")
+    max_size: int = _f(min=32, doc="largest photo side (pixels); >= min_size")
+    grayscale_fraction: float = _f(min=0.0, max=1.0, doc="share of photos made grayscale (colour alone must not "
+                                                         "tell the class)")
 
     def check(self, where: str) -> None:
         if self.max_size < self.min_size:
@@ -101,25 +66,25 @@ class SyntheticConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = _f(choices=("auto", "local", "synthetic"))
-    path: Optional[str]
-    cache_dir: str
-    skip_bad_images: bool
-    timeout_s: float = _f(gt=0.0)
-    expected: ExpectedData
-    routes: tuple[Route, ...]
-    synthetic: SyntheticConfig
-    extra: Optional[str] = None        # a folder of <class name>/*.jpg merged in as new classes (carbench.data.extra)
+    """Where the images come from. The routes `auto` tries and the fingerprint they must match are the code's
+    data, in src/carbench/resources/sources.yaml (carbench.data.sources): add a route there."""
+
+    source: str = _f(choices=("auto", "local", "synthetic"),
+                     doc="auto: try the routes of src/carbench/resources/sources.yaml in order | local: data.path "
+                         "| synthetic: the generated dataset")
+    path: Optional[str] = _f(doc="local source: torchvision stanford_cars dir, car_ims/ + cars_annos.mat, "
+                                 "archives, parquet, class folders")
+    cache_dir: str = _f(doc="where URL downloads land (resumable, outside DVC outputs); kagglehub/HF keep their "
+                            "own caches")
+    skip_bad_images: bool = _f(doc="true: drop unreadable/invalid images and list them in metrics/data.json")
+    timeout_s: float = _f(gt=0.0, doc="network timeout per request (seconds)")
+    synthetic: SyntheticConfig = _f(doc="the generated dataset")
+    extra: Optional[str] = _f(None, doc="a folder of <class name>/*.jpg (+ optional boxes.csv): new classes after "
+                                        "the official ones (carbench.data.extra)")
 
     def check(self, where: str) -> None:
         if self.source == "local" and not self.path:
             raise ConfigError(f"{where}.path must name a directory when {where}.source is 'local'")
-        if self.source == "auto" and not self.routes:
-            raise ConfigError(f"{where}.routes is empty but {where}.source is 'auto'")
-        names = [r.name for r in self.routes]
-        for name in names:
-            if names.count(name) > 1:
-                raise ConfigError(f"{where}.routes: two routes are named {name!r}")
 
 
 #: The splits every image is assigned to (split stage) and the crop store holds (store), in this order.
@@ -128,12 +93,18 @@ SPLITS = ("train", "val", "test")
 
 @dataclass(frozen=True)
 class SplitConfig:
-    strategy: str = _f(choices=("official", "pooled", "kfold"))
-    val_fraction: float = _f(gt=0.0, lt=1.0)
-    test_fraction: float = _f(gt=0.0, lt=1.0)
-    allow_missing_classes: bool
-    folds: int = _f(5, min=2)          # kfold: number of folds (per class, seeded by base.seed)
-    fold: int = _f(0, min=0)           # kfold: the fold that is the test set (0..folds-1)
+    """How the labelled images become train / val / test (carbench.data.split)."""
+
+    strategy: str = _f(choices=("official", "pooled", "kfold"),
+                       doc="official: official test set, val from official train | pooled: pool all, "
+                           "test_fraction then val | kfold: pool all, per class `folds` seeded folds; fold `fold` "
+                           "is test, val from the rest")
+    val_fraction: float = _f(gt=0.0, lt=1.0, doc="per class, this share of the non-test images becomes val")
+    test_fraction: float = _f(gt=0.0, lt=1.0, doc="pooled only: per class, this share of the images becomes test")
+    allow_missing_classes: bool = _f(doc="true: a class too small to reach every split only warns (small subsets)")
+    folds: int = _f(5, min=2, doc="kfold only: number of folds (per class, seeded by base.seed)")
+    fold: int = _f(0, min=0, doc="kfold only: which fold is the test set (0..folds-1); sweep it with "
+                                 "`dvc exp run --queue`")
 
     def check(self, where: str) -> None:
         if self.fold >= self.folds:
@@ -142,32 +113,41 @@ class SplitConfig:
 
 @dataclass(frozen=True)
 class CropConfig:
-    margin: float = _f(min=0.0, max=2.0)
-    size: int = _f(min=16, max=2048)
-    keep_aspect: bool
-    workers: int = _f(min=0)
-    preview: int = _f(min=0)
+    """The crop store: every image cut to its box once, as square uint8 crops (carbench.data.crop)."""
+
+    margin: float = _f(min=0.0, max=2.0, doc="fraction of box width/height added on each side, clamped to the "
+                                             "image")
+    size: int = _f(min=16, max=2048, doc="side of the stored square crops (pixels)")
+    keep_aspect: bool = _f(doc="true: pad the box to a square before resizing instead of stretching")
+    workers: int = _f(min=0, doc="processes; 0 = all cores")
+    preview: int = _f(min=0, doc="crops in plots/crops_preview.png")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str
-    weights: str
-    freeze: str = _f(choices=("frozen", "partial", "progressive", "full"))
-    trainable_blocks: int = _f(min=0)
-    unfreeze_every: int = _f(min=1)
-    backbone_lr_mult: float = _f(min=0.0)
-    head_dropout: float = _f(min=0.0, lt=1.0)
-    head_hidden: int = _f(min=0)
-    cnn_widths: tuple[int, ...]
-    cnn_convs_per_block: int = _f(min=1)
-    cnn_batch_norm: bool
-    cnn_dropout: float = _f(min=0.0, lt=1.0)
-    cnn_residual: bool
-    init: str = _f(choices=("default", "he"))
-    # Recipe options (issue 12); the defaults are "off" so older params files keep their meaning.
-    layer_decay: float = _f(1.0, gt=0.0, max=1.0)   # backbone block i of n: lr * backbone_lr_mult * this ** (n - i)
-    head_warmup_epochs: int = _f(0, min=0)          # backbone frozen (head only) for the first N epochs
+    """Defaults for every trained experiment; an experiment's `model:` overrides keys."""
+
+    arch: str = _f(doc="torchvision classification model name, or `cnn` (the configurable scratch CNN)")
+    weights: str = _f(doc="torchvision weights name (IMAGENET1K_V1 ...), `none`, or a path to a state_dict file")
+    freeze: str = _f(choices=("frozen", "partial", "progressive", "full"),
+                     doc="frozen: head only | partial: the last trainable_blocks backbone blocks too | "
+                         "progressive: one more block every unfreeze_every epochs | full: everything")
+    trainable_blocks: int = _f(min=0, doc="partial: last N backbone blocks trainable")
+    unfreeze_every: int = _f(min=1, doc="progressive: unfreeze one more block (top-down) every N epochs")
+    backbone_lr_mult: float = _f(min=0.0, doc="backbone lr = train.lr * this")
+    head_dropout: float = _f(min=0.0, lt=1.0, doc="dropout on the backbone features, before the head")
+    head_hidden: int = _f(min=0, doc="0 = linear head; >0 = hidden layer of this width (ReLU)")
+    cnn_widths: tuple[int, ...] = _f(doc="cnn: channels per block (number of blocks = length)")
+    cnn_convs_per_block: int = _f(min=1, doc="cnn: 3x3 convolutions per block")
+    cnn_batch_norm: bool = _f(doc="cnn: batch norm after each convolution")
+    cnn_dropout: float = _f(min=0.0, lt=1.0, doc="cnn: dropout after each block")
+    cnn_residual: bool = _f(doc="cnn: each block adds a (1x1-projected) shortcut")
+    init: str = _f(choices=("default", "he"), doc="he: Kaiming normal for conv/linear of scratch models")
+    # The defaults of these two are "off" so that older params files keep their meaning.
+    layer_decay: float = _f(1.0, gt=0.0, max=1.0, doc="layer-wise lr decay: backbone block i of n gets "
+                                                      "lr * backbone_lr_mult * this**(n-i); 1 = off")
+    head_warmup_epochs: int = _f(0, min=0, doc="head only (backbone frozen) for the first N epochs, then the freeze "
+                                               "mode applies")
 
     def check(self, where: str) -> None:
         if self.arch == "cnn" and not self.cnn_widths:
@@ -178,35 +158,47 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = _f(min=0)
-    batch_size: int = _f(min=1)
-    lr: float = _f(gt=0.0)
-    optimizer: str = _f(choices=("sgd", "adam", "adamw", "rmsprop"))
-    momentum: float = _f(min=0.0, lt=1.0)
-    weight_decay: float = _f(min=0.0)
-    scheduler: str = _f(choices=("none", "step", "cosine", "plateau"))
-    step_size: int = _f(min=1)
-    gamma: float = _f(gt=0.0, max=1.0)
-    warmup_epochs: int = _f(min=0)
-    label_smoothing: float = _f(min=0.0, lt=1.0)
-    focal_gamma: float = _f(min=0.0)
-    image_size: int = _f(min=16, max=2048)
-    augment: str = _f(choices=("none", "light", "standard", "strong"))
-    randaugment: bool
-    patience: int = _f(min=0)
-    amp: bool
-    channels_last: bool
-    compile: bool
-    eval_batch_size: int = _f(min=1)
-    feature_cache: bool
-    # Recipe options (issue 12); the defaults are "off" so older params files keep their meaning.
-    refit: bool = False                    # after choosing the best epoch on val, retrain on train+val for that many
-    ema_decay: float = _f(0.0, min=0.0, lt=1.0)   # EMA of the weights (evaluated and saved); 0 = off
-    crop_scale: Optional[tuple[float, ...]] = None   # [lo, hi] random-resized-crop area; null = the augment preset's
-    crop_ratio: Optional[tuple[float, ...]] = None   # [lo, hi] crop aspect (w / h); null = the augment preset's
-    mixup_alpha: float = _f(0.0, min=0.0)          # Beta(alpha, alpha) mixup; 0 = off
-    cutmix_alpha: float = _f(0.0, min=0.0)         # Beta(alpha, alpha) cutmix; 0 = off (both on: one per batch, 50/50)
-    cudnn_benchmark: bool = True           # CUDA: autotune cuDNN for the full training batch only (issue 14)
+    """Defaults for every trained experiment; an experiment's `train:` overrides keys."""
+
+    epochs: int = _f(min=0, doc="training epochs")
+    batch_size: int = _f(min=1, doc="training batch (global: split across base.gpus processes)")
+    lr: float = _f(gt=0.0, doc="learning rate of the head (the backbone's: times model.backbone_lr_mult)")
+    optimizer: str = _f(choices=("sgd", "adam", "adamw", "rmsprop"), doc="the torch optimizer")
+    momentum: float = _f(min=0.0, lt=1.0, doc="sgd and rmsprop momentum")
+    weight_decay: float = _f(min=0.0, doc="weight decay (not on norm and bias parameters)")
+    scheduler: str = _f(choices=("none", "step", "cosine", "plateau"),
+                        doc="lr schedule after warm-up (carbench.train.optim); plateau: times gamma after 2 epochs "
+                            "without a better val top-1")
+    step_size: int = _f(min=1, doc="step: epochs between decays")
+    gamma: float = _f(gt=0.0, max=1.0, doc="step / plateau decay factor")
+    warmup_epochs: int = _f(min=0, doc="linear lr warm-up over this many epochs (per step)")
+    label_smoothing: float = _f(min=0.0, lt=1.0, doc="cross-entropy label smoothing")
+    focal_gamma: float = _f(min=0.0, doc=">0: focal loss with this gamma")
+    image_size: int = _f(min=16, max=2048, doc="side of the square model input (pixels), for training and "
+                                               "inference")
+    augment: str = _f(choices=("none", "light", "standard", "strong"),
+                      doc="augmentation preset (src/carbench/train/augment.py)")
+    randaugment: bool = _f(doc="true: add RandAugment to the preset")
+    patience: int = _f(min=0, doc="early stopping on val top-1 after N epochs without improvement; 0 = off")
+    amp: bool = _f(doc="bf16/fp16 autocast on CUDA (ignored on CPU)")
+    channels_last: bool = _f(doc="channels-last memory for model and batches (CPU and CUDA: faster convolutions)")
+    compile: bool = _f(doc="torch.compile the model (CUDA)")
+    eval_batch_size: int = _f(min=1, doc="batch size of the validation passes during training")
+    feature_cache: bool = _f(doc="frozen backbone + no augmentation: train the head on cached features")
+    # The defaults of the keys below are "off" so that older params files keep their meaning.
+    refit: bool = _f(False, doc="true: then retrain a fresh model on train+val for the best epoch count (the "
+                                "final model)")
+    ema_decay: float = _f(0.0, min=0.0, lt=1.0, doc=">0: exponential moving average of the weights, validated "
+                                                    "and saved instead; 0 = off")
+    crop_scale: Optional[tuple[float, ...]] = _f(None, doc="[lo, hi] random-resized-crop area fraction; null = "
+                                                           "the augment preset's")
+    crop_ratio: Optional[tuple[float, ...]] = _f(None, doc="[lo, hi] crop aspect ratio (w/h); null = the augment "
+                                                           "preset's")
+    mixup_alpha: float = _f(0.0, min=0.0, doc=">0: mixup with Beta(alpha, alpha), soft-target loss; 0 = off")
+    cutmix_alpha: float = _f(0.0, min=0.0, doc=">0: cutmix (with mixup too: one of the two per batch, 50/50); "
+                                               "0 = off")
+    cudnn_benchmark: bool = _f(True, doc="CUDA: cuDNN autotunes the full-size training batch (one shape); the "
+                                         "last partial batch, validation and inference use cuDNN's heuristics")
 
     def check(self, where: str) -> None:
         for key, hi in (("crop_scale", 1.0), ("crop_ratio", None)):
@@ -229,24 +221,32 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EmbedConfig:
-    layer: str = _f(choices=("backbone", "penultimate"))
-    l2_normalize: bool
-    gallery: str = _f(choices=("train", "train+val"))
-    batch_size: int = _f(min=1)
+    """Defaults for retrieval experiments; an experiment's `embed:` overrides keys."""
+
+    layer: str = _f(choices=("backbone", "penultimate"),
+                    doc="backbone: the input of the head | penultimate: after the head's hidden layer")
+    l2_normalize: bool = _f(doc="L2-normalise every embedding before it is stored")
+    gallery: str = _f(choices=("train", "train+val"), doc="the splits that form the k-NN gallery; the test set "
+                                                          "is the query")
+    batch_size: int = _f(min=1, doc="images per forward pass")
 
 
 @dataclass(frozen=True)
 class KnnConfig:
-    k: int = _f(min=1)
-    metric: str = _f(choices=("euclidean", "cosine"))
-    weighting: str = _f(choices=("uniform", "distance"))
-    standardize: bool
-    pca_components: int = _f(min=0)
-    backend: str = _f(choices=("auto", "torch", "faiss"))
-    faiss_min_gallery: int = _f(min=0)
-    retrieval_ks: tuple[int, ...]
-    classical: str = _f(choices=("none", "logreg"))
-    whiten: bool = False       # PCA-whitening: the pca_components kept are scaled to unit variance (gallery fit)
+    """Defaults for retrieval experiments; an experiment's `knn:` overrides keys."""
+
+    k: int = _f(min=1, doc="neighbours that vote")
+    metric: str = _f(choices=("euclidean", "cosine"), doc="distance between embeddings")
+    weighting: str = _f(choices=("uniform", "distance"), doc="uniform: one vote each | distance: weight 1/d")
+    standardize: bool = _f(doc="StandardScaler fitted on the gallery only")
+    pca_components: int = _f(min=0, doc="0 = off; PCA fitted on the gallery only")
+    backend: str = _f(choices=("auto", "torch", "faiss"),
+                      doc="auto = torch; faiss when installed and gallery > faiss_min_gallery")
+    faiss_min_gallery: int = _f(min=0, doc="auto: the gallery size above which faiss is used")
+    retrieval_ks: tuple[int, ...] = _f(doc="the k of the recall@k metrics")
+    classical: str = _f(choices=("none", "logreg"),
+                        doc="logreg: also fit a classical classifier on the same embeddings")
+    whiten: bool = _f(False, doc="true: PCA-whitening (needs pca_components > 0; fitted on the gallery only)")
 
     def check(self, where: str) -> None:
         if not self.retrieval_ks or any(k < 1 for k in self.retrieval_ks):
@@ -257,22 +257,34 @@ class KnnConfig:
 
 @dataclass(frozen=True)
 class AggregateConfig:
-    """Uncertainty in the summary (carbench.report.stats): bootstrap over test images, paired test vs the best."""
+    """Uncertainty in the summary (carbench.report.stats): bootstrap over test images, paired test vs the best.
+    Changes no training or evaluation."""
 
-    bootstrap: int = _f(1000, min=0)                 # resamples for the confidence intervals; 0 = none
-    confidence: float = _f(0.95, gt=0.0, lt=1.0)     # interval level
-    seed: int = _f(0, min=0)                         # the bootstrap's own seed (not base.seed: no retraining)
+    bootstrap: int = _f(1000, min=0, doc="resamples of the test images for the confidence intervals; 0 = none")
+    confidence: float = _f(0.95, gt=0.0, lt=1.0, doc="interval level")
+    seed: int = _f(0, min=0, doc="the bootstrap's own seed (not base.seed: no retraining)")
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    batch_size: int = _f(min=1)
-    tta: bool
-    latency_warmup: int = _f(min=0)
-    latency_runs: int = _f(min=1)
-    misclassified: int = _f(min=0)
-    confused_pairs: int = _f(min=0)
-    latency_budget_s: float = _f(5.0, gt=0.0)   # stop timing (warm-up and runs) after this many seconds
+    """The evaluate@ stages: test-set metrics, latency, tables and plots (carbench.report.evaluate)."""
+
+    batch_size: int = _f(min=1, doc="images per forward pass")
+    tta: bool = _f(doc="average with the horizontally flipped crop")
+    latency_warmup: int = _f(min=0, doc="untimed one-image predictions before the latency runs")
+    latency_runs: int = _f(min=1, doc="timed one-image predictions (the median is reported)")
+    misclassified: int = _f(min=0, doc="crops in the misclassified grid")
+    confused_pairs: int = _f(min=0, doc="rows of the most-confused class pairs table")
+    latency_budget_s: float = _f(5.0, gt=0.0, doc="warm-up + runs stop once this many seconds are spent (at "
+                                                  "least one timed run)")
+
+
+#: The params.yaml sections that are one dataclass each (the experiments and dag sections are not).
+SECTION_SCHEMAS: dict[str, type] = {
+    "base": BaseConfig, "data": DataConfig, "split": SplitConfig, "crop": CropConfig, "model": ModelConfig,
+    "train": TrainConfig, "embed": EmbedConfig, "knn": KnnConfig, "evaluate": EvaluateConfig,
+    "aggregate": AggregateConfig,
+}
 
 
 CONFIGURATIONS = ("transfer", "scratch", "retrieval")
@@ -501,6 +513,13 @@ SECTIONS = ("base", "data", "split", "crop", "model", "train", "embed", "knn", "
             "experiments", "dag")
 
 
+#: Keys that left params.yaml: where they went (a params file from before says so instead of "unknown key").
+MOVED_DATA_KEYS = {
+    "routes": "the download routes are in src/carbench/resources/sources.yaml (add yours there)",
+    "expected": "the dataset fingerprint is in src/carbench/resources/sources.yaml",
+}
+
+
 def _section(params: dict, name: str) -> dict:
     value = params.get(name)
     if not isinstance(value, dict):
@@ -540,6 +559,9 @@ def parse_params(raw: dict) -> Params:
         str(name): _build_experiment(str(name), entry, raw, embedders.get(str(name)))
         for name, entry in experiments_raw.items()
     }
+    for key in MOVED_DATA_KEYS:
+        if key in _section(raw, "data"):
+            raise ConfigError(f"data.{key} is no longer a param: {MOVED_DATA_KEYS[key]}; remove it from params")
     return Params(
         base=build(BaseConfig, _section(raw, "base"), "base"),
         data=build(DataConfig, _section(raw, "data"), "data"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -17,6 +18,7 @@ import numpy as np
 from ..config import CropConfig, Params
 from .crops import DECODE_ERRORS, Box, decode_crop
 from ..errors import DataError
+from .manifest import image_error_reason
 from ..runtime import configure
 from .store import SPLITS, StoreMeta, allocate_split, compact_split, load_split, split_paths, write_index, write_meta
 
@@ -62,7 +64,7 @@ def _run_task(task: CropTask) -> tuple[int, list[tuple[str, str]]]:
         try:
             out[row] = decode_crop(data[offset:offset + nbytes], box, margin, size, keep_aspect)
         except DECODE_ERRORS as exc:
-            failures.append((image, f"{exc.__class__.__name__}: {exc}"))
+            failures.append((image, image_error_reason(exc)))
     # No flush (msync): the stores are shared file mappings, so the parent sees the pages without a disk
     # round trip, even if this worker is terminated; flushing each chunk cost ~10% of the crop time.
     return len(task.rows), failures
@@ -104,8 +106,6 @@ def execute_tasks(tasks: list[CropTask], images_bin: str, margin: float, size: i
 
     With ``stop_on_failure`` the run stops (and the pool is terminated) at the first failing chunk.
     """
-    import sys
-
     from tqdm import tqdm
 
     failures: list[tuple[str, str]] = []
@@ -192,7 +192,8 @@ def run_crop(crop: CropConfig, skip_bad: bool, raw_dir: str | Path, split_dir: s
     started = time.perf_counter()
     raw_dir = Path(raw_dir)
     manifest = read_manifest(raw_dir)
-    class_names = read_classes(raw_dir)["class_names"]
+    classes = read_classes(raw_dir)
+    class_names = classes["class_names"]
     splits = read_split(split_dir, manifest)["split"].to_numpy()
     workers = resolve_workers(crop.workers, len(manifest))
     with atomic_dir(out_dir) as tmp:
@@ -205,7 +206,8 @@ def run_crop(crop: CropConfig, skip_bad: bool, raw_dir: str | Path, split_dir: s
             raise _decode_failure(failures, raw_dir)
         counts = finish_stores(manifest, splits, tmp, {image for image, _ in failures})
         write_meta(tmp, StoreMeta(size=crop.size, margin=crop.margin, keep_aspect=crop.keep_aspect,
-                                  class_names=tuple(class_names), num_classes=len(class_names), counts=counts))
+                                  class_names=tuple(class_names), num_classes=len(class_names), counts=counts,
+                                  source=str(classes.get("source", ""))))
     if preview_path is not None:
         write_preview(Path(out_dir), class_names, crop.preview, preview_path)
     rate = len(manifest) / crop_seconds if crop_seconds > 0 else 0.0
@@ -217,7 +219,15 @@ def run_crop(crop: CropConfig, skip_bad: bool, raw_dir: str | Path, split_dir: s
         write_json(metrics_path, metrics)
     print(f"crop: {sum(counts.values())} crops of {crop.size}px at {rate:.0f} images/s "
           f"({workers} worker(s), {metrics['seconds']:.1f} s) -> {out_dir}")
+    if failures:
+        print(skipped_line(len(failures), metrics_path), file=sys.stderr)
     return metrics
+
+
+def skipped_line(count: int, metrics_path: Optional[str | Path]) -> str:
+    """The console line for images skipped under ``data.skip_bad_images`` (the metrics list them)."""
+    where = f"listed under 'skipped' in {metrics_path}" if metrics_path is not None else "no metrics file lists them"
+    return f"warning: crop skipped {count} unreadable image(s) (data.skip_bad_images: true); {where}"
 
 
 def run(params: Params, raw_dir: str | Path, split_dir: str | Path, out_dir: str | Path, metrics_path: str | Path,

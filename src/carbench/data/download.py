@@ -2,8 +2,9 @@
 
 ``data.source``:
 
-- ``auto``: try ``data.routes`` in order (:mod:`carbench.data.routes`). The first route whose data matches the
-  pinned fingerprint ``data.expected`` (:mod:`carbench.data.fingerprint`) wins; a route whose annotations differ
+- ``auto``: try the routes of ``src/carbench/resources/sources.yaml`` in order (:mod:`carbench.data.sources`,
+  :mod:`carbench.data.routes`). The first route whose data matches the file's pinned fingerprint ``expected``
+  (:mod:`carbench.data.fingerprint`) wins; a route whose annotations differ
   (a wrong label, a missing image, an unlabelled test set) is rejected with what differs, and the next one
   is tried. When none delivers, the stage fails naming every attempt and the ways forward.
 - ``local``: ``data.path`` in any layout :mod:`carbench.data.layouts` reads. A subset (raw300, dev98, a user's own
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from ..config import DataConfig, ExpectedData, Params
+from ..config import DataConfig, Params
 from ..errors import DataError
 from .fingerprint import differences, fingerprint, read_reference
 from ..io import write_json
@@ -33,6 +34,7 @@ from .extra import merge_extra
 from .layouts import Source, open_local
 from .manifest import build_raw
 from .routes import RouteFailed, describe, fetch
+from .sources import SOURCES, ExpectedData, Sources, load_sources, shown
 from ..runtime import configure, is_offline
 
 
@@ -48,7 +50,8 @@ def ways_forward(offline: bool) -> str:
         "  - a copy you already have: data.source: local and data.path: <folder> (torchvision's stanford_cars "
         "folder, the all-in-one car_ims/ + cars_annos.mat, a folder of the official archives, Kaggle's "
         "download unpacked, or Hugging Face parquet files);",
-        "  - add a working URL or mirror as a route in data.routes (the fingerprint checks what it delivers);",
+        f"  - add a working URL or mirror as a route in {shown(SOURCES)} "
+        "(the fingerprint checks what it delivers);",
         "  - data.source: synthetic runs the whole pipeline on generated data.",
     ]
     return "\n".join(lines)
@@ -99,19 +102,20 @@ def _build_with_extra(source: Source, data: DataConfig, seed: int, out_dir: str 
     return metrics
 
 
-def _pack_first_route(data: DataConfig, offline: bool, out_dir: str | Path, seed: int = 0) -> dict[str, Any]:
+def _pack_first_route(data: DataConfig, sources: Sources, offline: bool, out_dir: str | Path,
+                      seed: int = 0) -> dict[str, Any]:
     """Try every route in order; pack the first that matches the fingerprint. Returns the metrics."""
     attempts: list[dict[str, str]] = []
     if offline:
-        attempts = [{"route": r.name, "result": "skipped: downloads are off"} for r in data.routes]
-    reference = _reference(data.expected)
+        attempts = [{"route": r.name, "result": "skipped: downloads are off"} for r in sources.routes]
+    reference = _reference(sources.expected)
     cache = Path(data.cache_dir)
-    for route in [] if offline else data.routes:
+    for route in [] if offline else sources.routes:
         started = time.perf_counter()
         try:
             folder, labels = fetch(route, cache, data.timeout_s)
             with open_local(folder, cache, test_labels=labels) as source:
-                problems = check_source(source, data.expected, reference)
+                problems = check_source(source, sources.expected, reference)
                 if problems:
                     attempts.append({"route": route.name, "result": "rejected: " + "; ".join(problems)})
                     continue
@@ -126,25 +130,28 @@ def _pack_first_route(data: DataConfig, offline: bool, out_dir: str | Path, seed
         attempts.append({"route": route.name, "result": f"ok in {time.perf_counter() - started:.1f} s"})
         metrics.update(route=route.name, route_ref=describe(route), attempts=attempts)
         return metrics
-    described = {r.name: describe(r) for r in data.routes}
+    described = {r.name: describe(r) for r in sources.routes}
     listing = "\n".join(f"  - {described[a['route']]}: {a['result']}" for a in attempts)
-    raise DataError(f"could not get Stanford Cars from any route of data.routes:\n{listing}\n"
+    raise DataError(f"could not get Stanford Cars from any route:\n{listing}\n"
                     + ways_forward(offline))
 
 
 def run_download(data: DataConfig, seed: int, out_dir: str | Path, metrics_path: Optional[str | Path],
-                 offline: bool = False) -> dict[str, Any]:
+                 offline: bool = False, sources: Optional[Sources] = None) -> dict[str, Any]:
     """The download stage: acquire ``data.source``, pack it into ``out_dir`` and write the metrics.
 
-    ``offline``: ``base.offline`` (the environment variables are honoured as well). Returns the metrics
-    (counts per split, classes, route, fingerprint, skipped images, seconds).
+    ``offline``: ``base.offline`` (the environment variables are honoured as well). ``sources``: the routes and
+    fingerprint (tests pass their own; None: the shipped :data:`~carbench.data.sources.SOURCES`). Returns the
+    metrics (counts per split, classes, route, fingerprint, skipped images, seconds).
     """
     started = time.perf_counter()
+    if sources is None:
+        sources = load_sources()
     if data.source == "auto":
-        metrics = _pack_first_route(data, is_offline(offline), out_dir, seed)
+        metrics = _pack_first_route(data, sources, is_offline(offline), out_dir, seed)
     else:
         with _local_source(data, seed) as source:
-            problems = check_source(source, data.expected, None)
+            problems = check_source(source, sources.expected, None)
             metrics = _build_with_extra(source, data, seed, out_dir)
             metrics["fingerprint"] = _fingerprint_metrics(source, problems, enforced=False)
         metrics["route"] = data.source

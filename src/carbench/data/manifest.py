@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,10 @@ OFFICIAL_NUM_CLASSES = 196
 MANIFEST = "manifest.csv"
 IMAGES_BIN = "images.bin"
 CLASSES_JSON = "classes.json"
+#: The way forward named by every image the download refuses.
+SKIP_HINT = "data.skip_bad_images: true to skip bad images"
+#: The repr PIL puts in its messages when it reads from memory (``<_io.BytesIO object at 0x7f...>``).
+_OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
 MANIFEST_COLUMNS = ("image", "class_id", "official_class", "class_name", "x1", "y1", "x2", "y2",
                     "official_split", "width", "height", "offset", "nbytes")
 
@@ -50,6 +55,14 @@ class BadImage(Exception):
     """An image that fails a check; turned into a DataError or a skip by the caller."""
 
 
+def image_error_reason(exc: BaseException) -> str:
+    """A decoding error as a short reason for a user: no Python object reprs (the caller names the file)."""
+    if isinstance(exc, UnidentifiedImageError):
+        return "no known image format"
+    text = _OBJECT_REPR.sub("", str(exc)).strip()
+    return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
+
+
 def read_header(data: bytes) -> tuple[int, int, str]:
     """``(width, height, format)`` from an image's header only (no pixel decoding).
 
@@ -62,7 +75,7 @@ def read_header(data: bytes) -> tuple[int, int, str]:
             width, height = img.size
             fmt = img.format or "unknown"
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise BadImage(f"not a readable image ({exc.__class__.__name__}: {exc})") from None
+        raise BadImage(f"not a readable image: {image_error_reason(exc)}") from None
     if width < 1 or height < 1:
         raise BadImage(f"image has no pixels ({width}x{height})")
     return width, height, fmt
@@ -123,7 +136,8 @@ def pack_images(source: Source, out_path: Path, skip_bad: bool) -> tuple[list[Pa
                 image, clamped, fmt = _pack_one(item, out, offset, len(source.class_names), source.extra)
             except BadImage as exc:
                 if not skip_bad:
-                    raise DataError(f"{item.origin}: {exc} (image {item.path})") from None
+                    raise DataError(f"{item.origin}: {exc} (image {item.path}); fix or remove it, or set "
+                                    f"{SKIP_HINT}") from None
                 report["skipped"].append({"image": item.image, "file": str(item.path), "reason": str(exc)})
                 continue
             packed.append(image)

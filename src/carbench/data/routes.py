@@ -1,6 +1,7 @@
-"""Fetch Stanford Cars over one of the routes of ``data.routes``; each yields a local folder to read.
+"""Fetch Stanford Cars over one of the routes of ``src/carbench/resources/sources.yaml``; each yields a local
+folder to read.
 
-Kinds of route (``data.routes[].kind``), each with the field's own client:
+Kinds of route (``routes[].kind`` there), each with the field's own client:
 
 - ``kaggle``: ``kagglehub.dataset_download(ref)`` (``ref/versions/<revision>`` when pinned), anonymous where
   Kaggle allows it, else with ``KAGGLE_USERNAME``/``KAGGLE_KEY`` or ``~/.kaggle/kaggle.json``; kagglehub keeps
@@ -23,7 +24,7 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-from ..config import Route, RouteFile
+from .sources import Route, RouteFile
 from .fetch import FetchError, fetch_file
 from ..io import file_md5
 from .layouts import TEST_LABELS

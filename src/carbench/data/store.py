@@ -2,8 +2,8 @@
 
 Layout: ``{train,val,test}.npy`` uint8 ``(N, S, S, 3)`` RGB crops; ``{split}.csv`` with ``image`` and
 ``class_id`` row-aligned to the array; ``meta.json`` with ``size, margin, keep_aspect, class_names,
-num_classes, counts`` (:class:`StoreMeta`). Arrays are memory-mapped by default, so opening a split costs
-nothing and ``images[i]`` reads one crop from disk.
+num_classes, counts`` and, when known, ``source`` (:class:`StoreMeta`). Arrays are memory-mapped by default,
+so opening a split costs nothing and ``images[i]`` reads one crop from disk.
 
 Writers: the crop stage allocates each split (:func:`allocate_split`), fills it from its workers, compacts
 away skipped images (:func:`compact_split`) and writes the index and meta (:func:`write_index`,
@@ -38,10 +38,14 @@ class StoreMeta:
     class_names: tuple[str, ...]
     num_classes: int
     counts: dict[str, int]
+    #: Where the images came from (``data/raw/classes.json``'s ``source``, e.g. ``synthetic``); "" when unknown,
+    #: as in stores written before it was recorded. Training copies it into the checkpoint.
+    source: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"size": self.size, "margin": self.margin, "keep_aspect": self.keep_aspect,
-                "class_names": list(self.class_names), "num_classes": self.num_classes, "counts": dict(self.counts)}
+        out = {"size": self.size, "margin": self.margin, "keep_aspect": self.keep_aspect,
+               "class_names": list(self.class_names), "num_classes": self.num_classes, "counts": dict(self.counts)}
+        return {**out, "source": self.source} if self.source else out
 
 
 def store_files(splits: Sequence[str] = SPLITS) -> tuple[str, ...]:
@@ -149,7 +153,8 @@ def load_meta(store_dir: str | Path) -> StoreMeta:
     try:
         meta = StoreMeta(size=int(raw["size"]), margin=float(raw["margin"]), keep_aspect=bool(raw["keep_aspect"]),
                          class_names=tuple(str(n) for n in raw["class_names"]), num_classes=int(raw["num_classes"]),
-                         counts={str(k): int(v) for k, v in dict(raw["counts"]).items()})
+                         counts={str(k): int(v) for k, v in dict(raw["counts"]).items()},
+                         source=str(raw.get("source", "")))
     except (TypeError, ValueError) as exc:
         raise DataError(f"{path}: a value has the wrong type ({exc})") from None
     if meta.num_classes != len(meta.class_names):

@@ -1,14 +1,15 @@
 """``carbench-predict``: classify one photo with any of the experiments.
 
     carbench-predict IMAGE [--experiment NAME] [--box x1,y1,x2,y2] [--models models] [--crops data/crops]
-                     [--out nearest.png] [--summary metrics/summary] [--device auto|cpu|cuda]
+                     [--out PNG] [--summary metrics/summary] [--device auto|cpu|cuda]
 
 The photo is cropped exactly as in training: ``crops.decode_crop`` (``crop_box`` on the encoded
 bytes, like the crop stage) with the margin / size / keep_aspect recorded in ``<crops>/meta.json``;
 the box is 1-based inclusive like the annotations (default: the whole image). The experiment's predictor then applies its own preprocessing. Prints the top-5
-classes with probabilities; for a retrieval experiment it also writes the nearest gallery crops as a
-grid PNG (``--out``). Default experiment: the best test top-1 in ``<summary>/summary.json``.
-Bad input prints one ``error: ...`` line and exits with status 1.
+classes with probabilities (a retrieval experiment: only the classes its neighbours voted for); for a retrieval
+experiment ``--out PNG`` also writes the nearest gallery crops as a grid (no picture without it).
+Default experiment: the best test top-1 in ``<summary>/summary.json``. A model trained on the synthetic data
+set gets a one-line warning on stderr. Bad input prints one ``error: ...`` line and exits with status 1.
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ TOP_CLASSES = 5
 #: The nearest-crops grid shows at least this many neighbours (more when knn.k is larger).
 MIN_NEIGHBOURS_SHOWN = 8
 BOX_FIELDS = 4
+#: ``data.source`` of the generated data set, as the checkpoint records it (``data_source``).
+SYNTHETIC_SOURCE = "synthetic"
 
 
 def parse_box(text: str) -> tuple[int, int, int, int]:
@@ -50,17 +53,24 @@ def check_box(box: Sequence[int], width: int, height: int) -> None:
 
 def read_image(path: str | Path) -> tuple[bytes, int, int]:
     """The photo's encoded bytes and its (width, height); error when missing or not an image."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
+
+    from ..data.crops import DECODE_ERRORS
+    from ..data.manifest import image_error_reason
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"image not found: {path}")
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror}") from None
     try:
         with Image.open(io.BytesIO(data)) as img:   # reads the header only
             width, height = img.size
-    except (UnidentifiedImageError, OSError) as exc:
-        raise UserError(f"{path} is not a readable image ({exc})") from None
+    except DECODE_ERRORS as exc:
+        raise UserError(f"{path} is not a readable image ({image_error_reason(exc)}); "
+                        "pass a photo (JPEG, PNG, ...)") from None
     return data, width, height
 
 
@@ -71,6 +81,7 @@ def crop_query(image: str | Path, box: Optional[Sequence[int]], crops_dir: str |
     so colour-mode handling and JPEG reduced-scale decoding match the crop store exactly.
     """
     from ..data.crops import DECODE_ERRORS, decode_crop
+    from ..data.manifest import image_error_reason
     from ..data.store import load_meta
 
     if not Path(crops_dir, "meta.json").is_file():
@@ -82,7 +93,8 @@ def crop_query(image: str | Path, box: Optional[Sequence[int]], crops_dir: str |
     try:
         crop = decode_crop(data, box, meta.margin, meta.size, meta.keep_aspect)
     except DECODE_ERRORS as exc:
-        raise UserError(f"cannot decode {image}: {exc}") from None
+        raise UserError(f"cannot decode {image} ({image_error_reason(exc)}); "
+                        "pass a complete, undamaged photo") from None
     return crop[None]
 
 
@@ -104,11 +116,17 @@ def choose_experiment(name: Optional[str], summary_dir: str | Path, models_root:
     return name
 
 
-def top_classes(probs: np.ndarray, class_names: Sequence[str], n: int = TOP_CLASSES) -> list[tuple[str, float]]:
-    """The ``n`` most probable (distinct) classes of one probability row ``(C,)``."""
+def top_classes(probs: np.ndarray, class_names: Sequence[str], n: int = TOP_CLASSES,
+                scored_only: bool = False) -> list[tuple[str, float]]:
+    """The ``n`` most probable (distinct) classes of one probability row ``(C,)``.
+
+    ``scored_only``: leave out classes with probability 0 (a k-NN vote gives them no score at all, so listing
+    them would only pad the top-n with arbitrary classes).
+    """
     from ..metrics import rank_classes
 
-    return [(class_names[i], float(probs[i])) for i in rank_classes(probs[None], n)[0]]
+    ranked = rank_classes(probs[None], n)[0]
+    return [(class_names[i], float(probs[i])) for i in ranked if not scored_only or probs[i] > 0]
 
 
 def write_nearest(predictor: Any, crop: np.ndarray, crops_dir: str | Path, out: str | Path) -> None:
@@ -129,25 +147,42 @@ def write_nearest(predictor: Any, crop: np.ndarray, crops_dir: str | Path, out: 
     image_grid(np.stack(images), captions, out, f"nearest gallery crops ({knn.config.metric})")
 
 
-def predict_image(image: str | Path, experiment: Optional[str], box: Optional[str], models_root: str | Path,
-                  crops_dir: str | Path, out: str | Path, summary_dir: str | Path,
-                  device: str = "auto") -> tuple[list[tuple[str, float]], Optional[Path]]:
-    """Crop, predict and (retrieval) write the neighbours grid.
+def synthetic_warning(name: str, predictor: Any) -> Optional[str]:
+    """The warning for a model trained on the generated data set (its classes are not real cars), else None."""
+    if getattr(predictor, "data_source", "") != SYNTHETIC_SOURCE:
+        return None
+    return (f"warning: {name} was trained on the synthetic data set (data.source: synthetic); its classes are "
+            "not real cars: train on Stanford Cars to classify real photos")
 
-    Returns the top-5 (class, probability) and the grid's path (None for a classifier).
+
+def predict_image(image: str | Path, experiment: Optional[str], box: Optional[str], models_root: str | Path,
+                  crops_dir: str | Path, out: Optional[str | Path], summary_dir: str | Path,
+                  device: str = "auto") -> tuple[list[tuple[str, float]], Optional[Path]]:
+    """Crop, predict and (retrieval, when ``out`` is given) write the neighbours grid.
+
+    Returns the top-5 (class, probability) and the grid's path (None when none was written).
     """
+    import sys
+
     from ..retrieval.predictor import KnnPredictor, load_predictor
 
     name = choose_experiment(experiment, summary_dir, models_root)
     parsed = parse_box(box) if box else None
     crop = crop_query(image, parsed, crops_dir)
     predictor = load_predictor(Path(models_root) / name, runtime.select_device(device), models_root)
+    warning = synthetic_warning(name, predictor)
+    if warning:
+        print(warning, file=sys.stderr)
     probs = predictor.predict(crop).numpy()[0]
     grid = None
-    if isinstance(predictor, KnnPredictor):
+    is_knn = isinstance(predictor, KnnPredictor)
+    if is_knn and out is not None:
         grid = Path(out)
-        write_nearest(predictor, crop, crops_dir, grid)
-    return top_classes(probs, predictor.class_names), grid
+        try:
+            write_nearest(predictor, crop, crops_dir, grid)
+        except OSError as exc:   # a folder that does not exist, no permission
+            raise UserError(f"cannot write --out {grid}: {exc.strerror or exc}") from None
+    return top_classes(probs, predictor.class_names, scored_only=is_knn), grid
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--box", help="car box x1,y1,x2,y2, 1-based inclusive (default: whole image)")
     p.add_argument("--models", default="models", help="models root (default: models)")
     p.add_argument("--crops", default="data/crops", help="crop store, for its crop geometry (default: data/crops)")
-    p.add_argument("--out", default="nearest.png", help="retrieval: neighbours grid PNG (default: nearest.png)")
+    p.add_argument("--out", metavar="PNG", help="retrieval experiments: write the nearest gallery crops as a grid "
+                   "to this PNG (default: no picture)")
     p.add_argument("--summary", default="metrics/summary", help="aggregate output dir (default: metrics/summary)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     return p
@@ -179,7 +215,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         if grid is not None:
             print(f"nearest gallery crops: {grid}")
 
-    cli.run(_run)
+    cli.run_command(_run)
 
 
 if __name__ == "__main__":

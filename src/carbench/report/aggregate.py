@@ -35,9 +35,6 @@ STATS_COLUMNS = ("top1_ci_low", "top1_ci_high", "f1_macro_ci_low", "f1_macro_ci_
 #: Counts: kept as integers (nullable, empty where not applicable) rather than floats like 3.0.
 INTEGER_COLUMNS = ("params_count", "k")
 BAR_COLUMNS = ("top1", "f1_macro")
-#: Per experiment, the numbers ``metrics/headline.json`` holds: the file a reviewer diffs first
-#: (``dvc metrics diff --targets metrics/headline.json``). No timings: they differ between identical runs.
-HEADLINE_COLUMNS = ("top1", "f1_macro")
 #: Where dvclive 3.x writes a logged metric ``val/top1`` under ``Live(dir=...)``.
 VAL_CURVE = Path("plots") / "metrics" / "val" / "top1.tsv"
 FLOAT_DIGITS = 4
@@ -191,20 +188,6 @@ def write_summary(table: pd.DataFrame, out_dir: str | Path, cfg: AggregateConfig
         write_json(tmp / "summary.json", {"columns": list(table.columns), "best": best, "experiments": records})
 
 
-def headline(table: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """``{experiment: {metric: value}}`` for :data:`HEADLINE_COLUMNS`, rounded like the summary table."""
-    out = {}
-    for row in table.to_dict(orient="records"):
-        values = {col: round(float(row[col]), FLOAT_DIGITS) for col in HEADLINE_COLUMNS if not _missing(row[col])}
-        out[row["experiment"]] = values
-    return out
-
-
-def write_headline(table: pd.DataFrame, path: str | Path) -> None:
-    """The flat headline metrics file (nine experiments x :data:`HEADLINE_COLUMNS`)."""
-    write_json(path, headline(table))
-
-
 def write_summary_plots(params: Params, table: pd.DataFrame, train_dir: str | Path, plots_dir: str | Path) -> None:
     """Bar chart of top-1 / macro-F1 per experiment and overlaid validation top-1 curves."""
     curves = {n: read_val_curve(Path(train_dir), n) for n in params.trained}
@@ -217,13 +200,11 @@ def write_summary_plots(params: Params, table: pd.DataFrame, train_dir: str | Pa
 
 
 def run_aggregate(params: Params, eval_dir: str | Path, train_dir: str | Path, knn_dir: str | Path,
-                  out_dir: str | Path, plots_dir: str | Path, headline_path: str | Path | None = None) -> pd.DataFrame:
-    """The aggregate stage: read every metrics file, write the summary table, plots and headline metrics."""
+                  out_dir: str | Path, plots_dir: str | Path) -> pd.DataFrame:
+    """The aggregate stage: read every metrics file, write the summary table and plots."""
     table = build_table(params, Path(eval_dir), Path(train_dir), Path(knn_dir))
     write_summary_plots(params, table, train_dir, plots_dir)
     write_summary(table, out_dir, params.aggregate)
-    if headline_path is not None:
-        write_headline(table, headline_path)
     return table
 
 
@@ -237,7 +218,7 @@ def read_best(summary_dir: str | Path) -> Optional[str]:
 
 
 def run(params: Params, eval_dir: str | Path, train_dir: str | Path, knn_dir: str | Path, out_dir: str | Path,
-        plots_dir: str | Path, headline_path: str | Path | None) -> pd.DataFrame:
+        plots_dir: str | Path) -> pd.DataFrame:
     """Stage entry point (stages/aggregate.py): seed, then :func:`run_aggregate`."""
     configure(params.base.seed, params.base.threads, use_torch=False)  # numpy bootstrap only
-    return run_aggregate(params, eval_dir, train_dir, knn_dir, out_dir, plots_dir, headline_path)
+    return run_aggregate(params, eval_dir, train_dir, knn_dir, out_dir, plots_dir)

@@ -136,9 +136,21 @@ def write_tables(labels: np.ndarray, probs: np.ndarray, class_names: list[str], 
             write_predictions(list(images), labels, preds, tmp / "predictions.csv")
 
 
+#: What ``metrics/headline/<name>.json`` holds: the pipeline's only DVC metrics, so `dvc metrics show` and
+#: `dvc metrics diff` print what a reviewer compares, a row per experiment, within 120 columns. Rounded, and no
+#: timings: those differ between identical runs.
+HEADLINE_METRICS = ("top1", "f1_macro")
+HEADLINE_DIGITS = 4
+
+
+def headline(result: dict[str, Any]) -> dict[str, float]:
+    """The headline numbers of one evaluation result."""
+    return {key: round(float(result[key]), HEADLINE_DIGITS) for key in HEADLINE_METRICS}
+
+
 def evaluate_experiment(params: Params, name: str, crops_dir: str | Path, models_root: str | Path,
                         metrics_path: str | Path, plots_dir: str | Path, tables_dir: str | Path,
-                        device: Any) -> dict[str, Any]:
+                        headline_path: str | Path, device: Any) -> dict[str, Any]:
     """The evaluate stage for experiment ``name``: predict the test crops, write every output."""
     exp, cfg = experiment(params, name), params.evaluate
     predictor = load_predictor(Path(models_root) / name, device, models_root)
@@ -159,6 +171,7 @@ def evaluate_experiment(params: Params, name: str, crops_dir: str | Path, models
     write_tables(labels, probs, predictor.class_names, cfg.confused_pairs, tables_dir, test.names)
     write_plots(name, test.images, labels, probs, predictor.class_names, cfg.misclassified, plots_dir)
     write_json(metrics_path, result)
+    write_json(headline_path, headline(result))
     return result
 
 
@@ -173,8 +186,8 @@ def _check_classes(predictor: Predictor, crops_dir: str | Path, name: str) -> No
 
 
 def run(params: Params, name: str, crops_dir: str | Path, models_root: str | Path, metrics_path: str | Path,
-        plots_dir: str | Path, tables_dir: str | Path) -> dict[str, Any]:
+        plots_dir: str | Path, tables_dir: str | Path, headline_path: str | Path) -> dict[str, Any]:
     """Stage entry point (stages/evaluate.py): seed, pick the device, then :func:`evaluate_experiment`."""
     configure(params.base.seed, params.base.threads)
     return evaluate_experiment(params, name, crops_dir, models_root, metrics_path, plots_dir, tables_dir,
-                               select_device(params.base.device))
+                               headline_path, select_device(params.base.device))

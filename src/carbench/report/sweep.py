@@ -2,18 +2,39 @@
 
 A sweep is a set of DVC experiments (``dvc exp run --queue -S split.fold=0,1,2``, then ``dvc queue start``).
 :func:`runs_from_exp_show` reads ``dvc exp show --json``; :func:`summarize` groups the runs' test metrics per
-benchmark experiment: from ``metrics/headline.json`` when the run had the aggregate stage, else from each
-``metrics/eval/<name>.json`` (a sweep may run only ``evaluate@<name>``). ``scripts/sweep.py`` is the CLI.
+benchmark experiment from its ``metrics/headline/<name>.json``, which ``evaluate@<name>`` writes (so a sweep may
+run only ``evaluate@<name>``). ``scripts/sweep.py`` is the CLI.
 """
 from __future__ import annotations
 
+import json
 import math
 import statistics
+import subprocess
+from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from ..errors import UserError
+
 METRICS = ("top1", "f1_macro")
-HEADLINE = "metrics/headline.json"
-EVAL_PREFIX, EVAL_SUFFIX = "metrics/eval/", ".json"
+HEADLINE_PREFIX, HEADLINE_SUFFIX = "metrics/headline/", ".json"
+
+
+def exp_show(extra: list[str], cwd: Optional[Path] = None) -> list:
+    """The parsed output of ``dvc exp show --json`` (plus ``extra`` arguments, e.g. ``-A``)."""
+    from ..cli import tool_error
+
+    try:
+        result = subprocess.run(["dvc", "exp", "show", "--json", *extra], cwd=cwd, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise UserError("dvc not found: install the requirements (pip install -r requirements.txt) "
+                        "or activate their environment") from None
+    if result.returncode != 0:
+        raise UserError(f"dvc exp show failed: {tool_error(result.stderr)}")
+    try:
+        return json.loads(result.stdout or "[]")
+    except json.JSONDecodeError:
+        raise UserError("dvc exp show --json printed no JSON; is this a DVC project?") from None
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -50,15 +71,11 @@ def runs_from_exp_show(entries: list[dict]) -> list[dict[str, Any]]:
 
 def scores(run: dict[str, Any]) -> dict[str, dict[str, float]]:
     """``{benchmark experiment: {top1, f1_macro}}`` of one run."""
-    metrics = run["metrics"]
-    if metrics.get(HEADLINE):
-        return {name: {m: v for m, v in values.items() if m in METRICS}
-                for name, values in metrics[HEADLINE].items() if isinstance(values, dict)}
     out = {}
-    for path, data in metrics.items():
-        rest = path[len(EVAL_PREFIX):]
-        if path.startswith(EVAL_PREFIX) and path.endswith(EVAL_SUFFIX) and "/" not in rest:
-            out[rest[:-len(EVAL_SUFFIX)]] = {m: data[m] for m in METRICS if isinstance(data.get(m), (int, float))}
+    for path, data in run["metrics"].items():
+        rest = path[len(HEADLINE_PREFIX):]
+        if path.startswith(HEADLINE_PREFIX) and path.endswith(HEADLINE_SUFFIX) and "/" not in rest:
+            out[rest[:-len(HEADLINE_SUFFIX)]] = {m: data[m] for m in METRICS if isinstance(data.get(m), (int, float))}
     return out
 
 

@@ -33,9 +33,11 @@ def as_tensor(images: Any) -> torch.Tensor:
 
 
 class Predictor(ABC):
-    """Common interface: ``predict``, ``logits``, ``class_names``, ``num_parameters``, ``size_bytes``."""
+    """Common interface: ``predict``, ``logits``, ``class_names``, ``num_parameters``, ``size_bytes``,
+    ``data_source`` (what the model was trained on, from its checkpoint; "" when it does not say)."""
 
     kind: str = ""
+    data_source: str = ""
 
     def __init__(self, class_names: Sequence[str], num_parameters: int, size_bytes: int, device: Any) -> None:
         self.class_names = list(class_names)
@@ -62,6 +64,7 @@ class ClassifierPredictor(Predictor):
 
         super().__init__(ckpt["class_names"], count_parameters(model), size_bytes, device)
         self.model = model.eval()
+        self.data_source = str(ckpt.get("data_source", ""))
         self.image_size = int(ckpt["image_size"])
         self.mean, self.std = tuple(ckpt["mean"]), tuple(ckpt["std"])
         self.model.to(memory_format=torch.channels_last)
@@ -107,6 +110,7 @@ class KnnPredictor(Predictor):
         super().__init__(knn.class_names, embedder.num_parameters + knn.prep.num_parameters, size_bytes,
                          embedder.device)
         self.embedder, self.knn = embedder, knn
+        self.data_source = embedder.data_source   # the gallery comes from the same crop store
 
     def embed(self, images: Any) -> np.ndarray:
         """Raw embeddings ``(N, D)`` exactly as the embed stage stores them (layer, L2, float16)."""

@@ -5,7 +5,8 @@ A checkpoint is a plain dict of tensors and builtins, so ``torch.load(path, weig
 ``mean``, ``std``, ``state_dict``, ``epoch`` (1-based epoch of the best val top-1), ``best_val_top1``,
 ``train`` (TrainConfig as dict), ``optimizer`` and ``scheduler`` (state dicts at that epoch),
 ``weights_file`` and ``weights_sha256`` (base name and sha256 of the pretrained weights file training
-started from, ``"none"`` for random init; :func:`carbench.train.weights.weights_record`).
+started from, ``"none"`` for random init; :func:`carbench.train.weights.weights_record`),
+``data_source`` (the crop store's ``source``, e.g. ``synthetic``; absent from older checkpoints).
 """
 from __future__ import annotations
 
@@ -29,10 +30,12 @@ WEIGHTS_UNKNOWN = "unknown"
 
 def make_checkpoint(model: CarNet, model_cfg: ModelConfig, train_cfg: TrainConfig, class_names: Sequence[str],
                     epoch: int, best_val_top1: float, optimizer_state: dict, scheduler_state: dict,
-                    weights: Optional[Mapping[str, str]] = None) -> dict:
+                    weights: Optional[Mapping[str, str]] = None, data_source: str = "") -> dict:
     """The checkpoint dict for ``model`` (state tensors are copied to CPU).
 
     ``weights``: :func:`carbench.train.weights.weights_record` of the pretrained weights (``"unknown"`` when None).
+    ``data_source``: what the model was trained on (:attr:`carbench.data.store.StoreMeta.source`), so predict can
+    warn about a demo model; "" when unknown.
     """
     weights = weights or {}
     return {
@@ -52,6 +55,7 @@ def make_checkpoint(model: CarNet, model_cfg: ModelConfig, train_cfg: TrainConfi
         "scheduler": dict(scheduler_state),
         "weights_file": str(weights.get("weights_file", WEIGHTS_UNKNOWN)),
         "weights_sha256": str(weights.get("weights_sha256", WEIGHTS_UNKNOWN)),
+        "data_source": str(data_source),
     }
 
 

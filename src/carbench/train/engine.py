@@ -426,7 +426,8 @@ def write_best(trainer: Trainer, meta: dict, out_dir: Path) -> None:
     best = trainer.state.best
     trainer.model.load_state_dict(best.state_dict)
     ckpt = make_checkpoint(trainer.model, trainer.exp.model, trainer.cfg, list(meta.class_names), best.epoch,
-                           max(best.top1, 0.0), best.optimizer, best.scheduler, weights=trainer.weights)
+                           max(best.top1, 0.0), best.optimizer, best.scheduler, weights=trainer.weights,
+                           data_source=meta.source)
     with atomic_dir(out_dir) as tmp:
         save_checkpoint(ckpt, tmp / "best.pt")
 
@@ -492,7 +493,7 @@ def write_refit(trainer: Trainer, fit: dict, meta: dict, out_dir: Path) -> None:
         trainer.model.load_state_dict(module.state_dict())
     ckpt = make_checkpoint(trainer.model, trainer.exp.model, trainer.cfg, list(meta.class_names), fit["best_epoch"],
                            max(fit["best_top1"], 0.0), trainer.optimizer.state_dict(), trainer.schedule.state_dict(),
-                           weights=trainer.weights)
+                           weights=trainer.weights, data_source=meta.source)
     ckpt["refit"] = True
     with atomic_dir(out_dir) as tmp:
         save_checkpoint(ckpt, tmp / "best.pt")
