@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "src"))
 import bench  # noqa: E402  (the measurements themselves: scripts/bench.py, next to this file)
 import scale  # noqa: E402  (the scale benchmark: scripts/scale.py)
 
-PIPELINE_TARGET_S = 200.0   # issue 14: all nine experiments at the offline settings in <= 200 s on 2 cores
+PIPELINE_TARGET_S = 200.0   # all nine experiments at the offline settings in <= 200 s on 2 cores
 
 
 def run_pipeline_benchmark() -> dict:

@@ -1,4 +1,4 @@
-"""scripts/ddp_check.py, the GPU check of issue 15, run here as its CPU smoke: plain, torchrun x1 and torchrun x2
+"""scripts/ddp_check.py, the 1-GPU DDP check, run here as its CPU smoke: plain, torchrun x1 and torchrun x2
 (gloo) on a tiny crop store; it must train each under the path it names and compare them."""
 from __future__ import annotations
 

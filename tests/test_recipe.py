@@ -1,4 +1,4 @@
-"""Recipe options of issue 12: train.refit, train.ema_decay, train.crop_scale / crop_ratio, train.mixup_alpha /
+"""Recipe options: train.refit, train.ema_decay, train.crop_scale / crop_ratio, train.mixup_alpha /
 cutmix_alpha, model.layer_decay, model.head_warmup_epochs, knn.whiten, the retrieval embedder default."""
 from __future__ import annotations
 

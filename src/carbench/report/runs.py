@@ -33,7 +33,7 @@ def rows(runs: list[dict], metric: str = "top1") -> list[tuple[str, list[str]]]:
     for key, values in sweep.varied(runs).items():
         out.append((key, [_cell(v) for v in values]))
     scores = [sweep.scores(run) for run in runs]
-    names = sorted({name for score in scores for name in score})
+    names = list(dict.fromkeys(name for score in scores for name in score))   # dvc.yaml's order: params.yaml's
     out.append((f"test {metric}", [""] * len(runs)))
     for name in names:
         out.append((f"  {name}", [_cell(score.get(name, {}).get(metric)) for score in scores]))
