@@ -1,0 +1,577 @@
+"""The GPU device plan: two commands of under 8 minutes each on the GPU machine (python3 3.12 with torch, no dvc,
+no network), each writing its log and JSON results into ``--out`` as it goes. docs/gpu_plan.md has the commands.
+
+    phase 1  the scale benchmark (scripts/scale.py) of the nine defaults at ``--fraction`` of Stanford Cars' size
+             (generated photos at the real photo sizes, random-init weights of the real architectures): per stage
+             the wall time, time to first batch, steady and bare img/s, GPU busy fraction and bare-compute floor,
+             and the full-scale total extrapolated from each stage's fixed cost and rate (:func:`extrapolate`).
+    phase 2  scripts/ddp_check.py on one GPU (torchrun x1 against plain), and one fine-tune
+             (tl_resnet50_finetune) end to end through ``dvc repro`` with ``train.compile`` off, then on,
+             at the same size.
+
+    python3 scripts/device_plan.py --phase 1 --out "$OUT"           # on the GPU machine
+    python3 scripts/device_plan.py --phase 2 --out "$OUT"
+    python scripts/device_plan.py --phase 1 --out /tmp/p1 --tiny    # CPU smoke (tests/test_device_plan.py)
+
+Each phase stops its work when ``--budget`` seconds are spent (the figures measured so far stay in the JSON, marked
+partial). Where python cannot import dvc and dvclive, the wheels in ``--wheels`` (.device/whl, made by
+../shared/tools/device-pack.sh) are installed into ``--site`` and put first on PYTHONPATH.
+
+Files in ``--out`` (flat, at most 8 a phase):
+    phase 1  plan1.log plan1.json stages.jsonl dvc-repro.log nvidia-smi.csv
+    phase 2  plan2.log plan2.json stages-compile-off.jsonl dvc-repro-compile-off.log stages-compile-on.jsonl
+             dvc-repro-compile-on.log nvidia-smi.csv
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import scale  # noqa: E402  (the scale benchmark: scripts/scale.py)
+
+FULL = scale.SCALE_DATA
+FULL_PHOTOS = FULL["num_classes"] * (FULL["train_per_class"] + FULL["test_per_class"])   # 16,268
+FINETUNE = "tl_resnet50_finetune"
+#: Seconds per phase: both together (~12 min with the machine's start) fit the 15 minutes of device time a session
+#: has, each well inside the 10-minute command limit. Phase 1 stops dvc repro early enough for the bare rates.
+DEFAULT_BUDGET_S = {1: 400.0, 2: 300.0}
+DEFAULT_FRACTION = 0.125      # 196 classes x 5 + 5 photos: the nine defaults' fixed costs alone are ~150 s
+GPU_BARE_SECONDS = "1.0"      # each bare rate timed this long on the GPU (scale.py's default: 2 s)
+#: --tiny: a CPU smoke of both phases (tests/test_device_plan.py): 4 classes of small photos, the offline demo's
+#: CPU settings, one epoch per trained experiment (two for the fine-tune: it then has a steady rate).
+TINY_DATA = {"num_classes": 4, "train_per_class": 8, "test_per_class": 4, "min_size": 64, "max_size": 96,
+             "grayscale_fraction": 0.0}
+TINY_SETS = ["base.threads=1", "split.allow_missing_classes=true", "evaluate.latency_runs=2",
+             "evaluate.latency_budget_s=0.5", "aggregate.bootstrap=50"]
+TINY_BARE_SECONDS = "0.2"
+METHOD = ("full-scale stage seconds = fixed + images_full / rate, where fixed = the stage's time to its first batch "
+          "(process start-up, imports, data loading, model build; for a stage without model batches: the start-up "
+          "of a stage process, timed once), rate = the images the stage processed after its first batch (train, "
+          "refit, validation, feature-cache or test images) per second of its wall time after it, and images_full "
+          "= images x full_photos / photos; summed over the stages, plus dvc's own time between stages (dvc repro "
+          "wall - stage sum) times the same ratio. Upper-bound leaning: warm-up, per-epoch saves and evaluate's "
+          "latency probe are scaled with the images; lower-bound leaning: data reading before the first batch is "
+          "taken as fixed.")
+CPU_COMPILE_NOTE = ("train.compile has no effect on CPU (src/carbench/train/engine.py compiles only on CUDA): the "
+                    "two runs here ran the same code, and their difference is noise")
+
+
+# ----------------------------------------------------------------------------- the extrapolation (pure)
+def stage_images(record: dict) -> int:
+    """Images a stage processed after its first batch (0 for a stage without model batches)."""
+    kind = record["stage"].partition("@")[0]
+    if kind == "train":
+        return int(record.get("epochs", 0) * record.get("train_per_epoch", 0)
+                   + record.get("refit_epochs", 0) * record.get("refit_per_epoch", 0)
+                   + record.get("val_images", 0) + record.get("feature_images", 0))
+    return int(record.get("images", 0) or 0)
+
+
+def extrapolate(records: list[dict], ratio: float, startup_s: float, dvc_wall_s: Optional[float] = None,
+                floor_s: Optional[float] = None, expected: Optional[list[str]] = None) -> dict:
+    """Full-scale seconds of each stage ``record`` (stage log lines at the fraction) and of the whole run, by
+    :data:`METHOD`; ``ratio`` = full photos / photos. ``dvc_wall_s``: the ``dvc repro`` wall of a complete run
+    (None: partial, dvc's own time left out); ``floor_s``: the bare-compute floor measured at the fraction;
+    ``expected``: every stage of the run (to list those not measured)."""
+    rows = []
+    for r in records:
+        images, first = stage_images(r), r.get("first_batch_s")
+        if first is not None and images and r["seconds"] > first:
+            fixed = first
+            rate = images / (r["seconds"] - first)
+            full = fixed + images * ratio / rate
+        else:
+            fixed = min(startup_s, r["seconds"])
+            rate = None
+            full = fixed + (r["seconds"] - fixed) * ratio
+        rows.append({"stage": r["stage"], "seconds": r["seconds"], "fixed_s": fixed, "images": images,
+                     "images_full": images * ratio, "rate": rate, "full_s": full})
+    stage_sum = sum(r["seconds"] for r in records)
+    stage_sum_full = sum(r["full_s"] for r in rows)
+    overhead = dvc_wall_s - stage_sum if dvc_wall_s is not None else None
+    overhead_full = overhead * ratio if overhead is not None else None
+    total = stage_sum_full + (overhead_full or 0.0)
+    floor_full = floor_s * ratio if floor_s else None
+    measured = {r["stage"] for r in records}
+    missing = [s for s in expected if s not in measured] if expected is not None else []
+    return {"method": METHOD, "ratio": ratio, "startup_s": startup_s, "stages": rows,
+            "stage_sum_s": stage_sum, "stage_sum_full_s": stage_sum_full,
+            "dvc_overhead_s": overhead, "dvc_overhead_full_s": overhead_full,
+            "total_full_s": total,
+            "total_full_s_dvc_overhead_fixed": stage_sum_full + (overhead or 0.0),
+            "floor_full_s": floor_full, "sum_over_floor_full": stage_sum_full / floor_full if floor_full else None,
+            "missing_stages": missing, "complete": dvc_wall_s is not None and not missing}
+
+
+def flags(rows: list[dict]) -> list[dict]:
+    """The stages that miss a per-stage target (bugs to remove): > 8 s before the first batch, or > 1.25x their
+    bare compute."""
+    out = []
+    for r in rows:
+        if r.get("first_batch_s") is not None and r["first_batch_s"] > scale.TARGETS["first_batch_s"]:
+            out.append({"stage": r["stage"], "problem": f"{r['first_batch_s']:.1f} s before its first batch "
+                                                        f"(> {scale.TARGETS['first_batch_s']:.0f} s)"})
+        if r.get("floor_s") and r["seconds"] / r["floor_s"] > scale.TARGETS["sum_over_floor"]:
+            out.append({"stage": r["stage"], "problem": f"wall {r['seconds']:.1f} s = {r['seconds'] / r['floor_s']:.2f}"
+                                                        f" x its bare compute (> {scale.TARGETS['sum_over_floor']}x)"})
+    return out
+
+
+def full_checks(ext: dict, rows: list[dict]) -> dict:
+    """The performance targets on the extrapolated figures: (value, met)."""
+    first = [r["first_batch_s"] for r in rows if r.get("first_batch_s") is not None]
+    evaluate = [r["full_s"] for r in ext["stages"] if r["stage"].startswith("evaluate@")]
+    ratio = ext["sum_over_floor_full"]
+    total, limit = ext["total_full_s"], scale.TARGETS
+    return {"full-scale dvc repro wall <= 600 s": (total, total <= limit["total_s"]),
+            "full-scale stage sum / floor <= 1.25": (ratio, ratio is not None and ratio <= limit["sum_over_floor"]),
+            "max time to first batch <= 8 s": (max(first, default=None),
+                                               bool(first) and max(first) <= scale.TARGETS["first_batch_s"]),
+            "full-scale max evaluate@ <= 8 s": (max(evaluate, default=None),
+                                                bool(evaluate) and max(evaluate) <= scale.TARGETS["evaluate_s"])}
+
+
+def expected_stages(params: dict) -> list[str]:
+    """Every stage of ``dvc repro`` for these params (dvc.yaml's DAG)."""
+    dag = params["dag"]
+    return (["download", "split", "crop", "resolve"] + [f"train@{n}" for n in dag["train"]]
+            + [f"embed@{n}" for n in dag["retrieval"]] + [f"knn@{n}" for n in dag["retrieval"]]
+            + [f"evaluate@{n}" for n in params["experiments"]] + ["aggregate"])
+
+
+def plan_size(fraction: float, tiny: bool) -> dict:
+    """The generated data (scale.SCALE_DATA's keys) for ``fraction`` of Stanford Cars' photos per class, and the
+    ratio of the full size to it."""
+    if tiny:
+        data = dict(TINY_DATA)
+    else:
+        data = {**FULL, "train_per_class": max(2, round(FULL["train_per_class"] * fraction)),
+                "test_per_class": max(1, round(FULL["test_per_class"] * fraction))}
+    photos = data["num_classes"] * (data["train_per_class"] + data["test_per_class"])
+    return {"data": data, "photos": photos, "full_photos": FULL_PHOTOS, "ratio": FULL_PHOTOS / photos,
+            "fraction": photos / FULL_PHOTOS, "tiny": tiny}
+
+
+# ----------------------------------------------------------------------------- running things
+class Tee:
+    """A text stream copied into a log file, flushed at every write (the log grows as the run goes)."""
+
+    def __init__(self, stream: Any, log: Any) -> None:
+        self.stream, self.log = stream, log
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        self.stream.flush()
+        self.log.write(text)
+        self.log.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+        self.log.flush()
+
+
+def run_logged(cmd: list[str], timeout: float, cwd: Optional[Path] = None,
+               env: Optional[dict] = None) -> tuple[Optional[int], float, str]:
+    """Run ``cmd`` with its output copied line by line to stdout (the phase's log); after ``timeout`` seconds it
+    and its children are stopped. Returns (exit status, None when stopped; seconds; its output)."""
+    start, lines = time.perf_counter(), []
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+    def pump() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+            sys.stdout.write("    " + line)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        code: Optional[int] = proc.wait(timeout=max(timeout, 1.0))
+    except subprocess.TimeoutExpired:
+        scale.stop_group(proc)
+        code = None
+    reader.join(timeout=5)
+    return code, time.perf_counter() - start, "".join(lines)
+
+
+def add_site(site: Path) -> None:
+    """Put ``site`` first on this process's path and on the PYTHONPATH of every process it starts."""
+    sys.path.insert(0, str(site))
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    os.environ["PATH"] = os.pathsep.join([str(site / "bin"), os.environ.get("PATH", "")])
+    importlib.invalidate_caches()
+
+
+def missing_modules(names: tuple[str, ...]) -> list[str]:
+    return [n for n in names if importlib.util.find_spec(n) is None]
+
+
+def ensure_packages(wheels: Path, site: Path, names: tuple[str, ...] = ("dvc", "dvclive"),
+                    timeout: float = 240.0) -> dict:
+    """Make ``names`` importable here and in child processes: as they are, from ``site`` (installed there by an
+    earlier call on the same machine), or by installing every wheel of ``wheels`` into ``site``."""
+    if not missing_modules(names):
+        return {"source": "importable", "seconds": 0.0}
+    if site.is_dir():
+        add_site(site)
+        if not missing_modules(names):
+            return {"source": f"{site} (installed earlier)", "seconds": 0.0}
+    files = sorted(str(p) for p in wheels.glob("*.whl"))
+    if not files:
+        raise SystemExit(f"{', '.join(missing_modules(names))} not importable and no wheels in {wheels}: prepare "
+                         f"the payload with `bash ../shared/tools/device-pack.sh` and carry .device/whl")
+    print(f"installing {len(files)} wheels from {wheels} into {site}")
+    code, seconds, output = run_logged([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
+                                        "--no-compile", "--no-cache-dir", "--disable-pip-version-check",
+                                        "--target", str(site), *files], timeout)
+    if code != 0:
+        raise SystemExit(f"pip install --target {site} failed (exit {code}):\n{output[-2000:]}")
+    add_site(site)
+    still = missing_modules(names)
+    if still:
+        raise SystemExit(f"{', '.join(still)} still not importable after installing the wheels of {wheels}")
+    return {"source": f"{len(files)} wheels of {wheels} installed into {site}", "seconds": seconds}
+
+
+def dvc_version() -> Optional[str]:
+    done = subprocess.run([sys.executable, "-m", "dvc", "--version"], capture_output=True, text=True)
+    return done.stdout.strip() or None
+
+
+def startup_seconds() -> float:
+    """Wall seconds of a stage-like process that only imports (python, torch, carbench); the second of two runs."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-c", "import torch, numpy, yaml, carbench.cli, carbench.config, carbench.timing"]
+    seconds = 0.0
+    for _ in range(2):
+        start = time.perf_counter()
+        subprocess.run(cmd, env=env, check=True)
+        seconds = time.perf_counter() - start
+    return seconds
+
+
+def plan_overrides(tiny: bool, sets: list[str]) -> dict:
+    """The params overrides of both phases: for --tiny the offline demo's CPU settings and small evaluation."""
+    over: dict = {}
+    if tiny:
+        over = yaml.safe_load((ROOT / "configs" / "offline.yaml").read_text())
+        trained = yaml.safe_load((ROOT / "params.yaml").read_text())["dag"]["train"]
+        epochs = [f"experiments.{n}.train.epochs={2 if n == FINETUNE else 1}" for n in trained]
+        over = scale.deep_merge(over, scale.dotted(TINY_SETS + epochs))
+    return scale.deep_merge(over, scale.dotted(sets))
+
+
+# ----------------------------------------------------------------------------- the phases
+class Phase:
+    """One phase's budget, result dict and JSON file (rewritten after every step)."""
+
+    def __init__(self, number: int, out: Path, budget: float, command: list[str]) -> None:
+        self.number, self.out, self.budget, self.start = number, out, budget, time.perf_counter()
+        self.json = out / f"plan{number}.json"
+        self.result: dict = {"phase": number, "status": "running", "date": datetime.now(timezone.utc).isoformat(
+            timespec="seconds"), "command": " ".join(command), "budget_s": budget}
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def left(self) -> float:
+        return self.budget - self.elapsed()
+
+    def save(self, **fields: Any) -> None:
+        self.result.update(fields)
+        self.result["elapsed_s"] = round(self.elapsed(), 1)
+        tmp = self.json.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.result, indent=2, default=str))
+        tmp.replace(self.json)
+
+    def step(self, what: str) -> None:
+        print(f"\n[{self.elapsed():6.1f} s, {self.left():5.0f} s left] {what}", flush=True)
+
+
+def environment(device_name: str) -> dict:
+    import torch
+
+    from carbench import runtime
+
+    device = runtime.select_device(device_name)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "device_type": device.type,
+            "python": platform.python_version(), "torch": torch.__version__, "cores": os.cpu_count(),
+            "commit": commit or None, "dvc": dvc_version()}
+
+
+def prepare(phase: Phase, args: argparse.Namespace, extra: Optional[dict] = None) -> tuple[Path, dict]:
+    """Packages, environment, generated data and the workspace (a git repository under --workdir)."""
+    from carbench.config import read_yaml
+
+    phase.step("dvc and dvclive")
+    phase.save(packages=ensure_packages(Path(args.wheels), Path(args.site)))
+    phase.save(environment=environment(args.device))
+    print(json.dumps(phase.result["environment"]))
+    size = plan_size(args.fraction, args.tiny)
+    overrides = scale.deep_merge(plan_overrides(args.tiny, args.set), extra or {})
+    phase.save(size=size, overrides=overrides)
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    data = work / "stanford_cars"
+    phase.step(f"generating {size['photos']} photos ({size['fraction']:.3f} of Stanford Cars' {FULL_PHOTOS}; "
+               f"{size['data']['min_size']}-{size['data']['max_size']} px)")
+    if data.exists():
+        import shutil
+
+        shutil.rmtree(data)
+    phase.save(generate_s=scale.make_data(data, 0, args.workers, size["data"]))
+    print(f"generated in {phase.result['generate_s']:.1f} s")
+    params = scale.scale_params(read_yaml(ROOT / "params.yaml"), data, overrides, work / "weights")
+    return scale.make_workspace(work, params), params
+
+
+def repro(phase: Phase, repo: Path, targets: tuple[str, ...], timeout: float, tag: str = "") -> dict:
+    """``dvc repro`` within ``timeout``: wall, whether it finished, the stage records that ended ok."""
+    print(f"dvc repro {' '.join(targets) or '(every stage)'} (stopped after {timeout:.0f} s)", flush=True)
+    try:
+        wall, records = scale.run_repro(repo, phase.out, targets, timeout=timeout, tag=tag)
+        complete = True
+    except scale.ReproTimeout as stopped:
+        wall, records, complete = stopped.wall, stopped.records, False
+        print(f"BUDGET: dvc repro stopped after {wall:.0f} s", flush=True)
+    ok = [r for r in records if r.get("status", "ok") == "ok"]
+    for r in ok:
+        print(f"  {r['stage']:38s} {r['seconds']:7.1f} s  first batch {r.get('first_batch_s')}")
+    return {"wall_s": wall, "complete": complete, "records": ok,
+            "not_ok": [r["stage"] for r in records if r.get("status", "ok") != "ok"]}
+
+
+def phase1(phase: Phase, args: argparse.Namespace) -> None:
+    """The scale benchmark at the fraction, its per-stage figures against the bare compute, the extrapolation."""
+    phase.step("start-up of a stage process")
+    phase.save(startup_s=startup_seconds())
+    print(f"python + torch + carbench imports: {phase.result['startup_s']:.2f} s")
+    repo, params = prepare(phase, args)
+    targets = tuple(args.target)
+    phase.step("dvc repro of " + (" ".join(targets) or "the nine defaults"))
+    sampler = scale.GpuSampler(phase.out / "nvidia-smi.csv")
+    try:
+        run = repro(phase, repo, targets, phase.left() - args.reserve)
+    finally:
+        samples = sampler.stop()
+    phase.save(repro={k: v for k, v in run.items() if k != "records"}, records=run["records"])
+    rows = [{"stage": r["stage"], "seconds": r["seconds"], "first_batch_s": r.get("first_batch_s"), "floor_s": None,
+             "busy": scale.busy_fraction(samples, r["start"], r["end"]), "busy_after_first_batch": None,
+             "steady_images_per_second": r.get("steady_images_per_second"), "bare_images_per_second": None}
+            for r in run["records"]]
+    if (repo / "data" / "crops").is_dir() and any("@" in r["stage"] for r in run["records"]):
+        phase.step("bare rates (the floor of every model stage)")
+        rows = scale.measure(repo, run["records"], samples, args.device)
+    env = phase.result["environment"]
+    size = phase.result["size"]
+    report = {"data": f"generated: {size['photos']} photos ({size['fraction']:.3f} of Stanford Cars), "
+                      f"{size['data']['min_size']}-{size['data']['max_size']} px", "device": env["device"],
+              "generate_s": phase.result["generate_s"], "stages": rows, "summary": scale.summarize(rows, run["wall_s"]),
+              "overrides": phase.result["overrides"], "targets": list(targets)}
+    phase.save(scale=report)
+    scale.print_report(report)
+    floor = report["summary"]["floor_s"]
+    ext = extrapolate(run["records"], size["ratio"], phase.result["startup_s"],
+                      run["wall_s"] if run["complete"] else None, floor,
+                      None if targets else expected_stages(params))
+    phase.save(extrapolation=ext, checks_full_scale=full_checks(ext, rows), flags=flags(rows))
+    print_extrapolation(phase.result)
+
+
+def print_extrapolation(result: dict) -> None:
+    ext, size = result["extrapolation"], result["size"]
+    print(f"\n== extrapolation to Stanford Cars' {size['full_photos']} photos (x{ext['ratio']:.2f} the "
+          f"{size['photos']} measured) ==")
+    print(f"method: {ext['method']}")
+    print(f"{'stage':38s} {'wall s':>7s} {'fixed s':>7s} {'images':>8s} {'img/s':>8s} {'full s':>8s}")
+    for r in ext["stages"]:
+        rate = f"{r['rate']:8.0f}" if r["rate"] else "       -"
+        print(f"{r['stage']:38s} {r['seconds']:7.1f} {r['fixed_s']:7.1f} {r['images']:8d} {rate} {r['full_s']:8.1f}")
+    overhead = ext["dvc_overhead_full_s"]
+    print(f"stage sum at full scale {ext['stage_sum_full_s']:.1f} s; dvc's own time "
+          f"{'-' if overhead is None else f'{overhead:.1f} s'}; total {ext['total_full_s']:.1f} s "
+          f"({ext['total_full_s_dvc_overhead_fixed']:.1f} s with dvc's own time fixed)"
+          + ("" if ext["complete"] else f"  PARTIAL: not measured: {', '.join(ext['missing_stages']) or 'dvc time'}"))
+    for check, (value, met) in result["checks_full_scale"].items():
+        shown = "-" if value is None else f"{value:8.2f}"
+        print(f"  {check:40s} {shown:>8s}   {'MET' if met else 'NOT MET'}")
+    for flag in result["flags"]:
+        print(f"  TO FIX {flag['stage']}: {flag['problem']}")
+
+
+def train_row(run: dict, samples: list) -> Optional[dict]:
+    """The fine-tune's train@ figures of one repro (None when it did not end)."""
+    for r in run["records"]:
+        if r["stage"] == f"train@{FINETUNE}":
+            return {"seconds": r["seconds"], "first_batch_s": r.get("first_batch_s"),
+                    "steady_images_per_second": r.get("steady_images_per_second"), "epochs": r.get("epochs"),
+                    "refit_epochs": r.get("refit_epochs"), "busy": scale.busy_fraction(samples, r["start"], r["end"]),
+                    "dvc_repro_s": run["wall_s"]}
+    return None
+
+
+def gpu_samples(path: Path) -> list:
+    return scale.parse_nvidia_smi(path.read_text()) if path.is_file() else []
+
+
+def ddp_check(phase: Phase, args: argparse.Namespace, repo: Path) -> dict:
+    """scripts/ddp_check.py with one process (plain against torchrun x1) on the workspace's crops."""
+    device = "cuda" if phase.result["environment"]["device_type"] == "cuda" else "cpu"
+    cmd = [sys.executable, str(ROOT / "scripts" / "ddp_check.py"), "--crops", str(repo / "data" / "crops"),
+           "--name", FINETUNE, "--params", str(repo / "params.yaml"), "--epochs", str(args.ddp_epochs),
+           "--device", device, "--nproc", "1", "--tolerance", str(args.tolerance)]
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "LOCAL_RANK", "RANK")}
+    env["PYTHONHASHSEED"] = "0"
+    print(" ".join(cmd[1:]), flush=True)
+    code, seconds, output = run_logged(cmd, phase.left() - args.ddp_reserve, cwd=repo, env=env)
+    top1 = {k: float(v) for k, v in re.findall(r"^\s*(plain|torchrun x\d+): val top-1 ([0-9.]+)", output, re.M)}
+    diff = top1["torchrun x1"] - top1["plain"] if {"plain", "torchrun x1"} <= set(top1) else None
+    return {"val_top1": top1, "difference": diff, "tolerance": args.tolerance, "epochs": args.ddp_epochs,
+            "exit_status": code, "stopped_by_budget": code is None, "seconds": seconds,
+            "equal_within_tolerance": code == 0 and diff is not None and abs(diff) <= args.tolerance}
+
+
+def phase2(phase: Phase, args: argparse.Namespace) -> None:
+    """ddp_check x1, and the fine-tune end to end with train.compile off, then on (a params change: dvc reruns
+    resolve and the fine-tune's train stage only)."""
+    off = {"experiments": {FINETUNE: {"train": {"compile": False}}}}
+    repo, params = prepare(phase, args, off)
+    target = (f"train@{FINETUNE}",)
+    smi = phase.out / "nvidia-smi.csv"
+    sampler = scale.GpuSampler(smi)
+    cuda = phase.result["environment"]["device_type"] == "cuda"
+    compile_result: dict = {"effective": cuda, "note": None if cuda else CPU_COMPILE_NOTE}
+    try:
+        phase.step("the fine-tune with train.compile off (and the data stages before it)")
+        run = repro(phase, repo, target, phase.left() - args.ddp_reserve - args.reserve, tag="-compile-off")
+        compile_result["off"] = train_row(run, gpu_samples(smi))
+        compile_result["off_data_stages"] = [{"stage": r["stage"], "seconds": r["seconds"]} for r in run["records"]
+                                             if not r["stage"].startswith("train@")]
+        phase.save(compile=compile_result)
+        if not run["complete"]:
+            phase.save(status="partial: the budget ended during the compile-off run")
+            return
+        phase.step("ddp_check: plain against torchrun x1")
+        phase.save(ddp_check=ddp_check(phase, args, repo))
+        print(json.dumps(phase.result["ddp_check"]))
+        if phase.left() < args.reserve:
+            phase.save(status=f"partial: {phase.left():.0f} s left, compile on not run")
+            return
+        phase.step("the fine-tune with train.compile on")
+        on = scale.deep_merge(params, {"experiments": {FINETUNE: {"train": {"compile": True}}}})
+        (repo / "params.yaml").write_text(yaml.safe_dump(on, sort_keys=False))
+        try:
+            run = repro(phase, repo, target, phase.left(), tag="-compile-on")
+        except SystemExit as failed:    # e.g. torch.compile lacking its compiler: the off figures still stand
+            compile_result["on_error"] = str(failed)[-2000:]
+            phase.save(compile=compile_result, status="partial: the compile-on run failed (see compile.on_error)")
+            print(compile_result["on_error"])
+            return
+        compile_result["on"] = train_row(run, gpu_samples(smi))
+        compile_result["on_reran"] = [r["stage"] for r in run["records"]]
+    finally:
+        sampler.stop()
+    a, b = compile_result.get("off"), compile_result.get("on")
+    if a and b:
+        compile_result["wall_on_over_off"] = b["seconds"] / a["seconds"]
+        if a["steady_images_per_second"] and b["steady_images_per_second"]:
+            compile_result["steady_on_over_off"] = b["steady_images_per_second"] / a["steady_images_per_second"]
+    phase.save(compile=compile_result)
+    print_phase2(phase.result)
+
+
+def print_phase2(result: dict) -> None:
+    ddp, comp = result.get("ddp_check") or {}, result["compile"]
+    print("\n== ddp_check (one GPU) ==")
+    print(f"val top-1 {ddp.get('val_top1')}; difference {ddp.get('difference')}; tolerance {ddp.get('tolerance')}: "
+          f"{'EQUAL' if ddp.get('equal_within_tolerance') else 'NOT EQUAL'}")
+    print(f"\n== {FINETUNE} end to end, train.compile off / on ==")
+    for label in ("off", "on"):
+        row = comp.get(label)
+        if row:
+            steady = row["steady_images_per_second"]
+            print(f"compile {label:3s}: train@ wall {row['seconds']:7.1f} s, first batch {row['first_batch_s']} s, "
+                  f"steady {'-' if steady is None else f'{steady:.0f}'} img/s, GPU busy {row['busy']}")
+        else:
+            print(f"compile {label:3s}: not measured")
+    if comp.get("note"):
+        print(comp["note"])
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--phase", type=int, choices=(1, 2), required=True)
+    p.add_argument("--out", required=True, help="folder of the logs and JSON results ($OUT on the GPU machine)")
+    p.add_argument("--budget", type=float, default=None,
+                   help="seconds this phase may take; its work is stopped then (default: 400 phase 1, 300 phase 2)")
+    p.add_argument("--fraction", type=float, default=DEFAULT_FRACTION,
+                   help="of Stanford Cars' photos per class (default: %(default)s: 196 classes x 5 + 5 photos)")
+    p.add_argument("--tiny", action="store_true", help="CPU smoke: 48 small photos, the offline CPU settings")
+    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    p.add_argument("--workdir", default=None, help="data and workspace (default: a carbench-plan<phase> folder in "
+                                                   "the temporary directory)")
+    p.add_argument("--wheels", default=str(ROOT / ".device" / "whl"), help="dvc/dvclive wheels (default: %(default)s)")
+    p.add_argument("--site", default=str(Path(tempfile.gettempdir()) / "carbench-site"),
+                   help="where the wheels are installed (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=0, help="processes generating the data (0 = all cores)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a params override (repeatable)")
+    p.add_argument("--target", action="append", default=[], help="phase 1: only this stage and what it needs")
+    p.add_argument("--reserve", type=float, default=None,
+                   help="seconds kept for the bare rates (phase 1) or the compile-on run (phase 2)")
+    p.add_argument("--ddp-epochs", type=int, default=2)
+    p.add_argument("--ddp-reserve", type=float, default=None, help="phase 2: seconds kept for ddp_check")
+    p.add_argument("--tolerance", type=float, default=0.02, help="ddp_check's largest val top-1 difference")
+    args = p.parse_args(argv)
+    os.environ.setdefault("CARBENCH_BARE_SECONDS", TINY_BARE_SECONDS if args.tiny else GPU_BARE_SECONDS)
+    scale.BARE_TIMED_SECONDS = float(os.environ["CARBENCH_BARE_SECONDS"])
+    if args.tiny:
+        args.ddp_epochs = min(args.ddp_epochs, 1)
+    args.budget = args.budget or DEFAULT_BUDGET_S[args.phase]
+    if args.reserve is None:
+        args.reserve = 15.0 if args.tiny else 60.0
+    if args.ddp_reserve is None:
+        args.ddp_reserve = 15.0 if args.tiny else 40.0
+    args.workdir = args.workdir or str(Path(tempfile.gettempdir()) / f"carbench-plan{args.phase}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ["PYTHONUNBUFFERED"] = "1"
+    log = open(out / f"plan{args.phase}.log", "w")
+    sys.stdout, sys.stderr = Tee(sys.__stdout__, log), Tee(sys.__stderr__, log)
+    phase = Phase(args.phase, out, args.budget, [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])
+    phase.save()
+    print(f"device plan, phase {args.phase}: budget {args.budget:.0f} s, logs and JSON in {out}")
+    try:
+        (phase1 if args.phase == 1 else phase2)(phase, args)
+    except BaseException as exc:
+        phase.save(status=f"failed: {type(exc).__name__}: {str(exc)[-2000:]}")
+        raise
+    if phase.result["status"] == "running":
+        partial = (args.phase == 1 and not phase.result["extrapolation"]["complete"]
+                   or args.phase == 2 and not (phase.result["compile"].get("on")))
+        phase.save(status="partial" if partial else "done")
+    print(f"\nphase {args.phase} {phase.result['status']} in {phase.elapsed():.0f} s; results: {phase.json}")
+
+
+if __name__ == "__main__":
+    main()
