@@ -205,7 +205,8 @@ def bare_rates(exp: Any, base: Any, num_classes: int, device: Any) -> Bare:
 
     from carbench.train.batches import FeatureData
     from carbench.train.engine import Trainer, use_feature_cache
-    from carbench.train.models import apply_freeze, build_model, trainable_blocks_for_epoch
+    from carbench.model.build import build_model
+    from carbench.train.freeze import apply_freeze, trainable_blocks_for_epoch
 
     cfg, out = exp.train, Bare()
     model = build_model(exp.model, num_classes, pretrained=False).to(device)
@@ -240,7 +241,7 @@ def bare_rates(exp: Any, base: Any, num_classes: int, device: Any) -> Bare:
 def train_floor(exp: Any, bare: Bare, record: dict, num_blocks: int) -> float:
     """Bare-compute seconds of a train stage: each fit and refit epoch's images at the rate of that epoch's freeze
     state, validation and feature-cache images at the inference rate (a cached-feature head costs ~nothing)."""
-    from carbench.train.models import trainable_blocks_for_epoch
+    from carbench.train.freeze import trainable_blocks_for_epoch
 
     seconds = (record["val_images"] + record["feature_images"]) / bare.infer
     if record["feature_images"]:
@@ -340,7 +341,7 @@ def measure(repo: Path, records: list[dict], samples: list, device_name: str) ->
     from carbench import runtime
     from carbench.config import load_params
     from carbench.data.store import load_meta
-    from carbench.train.models import build_model
+    from carbench.model.build import build_model
 
     params = load_params(repo / "params.yaml")
     device = runtime.select_device(device_name)

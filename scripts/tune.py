@@ -205,7 +205,7 @@ def final_test(params: Any, trainer: Any, crops: Path, meta: Any) -> dict:
     from carbench.report.evaluate import classification_metrics
     from carbench.retrieval.embeddings import Embeddings, as_stored
     from carbench.retrieval.knn import fit_knn
-    from carbench.train.augment import eval_preprocess
+    from carbench.model.preprocess import eval_preprocess
     from carbench.train.batches import Order, batches, compute_features, load_split_data
     from carbench.train.engine import amp_dtype, refit_trainer
     from carbench.train.train_log import NoBar

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from carbench.config import experiment, parse_params  # noqa: E402
 from carbench.retrieval.embeddings import as_stored  # noqa: E402
 from carbench.train.engine import Trainer, setup_trainer  # noqa: E402
-from carbench.train.models import build_model  # noqa: E402
+from carbench.model.build import build_model  # noqa: E402
 from carbench.runtime import seed_everything, select_device  # noqa: E402
 from carbench.train.train_log import NoBar  # noqa: E402
 from tune import knn_scores, load_raw  # noqa: E402  (scripts/tune.py: the same params loading and k-NN grid)

@@ -1,10 +1,11 @@
-"""carbench.train.augment: batched per-sample augmentation and eval preprocessing."""
+"""carbench.train.augment: batched per-sample augmentation (eval preprocessing: test_preprocess.py)."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from carbench.model.preprocess import eval_preprocess
 from carbench.train import augment as A
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -46,7 +47,7 @@ def test_layouts_give_the_same_result():
 
 def test_none_preset_is_eval_preprocessing():
     x = images()
-    assert torch.equal(augmenter("none")(x), A.eval_preprocess(x, SIZE, MEAN, STD))
+    assert torch.equal(augmenter("none")(x), eval_preprocess(x, SIZE, MEAN, STD))
 
 
 @pytest.mark.parametrize("preset", ["light", "standard", "strong"])
@@ -65,18 +66,10 @@ def test_seed_determines_the_output():
     assert not torch.equal(aug(x), aug(x))  # the generator advances between batches
 
 
-def test_eval_preprocess_resizes_and_normalises():
-    grey = torch.full((2, STORE, STORE, 3), 128, dtype=torch.uint8)
-    out = A.eval_preprocess(grey, SIZE, MEAN, STD)
-    expected = torch.tensor([(128 / 255 - m) / s for m, s in zip(MEAN, STD)]).view(1, 3, 1, 1)
-    assert out.shape == (2, 3, SIZE, SIZE)
-    assert torch.allclose(out, expected.expand_as(out), atol=1e-5)
-
-
 def test_flip_policy_mirrors_the_image():
     x = images(size=SIZE)
     flip = A.BatchAugmenter(A.AugmentPolicy(hflip=1.0), SIZE, MEAN, STD, torch.Generator().manual_seed(0))
-    assert torch.allclose(flip(x), A.eval_preprocess(x, SIZE, MEAN, STD).flip(-1), atol=1e-4)
+    assert torch.allclose(flip(x), eval_preprocess(x, SIZE, MEAN, STD).flip(-1), atol=1e-4)
 
 
 def test_grayscale_policy_gives_grey_images():

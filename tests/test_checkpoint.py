@@ -1,4 +1,4 @@
-"""carbench.train.checkpoint: the best.pt format round-trips and rebuilds the model without weights files."""
+"""carbench.model.checkpoint: the best.pt format round-trips and rebuilds the model without weights files."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from carbench.train.checkpoint import FORMAT, load_classifier, make_checkpoint, save_checkpoint
+from carbench.model.checkpoint import FORMAT, load_classifier, make_checkpoint, save_checkpoint
 from carbench.config import parse_params
 from carbench.errors import UserError
-from carbench.train.models import build_model
+from carbench.model.build import build_model
 from carbench.train.optim import build_optimizer, build_scheduler, param_groups
 from conftest import repo_params
 

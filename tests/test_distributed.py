@@ -17,7 +17,7 @@ import yaml
 from carbench import runtime
 from carbench.config import ConfigError
 from carbench.train import distributed
-from carbench.train.checkpoint import load_classifier
+from carbench.model.checkpoint import load_classifier
 from carbench.train.engine import fit, setup_trainer, train_experiment
 from carbench.train.train_log import NoLive
 from conftest import repo_params

@@ -113,7 +113,8 @@ def _is_code(dep: str) -> bool:
 @pytest.mark.parametrize("name", sorted(_stages()))
 def test_stage_code_deps_are_exactly_its_imports(name):
     stage = _stages()[name]
-    script = re.search(r"python (stages/\S+\.py)", stage["cmd"]).group(1)
+    # train@ starts with its launcher (base.launcher: python unless set)
+    script = re.search(r"(?:python|\$\{base\.launcher\}) (stages/\S+\.py)", stage["cmd"]).group(1)
     want = imported_files(ROOT / script)
     have = {d for d in stage.get("deps", []) if isinstance(d, str) and _is_code(d)}
     assert have == want, (f"dvc.yaml stage {name!r}: missing {sorted(want - have)}, stale {sorted(have - want)}; "
@@ -123,7 +124,7 @@ def test_stage_code_deps_are_exactly_its_imports(name):
 @pytest.mark.parametrize("name", sorted(_stages()))
 def test_stage_resource_deps_are_exactly_the_resources_its_code_names(name):
     stage = _stages()[name]
-    script = re.search(r"python (stages/\S+\.py)", stage["cmd"]).group(1)
+    script = re.search(r"(?:python|\$\{base\.launcher\}) (stages/\S+\.py)", stage["cmd"]).group(1)
     want = resource_files(imported_files(ROOT / script))
     prefix = RESOURCES.relative_to(ROOT).as_posix() + "/"
     have = {d for d in stage.get("deps", []) if isinstance(d, str) and d.startswith(prefix)}
@@ -156,3 +157,14 @@ def test_train_stages_track_their_resolved_config_not_params_sections():
         assert "params" not in stage, f"{name}@ must depend on its resolved file, not on params sections"
         assert any(d.startswith(f"data/resolved/{kind}/") for d in stage["deps"]), name
         assert f"--resolved data/resolved/{kind}/" in stage["cmd"], name
+
+
+def test_stages_that_load_models_do_not_depend_on_training_code():
+    """evaluate@, embed@ and knn@ only load trained models (carbench.model): a training change (a mixup tweak, a
+    loss) reaches them through models/<name>, so a src/carbench/train/ file among their deps would rerun them for
+    an edit that changes nothing they compute."""
+    train_code = (SRC / "train").relative_to(ROOT).as_posix() + "/"
+    stages = _stages()
+    for name in ("evaluate", "embed", "knn"):
+        deps = sorted(d for d in stages[name].get("deps", []) if isinstance(d, str) and d.startswith(train_code))
+        assert not deps, f"dvc.yaml stage {name!r} depends on training code {deps}: import it from carbench.model"

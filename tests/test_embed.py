@@ -60,8 +60,8 @@ def write_store(crops: Path, seed: int = 0) -> None:
 
 def write_checkpoint(path: Path, seed: int = 0) -> None:
     """A tiny untrained scratch-CNN classifier checkpoint in the real format (ARCHITECTURE.md §4)."""
-    from carbench.train.checkpoint import make_checkpoint, save_checkpoint
-    from carbench.train.models import build_model
+    from carbench.model.checkpoint import make_checkpoint, save_checkpoint
+    from carbench.model.build import build_model
 
     raw = raw_params()
     model_cfg = build(ModelConfig, {**raw["model"], "arch": "cnn", "weights": "none", "cnn_widths": CNN_WIDTHS,
@@ -130,9 +130,9 @@ def test_embed_writes_the_store_format(tmp_path):
 
 
 def test_embed_matches_the_model_features(tmp_path):
-    from carbench.train.checkpoint import load_classifier
+    from carbench.model.checkpoint import load_classifier
     from carbench.retrieval.embed import run_embed
-    from carbench.train.augment import eval_preprocess
+    from carbench.model.preprocess import eval_preprocess
     from carbench.retrieval.embeddings import load_embeddings
 
     world = make_world(tmp_path)

@@ -15,12 +15,13 @@ import pytest
 import torch
 import yaml
 
-from carbench.train.augment import build_augmenter, eval_preprocess, stored_size
+from carbench.train.augment import build_augmenter, stored_size
 from carbench.train.batches import Order, load_split_data
-from carbench.train.checkpoint import load_classifier
+from carbench.model.checkpoint import load_classifier
 from carbench.config import parse_params
 from carbench.train.engine import setup_trainer, train_experiment
-from carbench.train.models import build_model
+from carbench.model.build import build_model
+from carbench.model.preprocess import eval_preprocess
 from carbench.train.resume import RESUME_FORMAT
 from carbench.runtime import seed_everything
 from carbench.train.train_log import TIMING_KEYS

@@ -1,4 +1,5 @@
-"""carbench.train.models: every family builds, heads and features have the right shapes, freeze modes work."""
+"""carbench.model: every family builds, heads and features have the right shapes, blocks split by family
+(the freeze schedule over those blocks: test_freeze.py)."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,7 +11,8 @@ from torch import nn
 
 from carbench.config import parse_params
 from carbench.errors import UserError
-from carbench.train.models import (CarNet, apply_freeze, build_model, count_parameters, trainable_blocks_for_epoch)
+from carbench.model.build import build_model
+from carbench.model.carnet import count_parameters
 from conftest import repo_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,10 +28,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def cfg(**overrides):
     base = parse_params(repo_params()).experiments["cnn_basic"].model
     return dataclasses.replace(base, **overrides)
-
-
-def trainable(model: CarNet, block: int) -> list[bool]:
-    return [p.requires_grad for p in model.block_parameters(block)]
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2", "densenet121", "vgg11", "efficientnet_b0"])
@@ -83,44 +81,6 @@ def test_resnet_blocks_are_stem_plus_layer1_then_stages():
     assert {id(p) for p in bb.layer4.parameters()} == {id(p) for p in model.block_parameters(3)}
     in_blocks = sum(p.numel() for i in range(4) for p in model.block_parameters(i))
     assert count_parameters(model) == in_blocks + count_parameters(model.head)  # every parameter in a block
-
-
-def test_frozen_trains_only_the_head_and_freezes_batchnorm_stats():
-    model = build_model(cfg(cnn_batch_norm=True, freeze="frozen"), NUM_CLASSES, pretrained=False)
-    assert apply_freeze(model, cfg(freeze="frozen"), 0) == 0
-    model.train()
-    assert all(not p.requires_grad for p in model.backbone.parameters())
-    assert all(p.requires_grad for p in model.head.parameters())
-    assert not any(m.training for m in model.backbone.modules()) and model.head.training
-    bn = model.backbone.block1.body[1]
-    before = bn.running_mean.clone()
-    model(torch.randn(4, 3, SIZE, SIZE) + 3)
-    assert torch.equal(bn.running_mean, before)
-
-
-def test_partial_trains_the_last_blocks_only():
-    c = cfg(cnn_batch_norm=True, freeze="partial", trainable_blocks=1)
-    model = build_model(c, NUM_CLASSES, pretrained=False)
-    apply_freeze(model, c, 0)
-    model.train()
-    assert not any(trainable(model, 0)) and not any(trainable(model, 1)) and all(trainable(model, 2))
-    assert not model.backbone.block1.body[1].training and model.backbone.block3.body[1].training
-
-
-def test_progressive_unfreezes_top_down_on_schedule():
-    c = cfg(freeze="progressive", unfreeze_every=2)
-    model = build_model(c, NUM_CLASSES, pretrained=False)
-    expected = {0: 0, 1: 0, 2: 1, 3: 1, 4: 2, 6: 3, 10: 3}
-    for epoch, count in expected.items():
-        assert apply_freeze(model, c, epoch) == count
-        flags = [all(trainable(model, b)) for b in range(3)]
-        assert flags == [b >= 3 - count for b in range(3)], epoch
-        assert not any(any(trainable(model, b)) for b in range(3 - count))
-
-
-@pytest.mark.parametrize("freeze, expected", [("frozen", 0), ("partial", 2), ("full", 3)])
-def test_trainable_blocks_for_epoch(freeze, expected):
-    assert trainable_blocks_for_epoch(cfg(freeze=freeze, trainable_blocks=2), 5, 3) == expected
 
 
 def test_model_without_final_linear_is_rejected():

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from carbench.config import parse_params
 from carbench.train.losses import FocalLoss, build_loss
-from carbench.train.models import build_model
+from carbench.model.build import build_model
 from carbench.train.optim import PLATEAU_PATIENCE, build_optimizer, build_scheduler, param_groups
 from conftest import repo_params
 

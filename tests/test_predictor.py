@@ -24,7 +24,7 @@ def world(tmp_path):
 
 
 def test_classifier_predictor(world):
-    from carbench.train.models import count_parameters
+    from carbench.model.carnet import count_parameters
 
     pred = load_predictor(world.models / "cnn_basic", "cpu", world.models)
     assert isinstance(pred, ClassifierPredictor) and pred.kind == "classifier"

@@ -15,7 +15,8 @@ from carbench.train.batches import Order
 from carbench.train.engine import setup_trainer, train_experiment, use_feature_cache
 from carbench.retrieval.knn import fit_preprocessing
 from carbench.train.losses import build_loss
-from carbench.train.models import trainable_blocks_for_epoch
+from carbench.train.freeze import trainable_blocks_for_epoch
+from carbench.model.preprocess import eval_preprocess
 from carbench.train.optim import param_groups
 from carbench.runtime import seed_everything
 from conftest import repo_params
@@ -92,7 +93,7 @@ def test_a_crop_range_alone_makes_augment_none_a_random_resized_crop():
     assert A.stored_size(policy, False, 16, 64) == math.ceil(16 * A.WARP_OVERSAMPLE)
     aug = A.build_augmenter(policy, False, 16, (0.5,) * 3, (0.25,) * 3, torch.Generator().manual_seed(0))
     images = torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8)
-    assert not torch.allclose(aug(images), A.eval_preprocess(images, 16, (0.5,) * 3, (0.25,) * 3))
+    assert not torch.allclose(aug(images), eval_preprocess(images, 16, (0.5,) * 3, (0.25,) * 3))
     exp, _ = tiny("tl_resnet50_frozen", model={"arch": "cnn", "weights": "none"}, train={"augment": "none"})
     assert use_feature_cache(exp)
     assert not use_feature_cache(dataclasses.replace(exp, train=dataclasses.replace(exp.train, crop_scale=(0.5, 1.0))))

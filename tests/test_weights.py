@@ -1,4 +1,4 @@
-"""carbench.train.weights: pretrained weights from the cache, a bundled package or a verified download (never in
+"""carbench.model.weights: pretrained weights from the cache, a bundled package or a verified download (never in
 offline mode), with errors that say how to provide them. Downloads go to a loopback HTTP server only."""
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from carbench.train import weights as W
+from carbench.model import weights as W
 from carbench.config import parse_params
 from carbench.errors import WeightsError
-from carbench.train.models import build_model
+from carbench.model.build import build_model
 from carbench.runtime import OFFLINE_ENV
 from conftest import repo_params
 

@@ -45,6 +45,13 @@ class BaseConfig:
                            "the same (carbench.runtime.is_offline)")
     gpus: int = _f(1, min=1, doc="train@: N > 1 runs N DDP processes under torchrun (one per GPU; on CPU: N gloo "
                                  "processes); train.batch_size is the global batch and must be divisible by N")
+    nodes: int = _f(1, min=1, doc="train@: M > 1 runs base.gpus processes on each of M nodes (torchrun, c10d "
+                                  "rendezvous); the launcher must start the stage once per node (e.g. srun); "
+                                  "train.batch_size must be divisible by gpus x nodes (docs/cluster.md)")
+    rdzv_endpoint: Optional[str] = _f(None, doc="train@ with nodes > 1: host:port where the nodes meet; under srun "
+                                                "the node srun ran on is used instead (its port is kept if given)")
+    launcher: str = _f("python", doc="train@'s command in dvc.yaml starts with it: python, or e.g. `srun "
+                                     "--ntasks-per-node=1 python` for base.nodes > 1 on SLURM (docs/cluster.md)")
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 ``load_predictor(models/<name>, device, models_root)`` returns a :class:`ClassifierPredictor`
 (``best.pt``) or a :class:`KnnPredictor` (``knn.{npz,json}`` + the embedder checkpoint it names,
 checked by md5). Both take uint8 crops ``(N, S, S, 3)`` as stored in the crop store, apply the
-model's own eval preprocessing (:func:`carbench.train.augment.eval_preprocess`: resize to the
+model's own eval preprocessing (:func:`carbench.model.preprocess.eval_preprocess`: resize to the
 checkpoint's ``image_size`` + its mean/std) and return probabilities ``(N, C)`` float32 on the CPU.
 The network runs channels-last (faster on CPU too) and, on CUDA, under bf16 autocast (fp16 where bf16 is missing)
 when it trained with ``train.amp``, as in training.
@@ -60,7 +60,7 @@ class ClassifierPredictor(Predictor):
     kind = "classifier"
 
     def __init__(self, model: torch.nn.Module, ckpt: dict, device: Any, size_bytes: int) -> None:
-        from ..train.models import count_parameters
+        from ..model.carnet import count_parameters
 
         super().__init__(ckpt["class_names"], count_parameters(model), size_bytes, device)
         self.model = model.eval()
@@ -82,7 +82,7 @@ class ClassifierPredictor(Predictor):
 
     def _inputs(self, images: Any) -> torch.Tensor:
         """uint8 ``(N, S, S, 3)`` -> normalised float32 ``(N, 3, image_size, image_size)`` on the device."""
-        from ..train.augment import eval_preprocess
+        from ..model.preprocess import eval_preprocess
 
         x = as_tensor(images).to(self.device, non_blocking=True)
         return eval_preprocess(x, self.image_size, self.mean, self.std)
@@ -127,7 +127,7 @@ class KnnPredictor(Predictor):
 # ----------------------------------------------------------------------------- loading
 def load_classifier_predictor(path: str | Path, device: Any) -> ClassifierPredictor:
     """A :class:`ClassifierPredictor` for checkpoint ``path`` (error naming it when missing)."""
-    from ..train.checkpoint import load_classifier
+    from ..model.checkpoint import load_classifier
 
     path = Path(path)
     if not path.is_file():

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from .. import timing
-from .augment import eval_preprocess, resize_nhwc_uint8
+from ..model.preprocess import eval_preprocess, resize_nhwc_uint8
 from ..errors import DataError
-from .models import CarNet
+from ..model.carnet import CarNet
 from ..data.store import load_split
 
 #: A split is kept resident on the device when it needs at most this fraction of free memory.

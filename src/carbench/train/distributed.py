@@ -7,6 +7,13 @@ with torchrun's status. A user may also start ``torchrun --nproc_per_node=N stag
 worker ``WORLD_SIZE`` from the environment wins over ``base.gpus`` (a log line says so); ``torchrun`` with one
 process still takes the DDP code path (world size 1).
 
+``base.nodes: M > 1``: one copy of the stage runs on each of M nodes (the stage's launcher starts them, e.g.
+``base.launcher: srun --ntasks-per-node=1 python``), and each re-executes itself as ``torchrun --nnodes=M
+--nproc_per_node=N --rdzv_backend=c10d``: the nodes meet at one endpoint (:func:`rendezvous`: the node srun was
+started from when under srun, else ``base.rdzv_endpoint``), and c10d numbers them; global rank 0 (local rank 0 of
+torchrun's node 0) alone writes files, so the stage's directory must be one that every node sees (a shared
+filesystem, as a SLURM job's submit directory is).
+
 Each worker (:func:`session`) joins a process group: NCCL on CUDA (device ``cuda:LOCAL_RANK``), gloo on CPU
 (``base.device: cpu`` or no GPU: there ``gpus`` means processes, so the DDP path is testable without a GPU), and
 uses ``max(1, threads // local processes)`` CPU threads. The engine asks :func:`context` which rank it is; without a
@@ -42,20 +49,57 @@ def in_worker() -> bool:
     return any(name in os.environ for name in WORKER_ENV)
 
 
-def should_launch(gpus: int) -> bool:
-    """``base.gpus > 1`` and this process is not a torchrun worker yet: :func:`launch` it."""
-    return gpus > 1 and not in_worker()
+#: torchrun's own default port for c10d; under SLURM the job id shifts it, so two jobs sharing a node do not meet.
+RDZV_PORT = 29400
 
 
-def launch_command(nproc: int, argv: Sequence[str]) -> list[str]:
-    """``python -m torch.distributed.run --standalone --nproc_per_node=<nproc> <argv...>`` (this interpreter)."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *argv]
+def should_launch(gpus: int, nodes: int = 1) -> bool:
+    """``base.gpus > 1`` or ``base.nodes > 1`` and this process is not a torchrun worker yet: :func:`launch` it."""
+    return (gpus > 1 or nodes > 1) and not in_worker()
 
 
-def launch(nproc: int, argv: Optional[Sequence[str]] = None) -> int:
-    """Run this script (``sys.argv``) again as ``nproc`` torchrun workers; returns torchrun's exit status."""
-    command = launch_command(nproc, list(sys.argv if argv is None else argv))
-    say(f"base.gpus is {nproc}: running {nproc} processes under torchrun: {' '.join(command[1:])}")
+def rendezvous(endpoint: Optional[str], environ: Optional[dict] = None) -> tuple[str, str]:
+    """``(host:port, run id)`` where the nodes of a multi-node run meet.
+
+    Under srun (``SLURM_LAUNCH_NODE_IPADDR``: the node srun ran on, the batch host, which is in the allocation):
+    that host, the port of ``endpoint`` if it names one, else ``RDZV_PORT`` + job id mod 1000; the run id is the job
+    and step, the same on every node. Elsewhere ``endpoint`` (``base.rdzv_endpoint``), which every node is given."""
+    environ = os.environ if environ is None else environ
+    port = endpoint.rpartition(":")[2] if endpoint and ":" in endpoint else ""
+    host = environ.get("SLURM_LAUNCH_NODE_IPADDR")
+    if host:
+        job = environ.get("SLURM_JOB_ID", "0")
+        port = port or str(RDZV_PORT + int(job) % 1000 if job.isdigit() else RDZV_PORT)
+        return f"{host}:{port}", f"slurm-{job}-{environ.get('SLURM_STEP_ID', '0')}"
+    if not endpoint:
+        raise ConfigError("base.nodes > 1 needs base.rdzv_endpoint (host:port of a node every node reaches) when "
+                          "the stage is not started by srun")
+    return (endpoint if port else f"{endpoint}:{RDZV_PORT}"), "carbench"
+
+
+def launch_command(nproc: int, argv: Sequence[str], nodes: int = 1, endpoint: Optional[str] = None,
+                   run_id: str = "carbench") -> list[str]:
+    """``python -m torch.distributed.run --standalone --nproc_per_node=<nproc> <argv...>`` (this interpreter); with
+    ``nodes > 1`` ``--nnodes=<nodes>`` and a c10d rendezvous at ``endpoint`` instead of ``--standalone``."""
+    head = [sys.executable, "-m", "torch.distributed.run"]
+    if nodes == 1:
+        return [*head, "--standalone", f"--nproc_per_node={nproc}", *argv]
+    return [*head, f"--nnodes={nodes}", f"--nproc_per_node={nproc}", "--rdzv_backend=c10d",
+            f"--rdzv_endpoint={endpoint}", f"--rdzv_id={run_id}", *argv]
+
+
+def launch(nproc: int, argv: Optional[Sequence[str]] = None, nodes: int = 1, endpoint: Optional[str] = None) -> int:
+    """Run this script (``sys.argv``) again as ``nproc`` torchrun workers (on this node of ``nodes``); returns
+    torchrun's exit status. ``endpoint``: ``base.rdzv_endpoint`` (read by :func:`rendezvous` when ``nodes > 1``)."""
+    argv = list(sys.argv if argv is None else argv)
+    if nodes == 1:
+        command = launch_command(nproc, argv)
+        say(f"base.gpus is {nproc}: running {nproc} processes under torchrun: {' '.join(command[1:])}")
+    else:
+        where, run_id = rendezvous(endpoint)
+        command = launch_command(nproc, argv, nodes, where, run_id)
+        say(f"base.nodes is {nodes}: this node runs {nproc} of {nodes * nproc} processes under torchrun, "
+            f"c10d rendezvous at {where}: {' '.join(command[1:])}")
     return subprocess.call(command)
 
 
@@ -64,7 +108,7 @@ def local_batch_size(batch_size: int, world: int) -> int:
     ``train.batch_size``; ConfigError when it does not divide."""
     if batch_size % world:
         raise ConfigError(f"train.batch_size ({batch_size}) must be divisible by the number of processes ({world}, "
-                          f"base.gpus or torchrun's WORLD_SIZE): each rank trains on batch_size / processes samples")
+                          f"base.gpus x base.nodes, or torchrun's WORLD_SIZE): each rank trains on batch_size / processes samples")
     return batch_size // world
 
 
@@ -86,7 +130,8 @@ def session(base: BaseConfig) -> Iterator[None]:
     threads = max(1, (base.threads or os.cpu_count() or 1) // max(1, local_world))
     torch.set_num_threads(threads)
     dist.init_process_group("nccl" if cuda else "gloo")
-    note = "" if world == base.gpus else f" (WORLD_SIZE from torchrun wins over base.gpus: {base.gpus})"
+    planned = base.gpus * base.nodes
+    note = "" if world == planned else f" (WORLD_SIZE from torchrun wins over base.gpus x base.nodes: {planned})"
     if rank == 0:
         say(f"DDP: {world} process(es) from torchrun{note}, {'nccl on cuda:LOCAL_RANK' if cuda else 'gloo on CPU'}, "
             f"{threads} CPU thread(s) each")

@@ -56,21 +56,24 @@ import torch
 import torch.nn.functional as F
 
 from .. import timing
-from .augment import BatchMixer, build_augmenter, eval_preprocess, stored_size, train_policy
+from .augment import BatchMixer, build_augmenter, stored_size, train_policy
 from .batches import ConcatData, FeatureData, Order, batches, compute_features, load_split_data
-from .checkpoint import cpu_state, make_checkpoint, save_checkpoint
+from ..model.checkpoint import cpu_state, make_checkpoint, save_checkpoint
 from ..config import BaseConfig, Experiment
 from ..errors import DataError
 from ..io import atomic_dir
 from .losses import build_loss
-from .models import CarNet, apply_freeze, build_model, count_parameters
+from .freeze import apply_freeze
+from ..model.build import build_model
+from ..model.carnet import CarNet, count_parameters
+from ..model.preprocess import eval_preprocess
 from .optim import build_optimizer, build_scheduler, param_groups
 from .resume import RESUME_FORMAT, capture_rng, load_resume_file, restore_rng, resume_key, save_resume_file
 from ..runtime import generator, seed_everything, select_device
 from ..data.store import load_meta
 from .distributed import SINGLE, Ddp, context, local_batch_size
 from .train_log import NoLive, epoch_line, finish_live, log_epoch, open_live, progress_bar, say, write_curves
-from .weights import WEIGHTS_NONE, weights_record
+from ..model.weights import WEIGHTS_NONE, weights_record
 
 PathLike = Union[str, os.PathLike]
 EpochCallback = Callable[[int, dict], None]

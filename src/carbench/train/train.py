@@ -14,11 +14,13 @@ from . import distributed
 
 def run(base: BaseConfig, exp: Experiment, crops_dir: str | Path, out_dir: str | Path, live_dir: str | Path,
         curves_dir: str | Path, resume_dir: str | Path) -> dict:
-    """Stage entry point (stages/train.py): seed and set torch's threads, then train. ``base.gpus > 1`` outside a
-    torchrun worker: run this script again as that many torchrun workers and exit with their status."""
-    if distributed.should_launch(base.gpus):
-        distributed.local_batch_size(exp.train.batch_size, base.gpus)  # refuse before starting any process
-        raise SystemExit(distributed.launch(base.gpus))
+    """Stage entry point (stages/train.py): seed and set torch's threads, then train. ``base.gpus > 1`` or
+    ``base.nodes > 1`` outside a torchrun worker: run this script again as ``base.gpus`` torchrun workers (on each of
+    ``base.nodes`` nodes) and exit with their status."""
+    if distributed.should_launch(base.gpus, base.nodes):
+        # refuse before starting any process
+        distributed.local_batch_size(exp.train.batch_size, base.gpus * base.nodes)
+        raise SystemExit(distributed.launch(base.gpus, nodes=base.nodes, endpoint=base.rdzv_endpoint))
     configure(base.seed, base.threads)
     from .engine import train_experiment  # after configure: torch threads are set before torch does work
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import atomic_file
-from .models import count_parameters
+from ..model.carnet import count_parameters
 
 #: Per-epoch metric names (dvclive), in logging order.
 METRIC_KEYS = ("train/loss", "train/top1", "val/loss", "val/top1", "lr", "epoch_seconds", "images_per_second")

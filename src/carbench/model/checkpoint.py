@@ -5,7 +5,7 @@ A checkpoint is a plain dict of tensors and builtins, so ``torch.load(path, weig
 ``mean``, ``std``, ``state_dict``, ``epoch`` (1-based epoch of the best val top-1), ``best_val_top1``,
 ``train`` (TrainConfig as dict), ``optimizer`` and ``scheduler`` (state dicts at that epoch),
 ``weights_file`` and ``weights_sha256`` (base name and sha256 of the pretrained weights file training
-started from, ``"none"`` for random init; :func:`carbench.train.weights.weights_record`),
+started from, ``"none"`` for random init; :func:`carbench.model.weights.weights_record`),
 ``data_source`` (the crop store's ``source``, e.g. ``synthetic``; absent from older checkpoints).
 """
 from __future__ import annotations
@@ -18,7 +18,8 @@ import torch
 from ..config import ConfigError, ModelConfig, TrainConfig, build, to_dict
 from ..errors import UserError
 from ..io import atomic_file
-from .models import CarNet, build_model
+from .build import build_model
+from .carnet import CarNet
 
 FORMAT = "carbench/1"
 KIND_CLASSIFIER = "classifier"
@@ -33,7 +34,7 @@ def make_checkpoint(model: CarNet, model_cfg: ModelConfig, train_cfg: TrainConfi
                     weights: Optional[Mapping[str, str]] = None, data_source: str = "") -> dict:
     """The checkpoint dict for ``model`` (state tensors are copied to CPU).
 
-    ``weights``: :func:`carbench.train.weights.weights_record` of the pretrained weights (``"unknown"`` when None).
+    ``weights``: :func:`carbench.model.weights.weights_record` of the pretrained weights (``"unknown"`` when None).
     ``data_source``: what the model was trained on (:attr:`carbench.data.store.StoreMeta.source`), so predict can
     warn about a demo model; "" when unknown.
     """
