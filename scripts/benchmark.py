@@ -8,7 +8,8 @@
 
 `pipeline` clones the committed repository into a temporary directory and runs `python scripts/offline.py`
 there (a fresh clone, as a user would), with every stage logging its wall time and peak RSS. `scale`
-(scripts/scale.py) is meant for a GPU: `dvc repro` of the real defaults on 16k generated photos.
+(carbench.bench.scale) is meant for a GPU: `dvc repro` of the real defaults on 16k generated photos; on a machine
+without `pip install -e .`, run it as `PYTHONPATH=src python3 scripts/benchmark.py scale`.
 """
 from __future__ import annotations
 
@@ -23,11 +24,11 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from carbench.bench import crop, scale, train
+from carbench.bench.overrides import deep_merge, dotted
+from carbench.bench.workspace import SCALE_DATA
 
-import bench  # noqa: E402  (the measurements themselves: scripts/bench.py, next to this file)
-import scale  # noqa: E402  (the scale benchmark: scripts/scale.py)
+ROOT = Path(__file__).resolve().parents[1]
 
 PIPELINE_TARGET_S = 200.0   # all nine experiments at the offline settings in <= 200 s on 2 cores
 
@@ -76,11 +77,11 @@ def main() -> None:
     group.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "carbench-scale"),
                        help="data, workspace, dvc and nvidia-smi logs (default: %(default)s)")
     group.add_argument("--overrides", help="params overrides file merged into the workspace's params.yaml "
-                                           "(e.g. configs/offline.yaml for a CPU smoke run)")
+                                           "(e.g. configs/overrides/offline.yaml for a CPU smoke run)")
     group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="one params override, e.g. --set train.compile=true (repeatable; after --overrides)")
     group.add_argument("--workers", type=int, default=0, help="processes generating the data (0 = all cores)")
-    for key, value in scale.SCALE_DATA.items():
+    for key, value in SCALE_DATA.items():
         group.add_argument("--" + key.replace("_", "-"), type=type(value), default=value,
                            help=f"generated data: {key} (default: %(default)s)")
     group.add_argument("--target", action="append", default=[],
@@ -91,9 +92,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.what == "scale":
         overrides = yaml.safe_load(Path(args.overrides).read_text()) if args.overrides else {}
-        overrides = scale.deep_merge(overrides or {}, scale.dotted(args.set))
-        data = {key: getattr(args, key) for key in scale.SCALE_DATA}
-        report = scale.run_scale(Path(args.workdir), Path(args.data) if args.data else None, overrides,
+        overrides = deep_merge(overrides or {}, dotted(args.set))
+        data = {key: getattr(args, key) for key in SCALE_DATA}
+        report = scale.run_scale(ROOT, Path(args.workdir), Path(args.data) if args.data else None, overrides,
                                  args.device, args.workers, data, tuple(args.target),
                                  Path(args.logs) if args.logs else None)
         scale.print_report(report)
@@ -101,9 +102,9 @@ def main() -> None:
             Path(args.report).write_text(json.dumps(report, indent=2))
         return
     if args.what in ("crop", "all"):
-        bench.print_crop(bench.measure_crop(Path(args.raw)))
+        crop.print_crop(crop.measure_crop(Path(args.raw)))
     if args.what in ("train", "all"):
-        bench.print_train(bench.measure_train(args.device))
+        train.print_train(train.measure_train(ROOT / "params.yaml", args.device))
     if args.what in ("pipeline", "all"):
         print_pipeline(run_pipeline_benchmark())
 

@@ -13,15 +13,12 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+import pandas as pd
 
-import pandas as pd  # noqa: E402
-
-from carbench import cli  # noqa: E402
-from carbench.report import aggregate, stats  # noqa: E402
-from carbench.config import AggregateConfig  # noqa: E402
-from carbench.errors import UserError  # noqa: E402
+from carbench import cli
+from carbench.report import aggregate, stats
+from carbench.config import AggregateConfig
+from carbench.errors import UserError
 
 
 def experiment_config(path: Path) -> str:

@@ -12,6 +12,9 @@ Prints each val top-1 and the differences to the plain run; exits 1 when one exc
     python scripts/ddp_check.py --crops data/crops --name tl_resnet50_finetune --epochs 3
     python scripts/ddp_check.py --crops /tmp/tiny --name cnn_basic --epochs 2 --device cpu --nproc 2   # CPU smoke
 
+It imports the installed ``carbench``; on a machine without ``pip install -e .`` run it with ``PYTHONPATH=src``
+(the torchrun workers inherit it).
+
 Worker mode (``--worker``, started by this script under torchrun) trains and writes its summary as JSON.
 """
 from __future__ import annotations
@@ -24,9 +27,6 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-
-SRC = Path(__file__).resolve().parents[1] / "src"
-sys.path.insert(0, str(SRC))
 
 
 def experiment(args: argparse.Namespace):

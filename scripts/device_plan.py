@@ -1,17 +1,20 @@
 """The GPU device plan: two commands of under 8 minutes each on the GPU machine (python3 3.12 with torch, no dvc,
 no network), each writing its log and JSON results into ``--out`` as it goes. docs/gpu_plan.md has the commands.
 
-    phase 1  the scale benchmark (scripts/scale.py) of the nine defaults at ``--fraction`` of Stanford Cars' size
+    phase 1  the scale benchmark (carbench.bench.scale) of the nine defaults at ``--fraction`` of Stanford Cars' size
              (generated photos at the real photo sizes, random-init weights of the real architectures): per stage
              the wall time, time to first batch, steady and bare img/s, GPU busy fraction and bare-compute floor,
-             and the full-scale total extrapolated from each stage's fixed cost and rate (:func:`extrapolate`).
+             and the full-scale total extrapolated from each stage's fixed cost and rate
+             (:func:`carbench.bench.extrapolate.extrapolate`).
     phase 2  scripts/ddp_check.py on one GPU (torchrun x1 against plain), and one fine-tune
              (tl_resnet50_finetune) end to end through ``dvc repro`` with ``train.compile`` off, then on,
              at the same size.
 
-    python3 scripts/device_plan.py --phase 1 --out "$OUT"           # on the GPU machine
-    python3 scripts/device_plan.py --phase 2 --out "$OUT"
-    python scripts/device_plan.py --phase 1 --out /tmp/p1 --tiny    # CPU smoke (tests/test_device_plan.py)
+    PYTHONPATH=src python3 scripts/device_plan.py --phase 1 --out "$OUT"    # on the GPU machine
+    PYTHONPATH=src python3 scripts/device_plan.py --phase 2 --out "$OUT"
+    python scripts/device_plan.py --phase 1 --out /tmp/p1 --tiny            # CPU smoke (tests/test_device_plan.py)
+
+The GPU machine has no ``pip install -e .``: ``PYTHONPATH=src`` makes ``carbench`` importable there.
 
 Each phase stops its work when ``--budget`` seconds are spent (the figures measured so far stay in the JSON, marked
 partial). Where python cannot import dvc and dvclive, the wheels in ``--wheels`` (.device/whl, made by
@@ -25,8 +28,6 @@ Files in ``--out`` (flat, at most 8 a phase):
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import os
 import platform
@@ -34,7 +35,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,222 +42,31 @@ from typing import Any, Optional
 
 import yaml
 
+from carbench.bench import bare, gpu, scale
+from carbench.bench.extrapolate import (FULL_PHOTOS, expected_stages, extrapolate, flags, full_checks, plan_size,
+                                        print_extrapolation)
+from carbench.bench.overrides import deep_merge, dotted
+from carbench.bench.processes import Tee, dvc_version, ensure_packages, run_logged
+from carbench.bench.repro import ReproTimeout, run_repro
+from carbench.bench.workspace import make_data, make_workspace, scale_params
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import scale  # noqa: E402  (the scale benchmark: scripts/scale.py)
-
-FULL = scale.SCALE_DATA
-FULL_PHOTOS = FULL["num_classes"] * (FULL["train_per_class"] + FULL["test_per_class"])   # 16,268
 FINETUNE = "tl_resnet50_finetune"
 #: Seconds per phase: both together (~12 min with the machine's start) fit the 15 minutes of device time a session
 #: has, each well inside the 10-minute command limit. Phase 1 stops dvc repro early enough for the bare rates.
 DEFAULT_BUDGET_S = {1: 400.0, 2: 300.0}
 DEFAULT_FRACTION = 0.125      # 196 classes x 5 + 5 photos: the nine defaults' fixed costs alone are ~150 s
-GPU_BARE_SECONDS = "1.0"      # each bare rate timed this long on the GPU (scale.py's default: 2 s)
-#: --tiny: a CPU smoke of both phases (tests/test_device_plan.py): 4 classes of small photos, the offline demo's
-#: CPU settings, one epoch per trained experiment (two for the fine-tune: it then has a steady rate).
-TINY_DATA = {"num_classes": 4, "train_per_class": 8, "test_per_class": 4, "min_size": 64, "max_size": 96,
-             "grayscale_fraction": 0.0}
+GPU_BARE_SECONDS = "1.0"      # each bare rate timed this long on the GPU (carbench.bench.bare's default: 2 s)
+#: --tiny: the offline demo's CPU settings, one epoch per trained experiment (two for the fine-tune: it then has a
+#: steady rate), a small evaluation.
 TINY_SETS = ["base.threads=1", "split.allow_missing_classes=true", "evaluate.latency_runs=2",
              "evaluate.latency_budget_s=0.5", "aggregate.bootstrap=50"]
 TINY_BARE_SECONDS = "0.2"
-METHOD = ("full-scale stage seconds = fixed + images_full / rate, where fixed = the stage's time to its first batch "
-          "(process start-up, imports, data loading, model build; for a stage without model batches: the start-up "
-          "of a stage process, timed once), rate = the images the stage processed after its first batch (train, "
-          "refit, validation, feature-cache or test images) per second of its wall time after it, and images_full "
-          "= images x full_photos / photos; summed over the stages, plus dvc's own time between stages (dvc repro "
-          "wall - stage sum) times the same ratio. Upper-bound leaning: warm-up, per-epoch saves and evaluate's "
-          "latency probe are scaled with the images; lower-bound leaning: data reading before the first batch is "
-          "taken as fixed.")
 CPU_COMPILE_NOTE = ("train.compile has no effect on CPU (src/carbench/train/engine.py compiles only on CUDA): the "
                     "two runs here ran the same code, and their difference is noise")
 
 
-# ----------------------------------------------------------------------------- the extrapolation (pure)
-def stage_images(record: dict) -> int:
-    """Images a stage processed after its first batch (0 for a stage without model batches)."""
-    kind = record["stage"].partition("@")[0]
-    if kind == "train":
-        return int(record.get("epochs", 0) * record.get("train_per_epoch", 0)
-                   + record.get("refit_epochs", 0) * record.get("refit_per_epoch", 0)
-                   + record.get("val_images", 0) + record.get("feature_images", 0))
-    return int(record.get("images", 0) or 0)
-
-
-def extrapolate(records: list[dict], ratio: float, startup_s: float, dvc_wall_s: Optional[float] = None,
-                floor_s: Optional[float] = None, expected: Optional[list[str]] = None) -> dict:
-    """Full-scale seconds of each stage ``record`` (stage log lines at the fraction) and of the whole run, by
-    :data:`METHOD`; ``ratio`` = full photos / photos. ``dvc_wall_s``: the ``dvc repro`` wall of a complete run
-    (None: partial, dvc's own time left out); ``floor_s``: the bare-compute floor measured at the fraction;
-    ``expected``: every stage of the run (to list those not measured)."""
-    rows = []
-    for r in records:
-        images, first = stage_images(r), r.get("first_batch_s")
-        if first is not None and images and r["seconds"] > first:
-            fixed = first
-            rate = images / (r["seconds"] - first)
-            full = fixed + images * ratio / rate
-        else:
-            fixed = min(startup_s, r["seconds"])
-            rate = None
-            full = fixed + (r["seconds"] - fixed) * ratio
-        rows.append({"stage": r["stage"], "seconds": r["seconds"], "fixed_s": fixed, "images": images,
-                     "images_full": images * ratio, "rate": rate, "full_s": full})
-    stage_sum = sum(r["seconds"] for r in records)
-    stage_sum_full = sum(r["full_s"] for r in rows)
-    overhead = dvc_wall_s - stage_sum if dvc_wall_s is not None else None
-    overhead_full = overhead * ratio if overhead is not None else None
-    total = stage_sum_full + (overhead_full or 0.0)
-    floor_full = floor_s * ratio if floor_s else None
-    measured = {r["stage"] for r in records}
-    missing = [s for s in expected if s not in measured] if expected is not None else []
-    return {"method": METHOD, "ratio": ratio, "startup_s": startup_s, "stages": rows,
-            "stage_sum_s": stage_sum, "stage_sum_full_s": stage_sum_full,
-            "dvc_overhead_s": overhead, "dvc_overhead_full_s": overhead_full,
-            "total_full_s": total,
-            "total_full_s_dvc_overhead_fixed": stage_sum_full + (overhead or 0.0),
-            "floor_full_s": floor_full, "sum_over_floor_full": stage_sum_full / floor_full if floor_full else None,
-            "missing_stages": missing, "complete": dvc_wall_s is not None and not missing}
-
-
-def flags(rows: list[dict]) -> list[dict]:
-    """The stages that miss a per-stage target (bugs to remove): > 8 s before the first batch, or > 1.25x their
-    bare compute."""
-    out = []
-    for r in rows:
-        if r.get("first_batch_s") is not None and r["first_batch_s"] > scale.TARGETS["first_batch_s"]:
-            out.append({"stage": r["stage"], "problem": f"{r['first_batch_s']:.1f} s before its first batch "
-                                                        f"(> {scale.TARGETS['first_batch_s']:.0f} s)"})
-        if r.get("floor_s") and r["seconds"] / r["floor_s"] > scale.TARGETS["sum_over_floor"]:
-            out.append({"stage": r["stage"], "problem": f"wall {r['seconds']:.1f} s = {r['seconds'] / r['floor_s']:.2f}"
-                                                        f" x its bare compute (> {scale.TARGETS['sum_over_floor']}x)"})
-    return out
-
-
-def full_checks(ext: dict, rows: list[dict]) -> dict:
-    """The performance targets on the extrapolated figures: (value, met)."""
-    first = [r["first_batch_s"] for r in rows if r.get("first_batch_s") is not None]
-    evaluate = [r["full_s"] for r in ext["stages"] if r["stage"].startswith("evaluate@")]
-    ratio = ext["sum_over_floor_full"]
-    total, limit = ext["total_full_s"], scale.TARGETS
-    return {"full-scale dvc repro wall <= 600 s": (total, total <= limit["total_s"]),
-            "full-scale stage sum / floor <= 1.25": (ratio, ratio is not None and ratio <= limit["sum_over_floor"]),
-            "max time to first batch <= 8 s": (max(first, default=None),
-                                               bool(first) and max(first) <= scale.TARGETS["first_batch_s"]),
-            "full-scale max evaluate@ <= 8 s": (max(evaluate, default=None),
-                                                bool(evaluate) and max(evaluate) <= scale.TARGETS["evaluate_s"])}
-
-
-def expected_stages(params: dict) -> list[str]:
-    """Every stage of ``dvc repro`` for these params (dvc.yaml's DAG)."""
-    dag = params["dag"]
-    return (["download", "split", "crop", "resolve"] + [f"train@{n}" for n in dag["train"]]
-            + [f"embed@{n}" for n in dag["retrieval"]] + [f"knn@{n}" for n in dag["retrieval"]]
-            + [f"evaluate@{n}" for n in params["experiments"]] + ["aggregate"])
-
-
-def plan_size(fraction: float, tiny: bool) -> dict:
-    """The generated data (scale.SCALE_DATA's keys) for ``fraction`` of Stanford Cars' photos per class, and the
-    ratio of the full size to it."""
-    if tiny:
-        data = dict(TINY_DATA)
-    else:
-        data = {**FULL, "train_per_class": max(2, round(FULL["train_per_class"] * fraction)),
-                "test_per_class": max(1, round(FULL["test_per_class"] * fraction))}
-    photos = data["num_classes"] * (data["train_per_class"] + data["test_per_class"])
-    return {"data": data, "photos": photos, "full_photos": FULL_PHOTOS, "ratio": FULL_PHOTOS / photos,
-            "fraction": photos / FULL_PHOTOS, "tiny": tiny}
-
-
 # ----------------------------------------------------------------------------- running things
-class Tee:
-    """A text stream copied into a log file, flushed at every write (the log grows as the run goes)."""
-
-    def __init__(self, stream: Any, log: Any) -> None:
-        self.stream, self.log = stream, log
-
-    def write(self, text: str) -> int:
-        self.stream.write(text)
-        self.stream.flush()
-        self.log.write(text)
-        self.log.flush()
-        return len(text)
-
-    def flush(self) -> None:
-        self.stream.flush()
-        self.log.flush()
-
-
-def run_logged(cmd: list[str], timeout: float, cwd: Optional[Path] = None,
-               env: Optional[dict] = None) -> tuple[Optional[int], float, str]:
-    """Run ``cmd`` with its output copied line by line to stdout (the phase's log); after ``timeout`` seconds it
-    and its children are stopped. Returns (exit status, None when stopped; seconds; its output)."""
-    start, lines = time.perf_counter(), []
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-
-    def pump() -> None:
-        for line in proc.stdout:
-            lines.append(line)
-            sys.stdout.write("    " + line)
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    try:
-        code: Optional[int] = proc.wait(timeout=max(timeout, 1.0))
-    except subprocess.TimeoutExpired:
-        scale.stop_group(proc)
-        code = None
-    reader.join(timeout=5)
-    return code, time.perf_counter() - start, "".join(lines)
-
-
-def add_site(site: Path) -> None:
-    """Put ``site`` first on this process's path and on the PYTHONPATH of every process it starts."""
-    sys.path.insert(0, str(site))
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    os.environ["PATH"] = os.pathsep.join([str(site / "bin"), os.environ.get("PATH", "")])
-    importlib.invalidate_caches()
-
-
-def missing_modules(names: tuple[str, ...]) -> list[str]:
-    return [n for n in names if importlib.util.find_spec(n) is None]
-
-
-def ensure_packages(wheels: Path, site: Path, names: tuple[str, ...] = ("dvc", "dvclive"),
-                    timeout: float = 240.0) -> dict:
-    """Make ``names`` importable here and in child processes: as they are, from ``site`` (installed there by an
-    earlier call on the same machine), or by installing every wheel of ``wheels`` into ``site``."""
-    if not missing_modules(names):
-        return {"source": "importable", "seconds": 0.0}
-    if site.is_dir():
-        add_site(site)
-        if not missing_modules(names):
-            return {"source": f"{site} (installed earlier)", "seconds": 0.0}
-    files = sorted(str(p) for p in wheels.glob("*.whl"))
-    if not files:
-        raise SystemExit(f"{', '.join(missing_modules(names))} not importable and no wheels in {wheels}: prepare "
-                         f"the payload with `bash ../shared/tools/device-pack.sh` and carry .device/whl")
-    print(f"installing {len(files)} wheels from {wheels} into {site}")
-    code, seconds, output = run_logged([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
-                                        "--no-compile", "--no-cache-dir", "--disable-pip-version-check",
-                                        "--target", str(site), *files], timeout)
-    if code != 0:
-        raise SystemExit(f"pip install --target {site} failed (exit {code}):\n{output[-2000:]}")
-    add_site(site)
-    still = missing_modules(names)
-    if still:
-        raise SystemExit(f"{', '.join(still)} still not importable after installing the wheels of {wheels}")
-    return {"source": f"{len(files)} wheels of {wheels} installed into {site}", "seconds": seconds}
-
-
-def dvc_version() -> Optional[str]:
-    done = subprocess.run([sys.executable, "-m", "dvc", "--version"], capture_output=True, text=True)
-    return done.stdout.strip() or None
-
-
 def startup_seconds() -> float:
     """Wall seconds of a stage-like process that only imports (python, torch, carbench); the second of two runs."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
@@ -274,11 +83,11 @@ def plan_overrides(tiny: bool, sets: list[str]) -> dict:
     """The params overrides of both phases: for --tiny the offline demo's CPU settings and small evaluation."""
     over: dict = {}
     if tiny:
-        over = yaml.safe_load((ROOT / "configs" / "offline.yaml").read_text())
+        over = yaml.safe_load((ROOT / "configs" / "overrides" / "offline.yaml").read_text())
         trained = yaml.safe_load((ROOT / "params.yaml").read_text())["dag"]["train"]
         epochs = [f"experiments.{n}.train.epochs={2 if n == FINETUNE else 1}" for n in trained]
-        over = scale.deep_merge(over, scale.dotted(TINY_SETS + epochs))
-    return scale.deep_merge(over, scale.dotted(sets))
+        over = deep_merge(over, dotted(TINY_SETS + epochs))
+    return deep_merge(over, dotted(sets))
 
 
 # ----------------------------------------------------------------------------- the phases
@@ -329,7 +138,7 @@ def prepare(phase: Phase, args: argparse.Namespace, extra: Optional[dict] = None
     phase.save(environment=environment(args.device))
     print(json.dumps(phase.result["environment"]))
     size = plan_size(args.fraction, args.tiny)
-    overrides = scale.deep_merge(plan_overrides(args.tiny, args.set), extra or {})
+    overrides = deep_merge(plan_overrides(args.tiny, args.set), extra or {})
     phase.save(size=size, overrides=overrides)
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -340,19 +149,19 @@ def prepare(phase: Phase, args: argparse.Namespace, extra: Optional[dict] = None
         import shutil
 
         shutil.rmtree(data)
-    phase.save(generate_s=scale.make_data(data, 0, args.workers, size["data"]))
+    phase.save(generate_s=make_data(data, 0, args.workers, size["data"]))
     print(f"generated in {phase.result['generate_s']:.1f} s")
-    params = scale.scale_params(read_yaml(ROOT / "params.yaml"), data, overrides, work / "weights")
-    return scale.make_workspace(work, params), params
+    params = scale_params(read_yaml(ROOT / "params.yaml"), data, overrides, work / "weights")
+    return make_workspace(ROOT, work, params), params
 
 
 def repro(phase: Phase, repo: Path, targets: tuple[str, ...], timeout: float, tag: str = "") -> dict:
     """``dvc repro`` within ``timeout``: wall, whether it finished, the stage records that ended ok."""
     print(f"dvc repro {' '.join(targets) or '(every stage)'} (stopped after {timeout:.0f} s)", flush=True)
     try:
-        wall, records = scale.run_repro(repo, phase.out, targets, timeout=timeout, tag=tag)
+        wall, records = run_repro(repo, phase.out, targets, timeout=timeout, tag=tag)
         complete = True
-    except scale.ReproTimeout as stopped:
+    except ReproTimeout as stopped:
         wall, records, complete = stopped.wall, stopped.records, False
         print(f"BUDGET: dvc repro stopped after {wall:.0f} s", flush=True)
     ok = [r for r in records if r.get("status", "ok") == "ok"]
@@ -370,14 +179,14 @@ def phase1(phase: Phase, args: argparse.Namespace) -> None:
     repo, params = prepare(phase, args)
     targets = tuple(args.target)
     phase.step("dvc repro of " + (" ".join(targets) or "the nine defaults"))
-    sampler = scale.GpuSampler(phase.out / "nvidia-smi.csv")
+    sampler = gpu.GpuSampler(phase.out / "nvidia-smi.csv")
     try:
         run = repro(phase, repo, targets, phase.left() - args.reserve)
     finally:
         samples = sampler.stop()
     phase.save(repro={k: v for k, v in run.items() if k != "records"}, records=run["records"])
     rows = [{"stage": r["stage"], "seconds": r["seconds"], "first_batch_s": r.get("first_batch_s"), "floor_s": None,
-             "busy": scale.busy_fraction(samples, r["start"], r["end"]), "busy_after_first_batch": None,
+             "busy": gpu.busy_fraction(samples, r["start"], r["end"]), "busy_after_first_batch": None,
              "steady_images_per_second": r.get("steady_images_per_second"), "bare_images_per_second": None}
             for r in run["records"]]
     if (repo / "data" / "crops").is_dir() and any("@" in r["stage"] for r in run["records"]):
@@ -399,40 +208,19 @@ def phase1(phase: Phase, args: argparse.Namespace) -> None:
     print_extrapolation(phase.result)
 
 
-def print_extrapolation(result: dict) -> None:
-    ext, size = result["extrapolation"], result["size"]
-    print(f"\n== extrapolation to Stanford Cars' {size['full_photos']} photos (x{ext['ratio']:.2f} the "
-          f"{size['photos']} measured) ==")
-    print(f"method: {ext['method']}")
-    print(f"{'stage':38s} {'wall s':>7s} {'fixed s':>7s} {'images':>8s} {'img/s':>8s} {'full s':>8s}")
-    for r in ext["stages"]:
-        rate = f"{r['rate']:8.0f}" if r["rate"] else "       -"
-        print(f"{r['stage']:38s} {r['seconds']:7.1f} {r['fixed_s']:7.1f} {r['images']:8d} {rate} {r['full_s']:8.1f}")
-    overhead = ext["dvc_overhead_full_s"]
-    print(f"stage sum at full scale {ext['stage_sum_full_s']:.1f} s; dvc's own time "
-          f"{'-' if overhead is None else f'{overhead:.1f} s'}; total {ext['total_full_s']:.1f} s "
-          f"({ext['total_full_s_dvc_overhead_fixed']:.1f} s with dvc's own time fixed)"
-          + ("" if ext["complete"] else f"  PARTIAL: not measured: {', '.join(ext['missing_stages']) or 'dvc time'}"))
-    for check, (value, met) in result["checks_full_scale"].items():
-        shown = "-" if value is None else f"{value:8.2f}"
-        print(f"  {check:40s} {shown:>8s}   {'MET' if met else 'NOT MET'}")
-    for flag in result["flags"]:
-        print(f"  TO FIX {flag['stage']}: {flag['problem']}")
-
-
 def train_row(run: dict, samples: list) -> Optional[dict]:
     """The fine-tune's train@ figures of one repro (None when it did not end)."""
     for r in run["records"]:
         if r["stage"] == f"train@{FINETUNE}":
             return {"seconds": r["seconds"], "first_batch_s": r.get("first_batch_s"),
                     "steady_images_per_second": r.get("steady_images_per_second"), "epochs": r.get("epochs"),
-                    "refit_epochs": r.get("refit_epochs"), "busy": scale.busy_fraction(samples, r["start"], r["end"]),
+                    "refit_epochs": r.get("refit_epochs"), "busy": gpu.busy_fraction(samples, r["start"], r["end"]),
                     "dvc_repro_s": run["wall_s"]}
     return None
 
 
 def gpu_samples(path: Path) -> list:
-    return scale.parse_nvidia_smi(path.read_text()) if path.is_file() else []
+    return gpu.parse_nvidia_smi(path.read_text()) if path.is_file() else []
 
 
 def ddp_check(phase: Phase, args: argparse.Namespace, repo: Path) -> dict:
@@ -459,7 +247,7 @@ def phase2(phase: Phase, args: argparse.Namespace) -> None:
     repo, params = prepare(phase, args, off)
     target = (f"train@{FINETUNE}",)
     smi = phase.out / "nvidia-smi.csv"
-    sampler = scale.GpuSampler(smi)
+    sampler = gpu.GpuSampler(smi)
     cuda = phase.result["environment"]["device_type"] == "cuda"
     compile_result: dict = {"effective": cuda, "note": None if cuda else CPU_COMPILE_NOTE}
     try:
@@ -479,7 +267,7 @@ def phase2(phase: Phase, args: argparse.Namespace) -> None:
             phase.save(status=f"partial: {phase.left():.0f} s left, compile on not run")
             return
         phase.step("the fine-tune with train.compile on")
-        on = scale.deep_merge(params, {"experiments": {FINETUNE: {"train": {"compile": True}}}})
+        on = deep_merge(params, {"experiments": {FINETUNE: {"train": {"compile": True}}}})
         (repo / "params.yaml").write_text(yaml.safe_dump(on, sort_keys=False))
         try:
             run = repro(phase, repo, target, phase.left(), tag="-compile-on")
@@ -544,7 +332,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--tolerance", type=float, default=0.02, help="ddp_check's largest val top-1 difference")
     args = p.parse_args(argv)
     os.environ.setdefault("CARBENCH_BARE_SECONDS", TINY_BARE_SECONDS if args.tiny else GPU_BARE_SECONDS)
-    scale.BARE_TIMED_SECONDS = float(os.environ["CARBENCH_BARE_SECONDS"])
+    bare.BARE_TIMED_SECONDS = float(os.environ["CARBENCH_BARE_SECONDS"])
     if args.tiny:
         args.ddp_epochs = min(args.ddp_epochs, 1)
     args.budget = args.budget or DEFAULT_BUDGET_S[args.phase]

@@ -1,28 +1,27 @@
-"""Run the whole DAG offline: `dvc exp run` with the overrides in configs/offline.yaml.
+"""Run the whole DAG offline: `dvc exp run` with the overrides in configs/overrides/offline.yaml.
 
 Usage: python scripts/offline.py [--overrides FILE] [extra `dvc exp run` arguments...]
 Extra arguments come last, so `python scripts/offline.py -n lr3e-4 -S train.lr=3e-4` wins over the file.
 
 The run is a DVC experiment (`dvc exp show` lists it with its params; compare runs by name with
-`dvc metrics diff A B`). `dvc exp run -S` writes the overrides into params.yaml; this script puts
-params.yaml back byte for byte afterwards (also when the run fails), so the demo leaves the tracked
-files as it found them and a later `dvc repro` runs the real settings again.
+`dvc metrics diff A B`). The params it will run with are checked before DVC starts, so a bad value
+deletes no output. `dvc exp run -S` writes the overrides into params.yaml; this script puts params.yaml,
+HEAD and the git index back as they were afterwards, also when the run fails, is interrupted (Ctrl-C,
+SIGTERM) or DVC is killed; run the same command again to continue (docs/recovery.md).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from carbench import cli, exprun
+from carbench.errors import UserError
 
-from carbench import cli  # noqa: E402
-from carbench.errors import UserError  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 EPILOG = """\
 Every other argument passes through to `dvc exp run`, after the overrides (so it wins over the file):
@@ -66,32 +65,24 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=EPILOG,
                                      usage="%(prog)s [-h] [--overrides FILE] [dvc exp run arguments ...]",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--overrides", metavar="FILE", default=str(ROOT / "configs" / "offline.yaml"),
-                        help="YAML of params overrides, passed as `-S` (default: configs/offline.yaml)")
+    parser.add_argument("--overrides", metavar="FILE", default=str(ROOT / "configs" / "overrides" / "offline.yaml"),
+                        help="YAML of params overrides, passed as `-S` (default: configs/overrides/offline.yaml)")
     args, extra = parser.parse_known_args()
     overrides = read_overrides(Path(args.overrides))
     cmd = ["dvc", "exp", "run"]
     for pair in flatten(overrides):
         cmd += ["-S", pair]
     cmd += extra
+    # Refused here, bad params never reach DVC, which would write them into params.yaml and delete the outputs
+    # of the first stage before that stage refuses them.
+    exprun.check_params(ROOT, exprun.set_params(cmd))
     return run_keeping_params(cmd, ROOT)
 
 
 def run_keeping_params(cmd: list[str], cwd: Path) -> int:
-    """Run ``cmd`` in ``cwd``; then restore ``cwd/params.yaml`` to its bytes before the run, whatever happened."""
-    params = cwd / "params.yaml"
-    before = params.read_bytes()
-    print("+", " ".join(cmd), flush=True)
-    try:
-        return subprocess.call(cmd, cwd=cwd)
-    except FileNotFoundError:
-        raise UserError(f"{cmd[0]} not found: install the requirements (pip install -r requirements.txt) "
-                        "or activate their environment") from None
-    finally:
-        if params.read_bytes() != before:
-            params.write_bytes(before)
-            print("(params.yaml restored; the experiment keeps the values it ran with: "
-                  "`dvc exp show`, `dvc params diff A B`)", flush=True)
+    """Run ``cmd`` in ``cwd``; then put params.yaml (byte for byte), HEAD and the git index back as they were
+    before the run, whatever happened (carbench.exprun.run_guarded)."""
+    return exprun.run_guarded(cmd, cwd)
 
 
 if __name__ == "__main__":

@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import argparse
 import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from carbench import cli
+from carbench.errors import UserError
 
-from carbench import cli  # noqa: E402
-from carbench.errors import UserError  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 HEADLINE = "metrics/headline/<experiment>.json"
 

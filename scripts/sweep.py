@@ -14,14 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-
-from carbench import cli  # noqa: E402
-from carbench.errors import UserError  # noqa: E402
-from carbench.report import sweep  # noqa: E402
+from carbench import cli
+from carbench.errors import UserError
+from carbench.report import sweep
 
 
 def parse_where(items: list[str]) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """Tune trained experiments on the validation split (never on test): a grid of params overrides, scored on val.
 
-    python scripts/tune.py --overrides configs/dev98.yaml --crops data/crops --grid configs/tune_dev98.yaml \
-        [--jobs 4] [--only tl_resnet50_finetune] [--out tune.jsonl]
+    python scripts/tune.py --overrides configs/overrides/dev98.yaml --crops data/crops \
+        --grid configs/grids/tune_dev98_round1.yaml [--jobs 4] [--only tl_resnet50_finetune] [--out tune.jsonl]
 
 Reads params.yaml with the overrides file merged in (as `scripts/offline.py` runs it) and the crop store the
 pipeline wrote (`data/crops`, after the `crop` stage ran with those overrides). The grid file lists runs:
@@ -12,8 +12,9 @@ pipeline wrote (`data/crops`, after the `crop` stage ran with those overrides). 
         vary: {train.lr: [0.005, 0.01, 0.02]}                    # one run per combination (optional)
         knn: {k: [3, 10], metric: [euclidean, cosine], pca_components: [0, 256], whiten: [false, true]}
 
-Every run goes through `carbench.config` (a typo in a key fails loudly) and trains with the pipeline's own
-`carbench.train.engine.Trainer`, as `train@<name>` does, keeping the best epoch on val. With `knn:`, the best model then
+Every run goes through `carbench.config` (a typo in a key fails loudly) and trains with the pipeline's own engine
+(`carbench.train.engine`: its fit phase, and its refit and test predictions with `--test`), as `train@<name>` does,
+keeping the best epoch on val. With `knn:`, the best model then
 embeds train and val (backbone features, L2-normalised and stored as float16, as `embed@` does) and every k-NN
 setting of the product is scored with train as the gallery and val as the queries (`carbench.retrieval.knn`).
 `train.refit` is ignored here: a refitted model has no validation score.
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as futures
-import contextlib
 import copy
 import dataclasses
 import itertools
@@ -39,7 +39,6 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 
 from carbench.config import experiment, parse_params  # noqa: E402
 
@@ -149,36 +148,31 @@ def score_knn(model: Any, trainer: Any, crops: Path, meta: Any, base_knn: Any, g
     as float16 as the embed stage stores them."""
     from carbench.retrieval.embeddings import as_stored
     from carbench.train.batches import compute_features, load_split_data
-    from carbench.train.engine import amp_dtype
 
     cfg, device, n = trainer.cfg, trainer.device, meta.num_classes
     feats = {}
     for split in ("train", "val"):
         data = load_split_data(crops, split, device, n, size=cfg.image_size)
-        out = compute_features(model, data, cfg.image_size, cfg.eval_batch_size, device, amp_dtype(device, cfg.amp))
+        out = compute_features(model, data, cfg.image_size, cfg.eval_batch_size, device, trainer.plan.amp)
         feats[split] = (as_stored(out.features.cpu().numpy(), True), out.labels.cpu().numpy())
     return knn_scores(*feats["train"], *feats["val"], base_knn, dict(grid), n, seed)
 
 
 def run_one(raw: dict, run: dict, crops: str, test: bool = False) -> dict:
     """Train one run (best epoch on val); with ``knn``, also score k-NN on its embeddings."""
-    from carbench.runtime import seed_everything, select_device
-    from carbench.train.engine import setup_trainer
-    from carbench.train.train_log import NoBar
+    from carbench.train.engine import RunIO, run_phase, setup_trainer
 
     params = parse_params(with_settings(raw, run["experiment"], run["settings"]))
     exp, base = experiment(params, run["experiment"]), params.base
-    device = select_device(base.device)
-    seed_everything(base.seed)
     start = time.perf_counter()
-    trainer, meta = setup_trainer(exp, base, Path(crops), device)
-    for epoch in range(exp.train.epochs):
-        if trainer.should_stop():
-            break
-        row = trainer.run_epoch(epoch, NoBar())
+    trainer, meta = setup_trainer(exp, base, Path(crops))
+
+    def progress(epoch: int, row: dict) -> None:
         if (epoch + 1) % PROGRESS_EVERY == 0 and epoch + 1 < exp.train.epochs:  # what a killed long run reached
             print(f"[tune] {exp.name} {run['settings']}: epoch {epoch + 1}/{exp.train.epochs} val top-1 "
                   f"{row['val/top1']:.4f} (best {trainer.state.best.top1:.4f})", file=sys.stderr, flush=True)
+
+    run_phase(trainer, RunIO(on_epoch_end=progress, quiet=True))  # the engine's fit phase, without files
     best = trainer.state.best
     row = {"experiment": exp.name, "settings": run["settings"], "val_top1": round(best.top1, 4),
            "best_epoch": best.epoch, "epochs_run": trainer.state.epoch,
@@ -200,37 +194,25 @@ def final_test(params: Any, trainer: Any, crops: Path, meta: Any) -> dict:
     scored on test like `evaluate@` (top-1, top-5, macro-F1), and every retrieval experiment it embeds for scored
     like `knn@` + `evaluate@` (gallery ``embed.gallery``, queries test)."""
     import numpy as np
-    import torch
 
     from carbench.report.evaluate import classification_metrics
     from carbench.retrieval.embeddings import Embeddings, as_stored
     from carbench.retrieval.knn import fit_knn
-    from carbench.model.preprocess import eval_preprocess
-    from carbench.train.batches import Order, batches, compute_features, load_split_data
-    from carbench.train.engine import amp_dtype, refit_trainer
-    from carbench.train.train_log import NoBar
+    from carbench.train.batches import compute_features, load_split_data
+    from carbench.train.engine import RunIO, refit_phase
 
     exp, base, cfg, device = trainer.exp, params.base, trainer.cfg, trainer.device
-    n, amp = meta.num_classes, amp_dtype(trainer.device, trainer.cfg.amp)
+    n, amp = meta.num_classes, trainer.plan.amp
     out: dict = {"refit_epochs": 0}
-    if cfg.refit and trainer.state.best.epoch > 0:
-        refit = refit_trainer(trainer, base, crops, meta)
-        for epoch in range(refit.cfg.epochs):
-            refit.train_epoch(epoch, NoBar())
+    refit = refit_phase(trainer, crops, meta, RunIO(quiet=True))  # the engine's refit, without files
+    if refit is not None:
         model, out["refit_epochs"] = refit.final_module(), refit.cfg.epochs
     else:
         model = trainer.final_module()
         model.load_state_dict(trainer.state.best.state_dict)
-    model.eval()
     test = load_split_data(crops, "test", device, n, size=cfg.image_size)
-    chunks, labels, order = [], [], Order.make(torch.arange(len(test)), device)
-    with torch.inference_mode():
-        for raw, y in batches(test, order, cfg.eval_batch_size):
-            x = eval_preprocess(raw, cfg.image_size, model.mean, model.std)
-            with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
-                chunks.append(torch.softmax(model(x).float(), 1).cpu())
-            labels.append(y.cpu())
-    metrics = classification_metrics(torch.cat(chunks).numpy(), torch.cat(labels).numpy())
+    probs, labels = (refit or trainer).predict(model, test)
+    metrics = classification_metrics(probs.numpy(), labels.numpy())
     out[exp.name] = {k: round(float(v), 4) for k, v in metrics.items()}
     raw_features: dict = {}  # split -> (backbone features, labels), computed once for every retrieval experiment
     for ret in (e for e in params.experiments.values() if not e.trained and e.embedder == exp.name):
@@ -257,7 +239,7 @@ def final_test(params: Any, trainer: Any, crops: Path, meta: Any) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--params", default=str(ROOT / "params.yaml"))
-    p.add_argument("--overrides", default=None, help="a YAML file merged over params.yaml (configs/dev98.yaml)")
+    p.add_argument("--overrides", default=None, help="a YAML file merged over params.yaml (configs/overrides/dev98.yaml)")
     p.add_argument("--crops", default=str(ROOT / "data" / "crops"), help="the crop stage's store")
     p.add_argument("--grid", required=True, help="YAML file with `runs:` (see above)")
     p.add_argument("--only", default="", help="comma-separated experiments of the grid to run (default: all)")

@@ -1,13 +1,14 @@
 """Tune a frozen-backbone experiment's head and k-NN settings on the validation split (never on test).
 
-    python scripts/tune_frozen.py --overrides configs/dev98.yaml --crops data/crops [--experiment tl_resnet50_frozen]
+    python scripts/tune_frozen.py --overrides configs/overrides/dev98.yaml --crops data/crops \
+        [--experiment tl_resnet50_frozen]
 
 Reads params.yaml with the overrides file merged in (as `scripts/offline.py` runs it) and the crop store the
 pipeline wrote (`data/crops`, after the `crop` stage ran with those overrides). The backbone features of train and
 val are computed once (the engine's feature cache); then
 
 * head: every combination of --lr / --epochs / --label-smoothing / --weight-decay trains the experiment's linear
-  head on the cached train features (carbench.train.engine.Trainer, as `train@` does), scored on val (best epoch);
+  head on the cached train features (the engine's fit phase, as `train@` runs it), scored on val (best epoch);
 * k-NN: gallery = train, queries = val, L2-normalised features stored as float16 (as `embed` stores them); every
   combination of k, metric, weighting and PCA size (plain and whitened) is scored (carbench.retrieval.knn).
 
@@ -27,14 +28,10 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 
 from carbench.config import experiment, parse_params  # noqa: E402
 from carbench.retrieval.embeddings import as_stored  # noqa: E402
-from carbench.train.engine import Trainer, setup_trainer  # noqa: E402
-from carbench.model.build import build_model  # noqa: E402
-from carbench.runtime import seed_everything, select_device  # noqa: E402
-from carbench.train.train_log import NoBar  # noqa: E402
+from carbench.train.engine import RunIO, run_phase, setup_trainer, variant_trainer  # noqa: E402
 from tune import knn_scores, load_raw  # noqa: E402  (scripts/tune.py: the same params loading and k-NN grid)
 
 
@@ -57,10 +54,8 @@ def main() -> int:
     args = p.parse_args()
     params = parse_params(load_raw(Path(args.params), Path(args.overrides) if args.overrides else None))
     exp, base = experiment(params, args.experiment), params.base
-    device = select_device(base.device)
-    seed_everything(base.seed)
     start = time.perf_counter()
-    fit, meta = setup_trainer(exp, base, Path(args.crops), device)
+    fit, meta = setup_trainer(exp, base, Path(args.crops))
     if not fit.feature_mode:
         raise SystemExit(f"{exp.name} does not train on cached features (frozen backbone, no augmentation)")
     print(json.dumps({"features_seconds": round(time.perf_counter() - start, 1), "batch_size": exp.train.batch_size, "train": len(fit.train_data),
@@ -75,14 +70,12 @@ def main() -> int:
 
     for lr, epochs, ls, wd in itertools.product(floats(args.lr), floats(args.epochs), floats(args.label_smoothing),
                                                 floats(args.weight_decay)):
-        cfg = dataclasses.replace(exp.train, lr=lr, epochs=int(epochs), label_smoothing=ls, weight_decay=wd)
-        variant = dataclasses.replace(exp, train=cfg)
-        seed_everything(base.seed)
-        model = build_model(exp.model, meta.num_classes, pretrained=True, offline=True).to(device)
-        trainer = Trainer(variant, base, model, fit.train_data, fit.val_data, device, True, fit.weights)
+        # patience 0: every setting trains all its epochs (the best of them is kept)
+        cfg = dataclasses.replace(exp.train, lr=lr, epochs=int(epochs), label_smoothing=ls, weight_decay=wd,
+                                  patience=0)
+        trainer = variant_trainer(fit, dataclasses.replace(exp, train=cfg), meta.num_classes)
         tick = time.perf_counter()
-        for epoch in range(cfg.epochs):
-            trainer.run_epoch(epoch, NoBar())
+        run_phase(trainer, RunIO(quiet=True))  # the engine's fit phase on the cached features, without files
         report("head", {"lr": lr, "epochs": int(epochs), "label_smoothing": ls, "weight_decay": wd,
                         "val_top1": trainer.state.best.top1, "best_epoch": trainer.state.best.epoch,
                         "seconds": round(time.perf_counter() - tick, 1)})

@@ -1,7 +1,7 @@
 """embed@<name>: embed the gallery (train[+val]) and query (test) crops with the embedder's best checkpoint."""
 from __future__ import annotations
 
-from carbench import cli, config
+from carbench import cli, resolved
 from carbench.retrieval import embed
 
 
@@ -14,7 +14,7 @@ def main() -> None:
     parser.add_argument("--resolved", help="its resolved config (data/resolved/embed/<name>.yaml); read instead of "
                                            "--params when given")
     args = parser.parse_args()
-    base, exp = config.stage_experiment(args.params, args.resolved, args.name)
+    base, exp = resolved.embed_stage(args.params, args.resolved, args.name)
     embed.run(base, exp, args.crops, args.models, args.out)
 
 

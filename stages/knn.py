@@ -1,7 +1,7 @@
 """knn@<name>: fit the k-NN model on the gallery embeddings and write its retrieval metrics."""
 from __future__ import annotations
 
-from carbench import cli, config
+from carbench import cli, resolved
 from carbench.retrieval import knn
 
 
@@ -14,7 +14,7 @@ def main() -> None:
     parser.add_argument("--resolved", help="its resolved config (data/resolved/knn/<name>.yaml); read instead of "
                                            "--params when given")
     args = parser.parse_args()
-    base, exp = config.stage_experiment(args.params, args.resolved, args.name)
+    base, exp = resolved.knn_stage(args.params, args.resolved, args.name)
     knn.run(base, exp, args.embeddings, args.out, args.metrics)
 
 

@@ -1,7 +1,7 @@
 """train@<name>: train one transfer/scratch experiment on the crop store (see docs/train.md)."""
 from __future__ import annotations
 
-from carbench import cli, config
+from carbench import cli, resolved
 from carbench.train import train
 
 
@@ -16,7 +16,7 @@ def main() -> None:
     parser.add_argument("--resolved", help="its resolved config (data/resolved/train/<name>.yaml); read instead of "
                                            "--params when given")
     args = parser.parse_args()
-    base, exp = config.stage_experiment(args.params, args.resolved, args.name)
+    base, exp = resolved.train_stage(args.params, args.resolved, args.name)
     train.run(base, exp, args.crops, args.out, args.live, args.curves, args.resume_dir)
 
 

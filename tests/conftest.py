@@ -147,20 +147,20 @@ def synthetic_raw(synthetic_source, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_split(synthetic_raw) -> Path:
     """``data/split`` for ``synthetic_raw`` (read-only)."""
-    from carbench.data.split import run_split
+    from carbench.data.split import write_split
 
     out = synthetic_raw.parent / "split"
-    run_split(split_config(), SEED, synthetic_raw, out, None, None)
+    write_split(split_config(), SEED, synthetic_raw, out, None, None)
     return out
 
 
 @pytest.fixture(scope="session")
 def synthetic_crops(synthetic_raw, synthetic_split) -> Path:
     """The crop store ``data/crops`` for the tiny synthetic dataset (read-only)."""
-    from carbench.data.crop import run_crop
+    from carbench.data.crop import write_crops
 
     out = synthetic_raw.parent / "crops"
-    run_crop(crop_config(), False, synthetic_raw, synthetic_split, out, None, None)
+    write_crops(crop_config(), False, synthetic_raw, synthetic_split, out, None, None)
     return out
 
 

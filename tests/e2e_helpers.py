@@ -14,7 +14,7 @@ from conftest import committed_params_text
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
-#: Applied on top of configs/offline.yaml: small enough that a whole `dvc repro` takes about a minute
+#: Applied on top of configs/overrides/offline.yaml: small enough that a whole `dvc repro` takes about a minute
 #: on 2 CPU cores, large enough that the scratch CNNs must learn to pass.
 TINY = {
     "data": {"synthetic": {"num_classes": 6, "train_per_class": 24, "test_per_class": 10,
@@ -48,13 +48,13 @@ def merge(base: dict, over: dict) -> dict:
 
 
 def tiny_overrides() -> dict:
-    """configs/offline.yaml + TINY: what `scripts/offline.py --overrides` gets in the demo tests."""
-    offline = yaml.safe_load((ROOT / "configs" / "offline.yaml").read_text())
+    """configs/overrides/offline.yaml + TINY: what `scripts/offline.py --overrides` gets in the demo tests."""
+    offline = yaml.safe_load((ROOT / "configs" / "overrides" / "offline.yaml").read_text())
     return merge(offline, TINY)
 
 
 def tiny_params() -> dict:
-    """The committed params.yaml + configs/offline.yaml + TINY (never the workspace's params.yaml)."""
+    """The committed params.yaml + configs/overrides/offline.yaml + TINY (never the workspace's params.yaml)."""
     return merge(yaml.safe_load(committed_params_text()), tiny_overrides())
 
 

@@ -82,7 +82,7 @@ def test_one_row_per_experiment_with_declared_columns(inputs):
 
 def test_summary_files_and_plots(inputs, tmp_path):
     params, ev, train, knn = inputs
-    A.run_aggregate(params, ev, train, knn, tmp_path / "summary", tmp_path / "plots")
+    A.build_summary(params, ev, train, knn, tmp_path / "summary", tmp_path / "plots")
     csv_table = pd.read_csv(tmp_path / "summary" / "summary.csv")
     assert list(csv_table.columns) == A.summary_columns(params) and len(csv_table) == len(params.experiments)
     md = (tmp_path / "summary" / "summary.md").read_text().splitlines()
@@ -124,7 +124,7 @@ def test_aggregate_stage_script(inputs, tmp_path, monkeypatch, params_path):
 
 def test_summary_has_intervals_and_paired_test_against_the_best(inputs, tmp_path):
     params, ev, train, knn = inputs
-    A.run_aggregate(params, ev, train, knn, tmp_path / "summary", tmp_path / "plots")
+    A.build_summary(params, ev, train, knn, tmp_path / "summary", tmp_path / "plots")
     table = pd.read_csv(tmp_path / "summary" / "summary.csv").set_index("experiment")
     best = list(params.experiments)[-1]                       # most images right (and highest fake top1)
     assert np.isnan(table.loc[best, "p_vs_best"])

@@ -14,15 +14,15 @@ import scipy.io
 from PIL import Image
 
 from carbench.config import DataConfig, build
-from carbench.data.crop import run_crop
+from carbench.data.crop import write_crops
 from carbench.data.crops import crop_box
-from carbench.data.download import run_download
+from carbench.data.download import acquire
 from carbench.errors import DataError
 from carbench.data.layouts import open_local
 from carbench.data.manifest import read_manifest
 from carbench.data.matfiles import BOX_FIELDS, MatAnnotation, read_annotations, write_annotations
 from carbench.data.sources import Route, load_sources
-from carbench.data.split import run_split
+from carbench.data.split import write_split
 from carbench.data.store import load_split
 
 from conftest import SYNTHETIC_TINY, crop_config, make_official_archives, repo_params, split_config
@@ -44,7 +44,7 @@ def _data(path, tmp_path, skip: bool = False, **extra) -> DataConfig:
 
 
 def _download(path, tmp_path, skip: bool = False) -> dict:
-    return run_download(_data(path, tmp_path, skip), 0, tmp_path / "raw", tmp_path / "data.json")
+    return acquire(_data(path, tmp_path, skip), 0, tmp_path / "raw", tmp_path / "data.json")
 
 
 def _assert_no_download_output(tmp_path) -> None:
@@ -218,17 +218,17 @@ def test_md5_mismatch_on_every_url(http_server, tmp_path):
         name: {"urls": [http_server.url(name)], "md5": hashlib.md5(b"genuine").hexdigest()} for name in official}}
     sources = replace(load_sources(), routes=(build(Route, route, "routes[0]"),))
     with pytest.raises(DataError, match=r"loopback \(urls .*could not download cars_train\.tgz: .*md5 mismatch"):
-        run_download(build(DataConfig, raw["data"], "data"), 0, tmp_path / "raw", tmp_path / "data.json",
-                     sources=sources)
+        acquire(build(DataConfig, raw["data"], "data"), 0, tmp_path / "raw", tmp_path / "data.json",
+                sources=sources)
     _assert_no_download_output(tmp_path)
     assert not (tmp_path / "cache" / "loopback" / "cars_train.tgz").exists()
 
 
 # ----------------------------------------------------------------------------- crop-time problems
 def _split_and_crop(tmp_path, skip: bool = False, workers: int = 1) -> dict:
-    run_split(split_config(), 0, tmp_path / "raw", tmp_path / "split", None, None)
-    return run_crop(crop_config(workers=workers), skip, tmp_path / "raw", tmp_path / "split", tmp_path / "crops",
-                    tmp_path / "crop.json", None)
+    write_split(split_config(), 0, tmp_path / "raw", tmp_path / "split", None, None)
+    return write_crops(crop_config(workers=workers), skip, tmp_path / "raw", tmp_path / "split", tmp_path / "crops",
+                       tmp_path / "crop.json", None)
 
 
 def _truncate(path, keep: float = 0.5) -> None:

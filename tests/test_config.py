@@ -37,7 +37,7 @@ def test_repository_params_are_valid(params_path):
 
 
 def test_offline_overrides_are_valid(raw):
-    offline = yaml.safe_load((ROOT / "configs" / "offline.yaml").read_text())
+    offline = yaml.safe_load((ROOT / "configs" / "overrides" / "offline.yaml").read_text())
 
     def merge(base: dict, over: dict) -> dict:
         out = copy.deepcopy(base)
@@ -126,3 +126,43 @@ def test_retrieval_entry_without_knn_section_is_rejected(raw):
 def test_missing_params_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="params file not found"):
         load_params(tmp_path / "nope.yaml")
+
+
+def test_experiments_are_a_tagged_union_each_with_only_its_own_sections(raw):
+    from carbench import config
+
+    params = parse_params(raw)
+    trained, retrieval = params.experiments["cnn_basic"], params.experiments["knn_resnet50_k3"]
+    assert isinstance(trained, config.TrainedExperiment) and isinstance(retrieval, config.RetrievalExperiment)
+    assert trained.trained and not retrieval.trained
+    assert (trained.config, retrieval.config) == ("scratch", "retrieval")
+    # a trained experiment has nothing of retrieval, a retrieval one no model and no training
+    assert not any(hasattr(trained, key) for key in ("knn", "embed", "embedder"))
+    assert not any(hasattr(retrieval, key) for key in ("model", "train"))
+    assert retrieval.knn_job() == config.KnnJob(name="knn_resnet50_k3", knn=retrieval.knn)
+    assert retrieval.embed_job().embedder == "tl_resnet50_finetune"
+    assert params.trained == [n for n, e in params.experiments.items() if isinstance(e, config.TrainedExperiment)]
+
+
+def test_looking_up_an_experiment_of_the_wrong_kind_names_it(raw):
+    from carbench.config import retrieval_experiment, trained_experiment
+    from carbench.errors import UserError
+
+    params = parse_params(raw)
+    assert trained_experiment(params, "cnn_basic").model.arch == "cnn"
+    assert retrieval_experiment(params, "knn_resnet50_k3").knn.k == 3
+    with pytest.raises(UserError, match="'cnn_basic' is a scratch experiment, not a retrieval one"):
+        retrieval_experiment(params, "cnn_basic")
+    with pytest.raises(UserError, match="'knn_resnet50_k3' is a retrieval experiment, not a transfer or scratch"):
+        trained_experiment(params, "knn_resnet50_k3")
+
+
+def test_loading_params_does_not_import_torch(params_path):
+    """Every stage loads params; arch and weights names are checked by the resolve stage instead (torchvision)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from carbench.config import load_params; load_params(sys.argv[1]); "
+            "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(params_path)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from carbench.data.crop import run_crop
+from carbench.data.crop import write_crops
 from carbench.data.crops import apply_draft, crop_batch, crop_box, decode_crop, draft_scale, plan_crop, to_rgb
 from carbench.errors import DataError
 from carbench.data.layouts import open_local
@@ -161,9 +161,9 @@ def test_crop_batch_shapes():
 
 
 # ----------------------------------------------------------------------------- the stage
-def test_run_crop_end_to_end(synthetic_raw, synthetic_split, tmp_path):
-    metrics = run_crop(crop_config(preview=6), False, synthetic_raw, synthetic_split, tmp_path / "crops",
-                       tmp_path / "crop.json", tmp_path / "preview.png")
+def test_write_crops_end_to_end(synthetic_raw, synthetic_split, tmp_path):
+    metrics = write_crops(crop_config(preview=6), False, synthetic_raw, synthetic_split, tmp_path / "crops",
+                          tmp_path / "crop.json", tmp_path / "preview.png")
     meta = load_meta(tmp_path / "crops")
     manifest = read_manifest(synthetic_raw)
     assert meta.size == CROP_SIZE_TINY and meta.num_classes == 4
@@ -179,7 +179,7 @@ def test_run_crop_end_to_end(synthetic_raw, synthetic_split, tmp_path):
 
 
 def test_workers_do_not_change_the_crops(synthetic_raw, synthetic_split, synthetic_crops, tmp_path):
-    run_crop(crop_config(workers=2), False, synthetic_raw, synthetic_split, tmp_path / "crops", None, None)
+    write_crops(crop_config(workers=2), False, synthetic_raw, synthetic_split, tmp_path / "crops", None, None)
     for split in ("train", "val", "test"):
         assert np.array_equal(load_split(tmp_path / "crops", split).images, load_split(synthetic_crops, split).images)
 
@@ -239,8 +239,8 @@ def test_an_empty_split_gives_an_empty_store(synthetic_raw, synthetic_split, tmp
     frame.loc[frame["split"] == "val", "split"] = "train"
     (tmp_path / "split").mkdir()
     frame.to_csv(tmp_path / "split" / "split.csv", index=False)
-    metrics = run_crop(crop_config(preview=0), False, synthetic_raw, tmp_path / "split", tmp_path / "crops", None,
-                       tmp_path / "preview.png")
+    metrics = write_crops(crop_config(preview=0), False, synthetic_raw, tmp_path / "split", tmp_path / "crops", None,
+                          tmp_path / "preview.png")
     val = load_split(tmp_path / "crops", "val")
     assert metrics["counts"]["val"] == 0 and val.images.shape == (0, CROP_SIZE_TINY, CROP_SIZE_TINY, 3)
     assert (tmp_path / "preview.png").is_file()

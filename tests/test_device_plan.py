@@ -1,5 +1,6 @@
 """scripts/device_plan.py, the two-phase GPU plan (docs/gpu_plan.md): its full-scale extrapolation on made-up
-figures, its budget and wheel plumbing, and both phases run on CPU at the tiny size without a `dvc` command."""
+figures (carbench.bench.extrapolate), its budget and wheel plumbing (carbench.bench.processes, .repro), and both
+phases run on CPU at the tiny size without a `dvc` command."""
 from __future__ import annotations
 
 import importlib.util
@@ -14,11 +15,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
+from carbench.bench import extrapolate as X
+from carbench.bench import processes, repro
 
-import device_plan  # noqa: E402
-import scale  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 HAS_DVC = importlib.util.find_spec("dvc") is not None and shutil.which("git") is not None
 
@@ -35,7 +35,7 @@ def test_extrapolation_arithmetic():
         # a start-up shorter than the measured start-up: all fixed
         {"stage": "resolve", "seconds": 1.5},
     ]
-    ext = device_plan.extrapolate(records, ratio=4.0, startup_s=2.0, dvc_wall_s=30.0, floor_s=5.0,
+    ext = X.extrapolate(records, ratio=4.0, startup_s=2.0, dvc_wall_s=30.0, floor_s=5.0,
                                   expected=["crop", "resolve", "train@a", "evaluate@a", "aggregate"])
     rows = {r["stage"]: r for r in ext["stages"]}
     assert rows["crop"]["fixed_s"] == 2.0 and rows["crop"]["rate"] is None
@@ -53,7 +53,7 @@ def test_extrapolation_arithmetic():
     assert ext["missing_stages"] == ["aggregate"] and not ext["complete"]
     assert "fixed + images_full / rate" in ext["method"]
     # a run stopped by the budget: no dvc time, partial
-    partial = device_plan.extrapolate(records[:1], ratio=4.0, startup_s=2.0)
+    partial = X.extrapolate(records[:1], ratio=4.0, startup_s=2.0)
     assert partial["total_full_s"] == pytest.approx(18.0) and partial["dvc_overhead_full_s"] is None
     assert not partial["complete"]
 
@@ -62,24 +62,24 @@ def test_flags_checks_size_and_stage_list():
     rows = [{"stage": "train@a", "seconds": 30.0, "first_batch_s": 9.0, "floor_s": 20.0},
             {"stage": "evaluate@a", "seconds": 5.0, "first_batch_s": 2.0, "floor_s": 4.5},
             {"stage": "crop", "seconds": 3.0, "first_batch_s": None, "floor_s": None}]
-    problems = [(f["stage"], f["problem"].split()[0]) for f in device_plan.flags(rows)]
+    problems = [(f["stage"], f["problem"].split()[0]) for f in X.flags(rows)]
     assert problems == [("train@a", "9.0"), ("train@a", "wall")]           # 9 s > 8 s; 1.5x > 1.25x
     ext = {"total_full_s": 500.0, "sum_over_floor_full": 1.3, "stages": [{"stage": "evaluate@a", "full_s": 7.0}]}
-    checks = device_plan.full_checks(ext, rows)
+    checks = X.full_checks(ext, rows)
     assert [met for _, met in checks.values()] == [True, False, False, True]
-    size = device_plan.plan_size(0.125, tiny=False)
+    size = X.plan_size(0.125, tiny=False)
     assert (size["data"]["train_per_class"], size["data"]["test_per_class"], size["photos"]) == (5, 5, 1960)
     assert size["data"]["min_size"] == 300 and size["full_photos"] == 16268
     assert size["ratio"] == pytest.approx(16268 / 1960)
     from conftest import repo_params
 
-    stages = device_plan.expected_stages(repo_params())
+    stages = X.expected_stages(repo_params())
     assert len(stages) == 26 and stages[-1] == "aggregate" and "evaluate@knn_resnet50_k3" in stages
 
 
 def test_run_logged_stops_a_command_at_its_timeout():
     start = time.perf_counter()
-    code, seconds, output = device_plan.run_logged(
+    code, seconds, output = processes.run_logged(
         [sys.executable, "-c", "import time; print('started', flush=True); time.sleep(60)"], timeout=1.5)
     assert code is None and "started" in output
     assert time.perf_counter() - start < 20
@@ -103,11 +103,11 @@ def test_missing_packages_come_from_the_wheels(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
     monkeypatch.setenv("PATH", os.environ["PATH"])
     monkeypatch.setattr(sys, "path", list(sys.path))
-    assert device_plan.ensure_packages(tmp_path, tmp_path / "site", names=("json",))["source"] == "importable"
+    assert processes.ensure_packages(tmp_path, tmp_path / "site", names=("json",))["source"] == "importable"
     with pytest.raises(SystemExit, match="no wheels"):
-        device_plan.ensure_packages(tmp_path / "none", tmp_path / "site0", names=("carbench_fake_pkg",))
+        processes.ensure_packages(tmp_path / "none", tmp_path / "site0", names=("carbench_fake_pkg",))
     _wheel(tmp_path, "carbench_fake_pkg")
-    got = device_plan.ensure_packages(tmp_path, tmp_path / "site", names=("carbench_fake_pkg",))
+    got = processes.ensure_packages(tmp_path, tmp_path / "site", names=("carbench_fake_pkg",))
     assert "1 wheels" in got["source"] and (tmp_path / "site" / "carbench_fake_pkg").is_dir()
     # child processes see it too (the stages dvc starts)
     child = subprocess.run([sys.executable, "-c", "import carbench_fake_pkg as m; print(m.VALUE)"],
@@ -129,8 +129,8 @@ def test_repro_stops_at_its_timeout_with_the_stages_done(tmp_path):
     (repo / "dvc.yaml").write_text("stages:\n  quick:\n    cmd: python quick.py\n    outs: [q]\n"
                                    "  slow:\n    cmd: python slow.py\n    deps: [q]\n")
     start = time.perf_counter()
-    with pytest.raises(scale.ReproTimeout) as stopped:
-        scale.run_repro(repo, tmp_path, ("slow",), timeout=15.0, tag="-t")
+    with pytest.raises(repro.ReproTimeout) as stopped:
+        repro.run_repro(repo, tmp_path, ("slow",), timeout=15.0, tag="-t")
     assert time.perf_counter() - start < 60
     assert [r["stage"] for r in stopped.value.records] == ["quick"]
     assert (tmp_path / "dvc-repro-t.log").is_file() and (tmp_path / "stages-t.jsonl").is_file()

@@ -18,7 +18,7 @@ from carbench import runtime
 from carbench.config import ConfigError
 from carbench.train import distributed
 from carbench.model.checkpoint import load_classifier
-from carbench.train.engine import fit, setup_trainer, train_experiment
+from carbench.train.engine import RunIO, run_phase, setup_trainer, train_experiment
 from carbench.train.train_log import NoLive
 from conftest import repo_params
 from test_engine import Interrupt, tiny, write_store
@@ -170,7 +170,7 @@ def _worker(rank: int, world: int, tmp: str, store: str, job: str) -> None:
                 return batch(order, start, stop)
 
             trainer.train_data.batch = recorded
-            fit(trainer, NoLive(), tmp_path / f"resume{rank}.pt", "key", None)
+            run_phase(trainer, RunIO(NoLive(), tmp_path / f"resume{rank}.pt", "key"))
             torch.save({"initial": initial, "final": trainer.model.state_dict(), "batches": batches,
                         "blocks": trainer.model.trainable_blocks}, tmp_path / f"rank{rank}.pt")
     finally:

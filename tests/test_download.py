@@ -14,12 +14,12 @@ import pytest
 
 import packagings
 from carbench.config import DataConfig, build
-from carbench.data.crop import run_crop
-from carbench.data.download import run_download
+from carbench.data.crop import write_crops
+from carbench.data.download import acquire
 from carbench.errors import DataError
 from carbench.data.fingerprint import write_reference
 from carbench.data.sources import ExpectedData, Route, Sources, load_sources
-from carbench.data.split import run_split
+from carbench.data.split import write_split
 from carbench.data.store import SPLITS, load_split
 
 from conftest import SEED, SYNTHETIC_TINY, crop_config, make_official_archives, repo_params, split_config
@@ -101,14 +101,14 @@ def _data(tmp_path, expected: dict, routes: list, **extra) -> Case:
 
 
 def _download(case: Case, out_dir: Path, metrics_path, offline: bool = False) -> dict:
-    return run_download(case.data, SEED, out_dir, metrics_path, offline=offline, sources=case.sources)
+    return acquire(case.data, SEED, out_dir, metrics_path, offline=offline, sources=case.sources)
 
 
 def _crops(data: Case, work: Path, offline: bool = False) -> tuple[dict, dict]:
     """Download, split and crop into ``work``; return (download metrics, split -> crop images)."""
     metrics = _download(data, work / "raw", work / "data.json", offline=offline)
-    run_split(split_config(), SEED, work / "raw", work / "split", None, None)
-    run_crop(crop_config(), False, work / "raw", work / "split", work / "crops", None, None)
+    write_split(split_config(), SEED, work / "raw", work / "split", None, None)
+    write_crops(crop_config(), False, work / "raw", work / "split", work / "crops", None, None)
     return metrics, {s: load_split(work / "crops", s) for s in SPLITS}
 
 
@@ -307,13 +307,13 @@ def test_the_default_params_take_the_first_route_with_no_flag(synthetic_source, 
     raw = repo_params({"data": {"cache_dir": str(tmp_path / "cache")}})
     assert raw["data"]["source"] == "auto"
     sources = replace(load_sources(), expected=build(ExpectedData, expected, "expected"))  # the shipped routes
-    metrics = run_download(build(DataConfig, raw["data"], "data"), SEED, tmp_path / "raw", None, sources=sources)
+    metrics = acquire(build(DataConfig, raw["data"], "data"), SEED, tmp_path / "raw", None, sources=sources)
     assert metrics["route"] == "kaggle-torchvision" and kaggle.calls == ["rickyyyyyyy/torchvision-stanford-cars"]
 
 
 def test_a_local_subset_is_recorded_not_enforced(synthetic_source, tmp_path):
     raw = repo_params({"data": {"source": "local", "path": str(synthetic_source), "cache_dir": str(tmp_path / "c")}})
-    metrics = run_download(build(DataConfig, raw["data"], "data"), SEED, tmp_path / "raw", tmp_path / "data.json")
+    metrics = acquire(build(DataConfig, raw["data"], "data"), SEED, tmp_path / "raw", tmp_path / "data.json")
     assert metrics["counts"]["total"] == TOTAL and metrics["route"] == "local"
     assert metrics["fingerprint"]["matches_expected"] is False and metrics["fingerprint"]["enforced"] is False
     assert len(metrics["fingerprint"]["sha256"]) == 64 and metrics["seconds"] >= 0
@@ -330,8 +330,8 @@ def test_real_photos_give_identical_crops_in_every_packaging(shared_data, tmp_pa
 
     def crops(data, work):
         metrics = _download(data, work / "raw", None)
-        run_split(split, SEED, work / "raw", work / "split", None, None)
-        run_crop(crop_config(size=64, workers=2), False, work / "raw", work / "split", work / "crops", None, None)
+        write_split(split, SEED, work / "raw", work / "split", None, None)
+        write_crops(crop_config(size=64, workers=2), False, work / "raw", work / "split", work / "crops", None, None)
         return metrics, {s: load_split(work / "crops", s) for s in SPLITS}
 
     local, base = crops(_data(tmp_path, expected, [], source="local", path=str(raw300)), tmp_path / "local")

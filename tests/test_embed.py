@@ -89,12 +89,15 @@ def make_world(tmp_path: Path, raw: dict | None = None) -> SimpleNamespace:
 
 def fit_retrieval(world: SimpleNamespace, name: str) -> None:
     """embed + knn for retrieval experiment ``name`` into the world's conventional paths."""
-    from carbench.retrieval.embed import run_embed
-    from carbench.retrieval.knn import run_knn_experiment
+    from carbench.config import experiment
+    from carbench.retrieval.embed import embed_experiment
+    from carbench.retrieval.knn import fit_and_save
 
+    exp = experiment(world.params, name)
     emb = world.root / "data" / "embeddings" / name
-    run_embed(world.params, name, world.crops, world.models, emb, "cpu")
-    run_knn_experiment(world.params, name, emb, world.models / name, world.root / "metrics" / "knn" / f"{name}.json")
+    embed_experiment(exp, world.crops, world.models, emb, "cpu")
+    fit_and_save(exp.knn, emb, world.models / name, world.root / "metrics" / "knn" / f"{name}.json",
+                 world.params.base.seed)
 
 
 # Tiny tensors: one torch thread avoids OpenMP hand-off costs (10x slower convs on a busy 2-core box).
@@ -106,13 +109,14 @@ RETRIEVAL = "knn_resnet50_k3"      # embedder: tl_resnet50_finetune
 
 
 def test_embed_writes_the_store_format(tmp_path):
-    from carbench.retrieval.embed import run_embed
+    from carbench.config import experiment
+    from carbench.retrieval.embed import embed_experiment
     from carbench.retrieval.embeddings import load_embeddings
     from carbench.io import file_md5
 
     world = make_world(tmp_path)
     out = tmp_path / "emb"
-    meta = run_embed(world.params, RETRIEVAL, world.crops, world.models, out, "cpu")
+    meta = embed_experiment(experiment(world.params, RETRIEVAL), world.crops, world.models, out, "cpu")
     with np.load(out / "embeddings.npz") as z:
         assert z["gallery"].dtype == np.float16 and z["query"].dtype == np.float16
         assert z["gallery_labels"].dtype == np.int64
@@ -131,12 +135,13 @@ def test_embed_writes_the_store_format(tmp_path):
 
 def test_embed_matches_the_model_features(tmp_path):
     from carbench.model.checkpoint import load_classifier
-    from carbench.retrieval.embed import run_embed
+    from carbench.config import experiment
+    from carbench.retrieval.embed import embed_experiment
     from carbench.model.preprocess import eval_preprocess
     from carbench.retrieval.embeddings import load_embeddings
 
     world = make_world(tmp_path)
-    run_embed(world.params, RETRIEVAL, world.crops, world.models, tmp_path / "emb", "cpu")
+    embed_experiment(experiment(world.params, RETRIEVAL), world.crops, world.models, tmp_path / "emb", "cpu")
     emb = load_embeddings(tmp_path / "emb")
     model, ckpt = load_classifier(world.models / "tl_resnet50_finetune" / "best.pt", "cpu")
     test = np.load(world.crops / "test.npy")
@@ -147,13 +152,14 @@ def test_embed_matches_the_model_features(tmp_path):
 
 
 def test_penultimate_layer_and_train_only_gallery(tmp_path):
-    from carbench.retrieval.embed import run_embed
+    from carbench.config import experiment
+    from carbench.retrieval.embed import embed_experiment
     from carbench.retrieval.embeddings import load_embeddings
 
     raw = raw_params()
     raw["experiments"][RETRIEVAL]["embed"] = {"layer": "penultimate", "gallery": "train", "l2_normalize": False}
     world = make_world(tmp_path, raw)
-    run_embed(world.params, RETRIEVAL, world.crops, world.models, tmp_path / "emb", "cpu")
+    embed_experiment(experiment(world.params, RETRIEVAL), world.crops, world.models, tmp_path / "emb", "cpu")
     emb = load_embeddings(tmp_path / "emb")
     assert emb.gallery.shape == (PER_CLASS["train"] * len(CLASS_NAMES), HEAD_HIDDEN)
     assert set(emb.gallery_split.tolist()) == {"train"}
@@ -161,15 +167,17 @@ def test_penultimate_layer_and_train_only_gallery(tmp_path):
 
 
 def test_embed_errors_name_the_problem(tmp_path):
-    from carbench.retrieval.embed import run_embed
+    from carbench.config import experiment, retrieval_experiment
+    from carbench.retrieval.embed import embed_experiment
     from carbench.errors import UserError
 
     world = make_world(tmp_path)
-    with pytest.raises(UserError, match="not a retrieval"):
-        run_embed(world.params, "cnn_basic", world.crops, world.models, tmp_path / "e", "cpu")
+    with pytest.raises(UserError, match="not a retrieval"):   # the look-up by kind refuses, before any work
+        embed_experiment(retrieval_experiment(world.params, "cnn_basic"), world.crops, world.models,
+                         tmp_path / "e", "cpu")
     (world.models / "tl_resnet50_finetune" / "best.pt").unlink()
     with pytest.raises(UserError, match="tl_resnet50_finetune/best.pt"):
-        run_embed(world.params, RETRIEVAL, world.crops, world.models, tmp_path / "e", "cpu")
+        embed_experiment(experiment(world.params, RETRIEVAL), world.crops, world.models, tmp_path / "e", "cpu")
     assert not (tmp_path / "e").exists()
 
 

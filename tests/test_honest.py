@@ -105,15 +105,15 @@ def _data_cfg(tmp_path, extra):
 
 
 def test_extra_class_becomes_class_13_in_every_data_stage(tmp_path):
-    from carbench.data.crop import run_crop
-    from carbench.data.download import run_download
+    from carbench.data.crop import write_crops
+    from carbench.data.download import acquire
     from carbench.data.manifest import read_classes, read_manifest
-    from carbench.data.split import run_split
+    from carbench.data.split import write_split
     from carbench.data.store import load_meta, load_split
 
     extra = _extra_folder(tmp_path, boxes=True)
-    metrics = run_download(_data_cfg(tmp_path, extra), SEED, tmp_path / "raw", tmp_path / "data.json")
-    without = run_download(_data_cfg(tmp_path, None), SEED, tmp_path / "raw0", None)
+    metrics = acquire(_data_cfg(tmp_path, extra), SEED, tmp_path / "raw", tmp_path / "data.json")
+    without = acquire(_data_cfg(tmp_path, None), SEED, tmp_path / "raw0", None)
     assert metrics["fingerprint"] == without["fingerprint"]                   # official images only
     listed = json.loads((tmp_path / "data.json").read_text())["extra"]
     assert listed["classes"][0] | {"name": "BIG_TRUCKS", "official_class": 13} == listed["classes"][0]
@@ -127,23 +127,23 @@ def test_extra_class_becomes_class_13_in_every_data_stage(tmp_path):
     assert (whole.x1, whole.y1, whole.x2, whole.y2) == (1, 1, 49, 40)
     assert read_classes(tmp_path / "raw")["class_names"][12] == "BIG_TRUCKS"
     assert read_classes(tmp_path / "raw")["extra_classes"] == ["BIG_TRUCKS"]
-    run_split(split_config(), SEED, tmp_path / "raw", tmp_path / "split", None, None)
+    write_split(split_config(), SEED, tmp_path / "raw", tmp_path / "split", None, None)
     split = pd.read_csv(tmp_path / "split" / "split.csv")
     assert set(split[split["class_id"] == 12]["split"]) == {"train", "val", "test"}
-    run_crop(crop_config(), False, tmp_path / "raw", tmp_path / "split", tmp_path / "crops", None, None)
+    write_crops(crop_config(), False, tmp_path / "raw", tmp_path / "split", tmp_path / "crops", None, None)
     assert load_meta(tmp_path / "crops").class_names[12] == "BIG_TRUCKS"
     assert 12 in load_split(tmp_path / "crops", "test").labels
 
 
 def test_extra_folder_errors_are_named(tmp_path):
-    from carbench.data.download import run_download
+    from carbench.data.download import acquire
 
     with pytest.raises(DataError, match="is not a folder"):
-        run_download(_data_cfg(tmp_path, tmp_path / "nope"), SEED, tmp_path / "raw", None)
+        acquire(_data_cfg(tmp_path, tmp_path / "nope"), SEED, tmp_path / "raw", None)
     extra = _extra_folder(tmp_path)
     (extra / "boxes.csv").write_text("image,x1,y1,x2,y2\nBIG_TRUCKS/missing.jpg,1,1,2,2\n")
     with pytest.raises(DataError, match="not in the class folders"):
-        run_download(_data_cfg(tmp_path, extra), SEED, tmp_path / "raw", None)
+        acquire(_data_cfg(tmp_path, extra), SEED, tmp_path / "raw", None)
 
 
 # ----------------------------------------------------------------------------- sweep

@@ -23,7 +23,7 @@ def test_flatten_uses_add_or_override_and_json_values():
 
 
 def test_every_offline_override_names_a_known_section():
-    overrides = yaml.safe_load((ROOT / "configs" / "offline.yaml").read_text())
+    overrides = yaml.safe_load((ROOT / "configs" / "overrides" / "offline.yaml").read_text())
     params = repo_params()
     assert set(overrides) <= set(params)
     assert set(overrides["experiments"]) <= set(params["experiments"])

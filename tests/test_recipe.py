@@ -265,13 +265,13 @@ def test_whitening_equals_sklearn_and_gives_unit_variance():
     assert not np.allclose(unwhitened.var(0, ddof=1), 1.0, atol=0.1)
 
 
-# ----------------------------------------------------------------------------- configs/dev98.yaml
+# ----------------------------------------------------------------------------- configs/overrides/dev98.yaml
 def test_dev98_overrides_are_valid_and_keep_each_experiment_identity():
     import yaml
 
     from conftest import ROOT, deep_merge
 
-    overrides = yaml.safe_load((ROOT / "configs" / "dev98.yaml").read_text())
+    overrides = yaml.safe_load((ROOT / "configs" / "overrides" / "dev98.yaml").read_text())
     params = parse_params(deep_merge(repo_params(), overrides))
     ex = params.experiments
     for name in ("tl_resnet50_frozen", "tl_resnet50_finetune", "tl_densenet121_progressive"):
@@ -291,7 +291,7 @@ def test_dev98_overrides_are_valid_and_keep_each_experiment_identity():
 
 
 def test_the_dev98_tuning_grids_are_valid_against_the_params():
-    """configs/tune_dev98_round*.yaml and final_dev98.yaml (scripts/tune.py) name real experiments and keys."""
+    """configs/grids/ (tune_dev98_round*.yaml, final_dev98.yaml: scripts/tune.py) name real experiments and keys."""
     import sys
 
     import yaml
@@ -301,8 +301,8 @@ def test_the_dev98_tuning_grids_are_valid_against_the_params():
     sys.path.insert(0, str(ROOT / "scripts"))
     import tune
 
-    raw = deep_merge(repo_params(), yaml.safe_load((ROOT / "configs" / "dev98.yaml").read_text()))
-    grids = sorted((ROOT / "configs").glob("tune_dev98_round*.yaml")) + [ROOT / "configs" / "final_dev98.yaml"]
+    raw = deep_merge(repo_params(), yaml.safe_load((ROOT / "configs" / "overrides" / "dev98.yaml").read_text()))
+    grids = sorted((ROOT / "configs" / "grids").glob("*.yaml"))     # rounds 1-3 and final_dev98.yaml
     assert len(grids) == 4
     for grid in grids:
         runs = tune.expand(yaml.safe_load(grid.read_text()), set())

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from carbench import config, reference
+from carbench.config import schema
 from carbench.data import sources
 
 from conftest import ROOT, committed_params_text, repo_params
@@ -52,9 +53,9 @@ def test_every_schema_field_has_a_doc_string():
 
 def test_a_field_without_a_doc_string_is_refused():
     with pytest.raises(TypeError):
-        config._f(1, min=0)                        # doc is a required keyword
+        schema._f(1, min=0)                        # doc is a required keyword
     with pytest.raises(TypeError, match="doc string"):
-        config._f(1, doc="  ")
+        schema._f(1, doc="  ")
 
 
 def test_every_params_section_has_a_schema_or_is_the_experiment_list():

@@ -1,15 +1,19 @@
-"""carbench.resolve + config.load_resolved: one effective config per stage, read back through the same checks."""
+"""carbench.resolve + carbench.resolved: one effective config per stage, read back through the same checks; names
+only torchvision knows (model.arch, model.weights) fail there, before any train@."""
 from __future__ import annotations
 
-import dataclasses
 import runpy
+import subprocess
 import sys
 
 import pytest
 import yaml
 
-from carbench.config import ConfigError, load_resolved, parse_params, stage_experiment
-from carbench.resolve import resolved_files, run_resolve
+from carbench.config import ConfigError, EmbedJob, KnnJob, TrainedExperiment, parse_params
+from carbench.errors import UserError
+from carbench.resolved import embed_stage, knn_stage, load_resolved, train_stage
+from carbench import resolve
+from carbench.resolve import resolved_files
 from conftest import deep_merge, repo_params
 
 TRAINED = {"tl_resnet50_frozen", "tl_resnet50_finetune", "tl_densenet121_progressive",
@@ -18,7 +22,7 @@ RETRIEVAL = {"knn_resnet50_k3", "knn_resnet50_k10", "knn_densenet121_cosine"}
 
 
 def _texts(raw: dict, out) -> dict[str, str]:
-    run_resolve(parse_params(raw), out)
+    resolve.run(parse_params(raw), out)
     return {p.relative_to(out).as_posix(): p.read_text() for p in sorted(out.rglob("*.yaml"))}
 
 
@@ -30,7 +34,7 @@ def test_one_file_per_stage_instance():
 
 def test_written_files_load_back_to_the_same_experiments(tmp_path):
     params = parse_params(repo_params())
-    run_resolve(params, tmp_path / "resolved")
+    resolve.run(params, tmp_path / "resolved")
     for name in TRAINED:
         base, exp = load_resolved(tmp_path / "resolved" / "train" / f"{name}.yaml")
         assert base == params.base
@@ -39,8 +43,9 @@ def test_written_files_load_back_to_the_same_experiments(tmp_path):
         full = params.experiments[name]
         _, embed = load_resolved(tmp_path / "resolved" / "embed" / f"{name}.yaml")
         _, knn = load_resolved(tmp_path / "resolved" / "knn" / f"{name}.yaml")
-        assert embed == dataclasses.replace(full, knn=None)
-        assert knn == dataclasses.replace(full, embed=None, embedder=None)
+        # each file holds its stage's part of the retrieval experiment, and only that
+        assert embed == EmbedJob(name=name, embedder=full.embedder, embed=full.embed)
+        assert knn == KnnJob(name=name, knn=full.knn)
 
 
 def test_a_section_knob_changes_only_the_files_of_experiments_that_take_it(tmp_path):
@@ -62,7 +67,7 @@ def test_knn_and_embed_knobs_reach_only_their_stage(tmp_path):
 
 
 def test_a_bad_value_in_a_resolved_file_names_the_file_and_key(tmp_path):
-    run_resolve(parse_params(repo_params()), tmp_path)
+    resolve.run(parse_params(repo_params()), tmp_path)
     path = tmp_path / "train" / "cnn_basic.yaml"
     raw = yaml.safe_load(path.read_text())
     raw["train"]["lr"] = -1
@@ -85,15 +90,31 @@ def test_a_bad_value_in_a_resolved_file_names_the_file_and_key(tmp_path):
         load_resolved(knn)
 
 
-def test_stage_experiment_prefers_the_resolved_file_and_checks_its_name(tmp_path, params_path):
-    run_resolve(parse_params(repo_params({"train": {"lr": 0.5}})), tmp_path)
-    _, exp = stage_experiment(params_path, tmp_path / "train" / "tl_densenet121_progressive.yaml",
-                              "tl_densenet121_progressive")
+def test_stage_readers_prefer_the_resolved_file_and_check_its_name(tmp_path, params_path):
+    resolve.run(parse_params(repo_params({"train": {"lr": 0.5}})), tmp_path)
+    _, exp = train_stage(params_path, tmp_path / "train" / "tl_densenet121_progressive.yaml",
+                         "tl_densenet121_progressive")
     assert exp.train.lr == 0.5                      # from the resolved file, not from params_path
-    _, exp = stage_experiment(params_path, None, "tl_densenet121_progressive")
+    _, exp = train_stage(params_path, None, "tl_densenet121_progressive")
     assert exp.train.lr == repo_params()["train"]["lr"]
     with pytest.raises(ConfigError, match="resolves experiment 'cnn_basic', not 'cnn_residual'"):
-        stage_experiment(params_path, tmp_path / "train" / "cnn_basic.yaml", "cnn_residual")
+        train_stage(params_path, tmp_path / "train" / "cnn_basic.yaml", "cnn_residual")
+
+
+def test_each_stage_reader_returns_its_own_type_or_refuses(tmp_path, params_path):
+    resolve.run(parse_params(repo_params()), tmp_path)
+    name = "knn_resnet50_k3"
+    assert isinstance(train_stage(params_path, None, "cnn_basic")[1], TrainedExperiment)
+    for reader, kind, cls in ((embed_stage, "embed", EmbedJob), (knn_stage, "knn", KnnJob)):
+        assert isinstance(reader(params_path, tmp_path / kind / f"{name}.yaml", name)[1], cls)
+        assert reader(params_path, None, name) == reader(params_path, tmp_path / kind / f"{name}.yaml", name)
+    # a file of another stage, or an experiment of the other kind, stops before any work
+    with pytest.raises(ConfigError, match="not the resolved config of a knn@ stage"):
+        knn_stage(params_path, tmp_path / "embed" / f"{name}.yaml", name)
+    with pytest.raises(UserError, match="'cnn_basic' is a scratch experiment, not a retrieval one"):
+        embed_stage(params_path, None, "cnn_basic")
+    with pytest.raises(UserError, match=f"'{name}' is a retrieval experiment, not a transfer or scratch one"):
+        train_stage(params_path, None, name)
 
 
 def test_resolve_stage_script(tmp_path, params_path, monkeypatch):
@@ -102,3 +123,38 @@ def test_resolve_stage_script(tmp_path, params_path, monkeypatch):
 
     runpy.run_path(str(ROOT / "stages" / "resolve.py"), run_name="__main__")
     assert len(list((tmp_path / "r").rglob("*.yaml"))) == len(TRAINED) + 2 * len(RETRIEVAL)
+
+
+# ----------------------------------------------------------------------------- names only torchvision knows
+@pytest.mark.parametrize("overrides, message", [
+    ({"experiments": {"tl_resnet50_frozen": {"model": {"arch": "resnet5O"}}}},
+     "experiments.tl_resnet50_frozen.model.arch must be 'cnn' or a torchvision classification model name, got "
+     "'resnet5O' (did you mean 'resnet50'?)"),
+    ({"experiments": {"tl_resnet50_frozen": {"model": {"weights": "IMAGENET1K_V9"}}}},
+     "experiments.tl_resnet50_frozen.model.weights: 'IMAGENET1K_V9' is not a weights name of 'resnet50' (known: "),
+    ({"experiments": {"tl_densenet121_progressive": {"model": {"weights": "no/such/weights.pth"}}}},
+     "experiments.tl_densenet121_progressive.model.weights: file not found: no/such/weights.pth"),
+    ({"experiments": {"cnn_basic": {"model": {"arch": "cnnn"}}}}, "got 'cnnn' (did you mean 'cnn'?)"),
+    # the section default is checked too, though every experiment of the committed params overrides it
+    ({"model": {"arch": "resnet5O"}}, "model.arch must be 'cnn' or a torchvision classification model name"),
+])
+def test_a_bad_arch_or_weights_name_fails_in_resolve_before_anything_is_written(tmp_path, overrides, message):
+    params = parse_params(repo_params(overrides))     # loading params stays torch-free and lets it through
+    with pytest.raises(ConfigError) as caught:
+        resolve.run(params, tmp_path / "resolved")
+    assert message in str(caught.value)
+    assert not (tmp_path / "resolved").exists()
+
+
+def test_the_resolve_stage_prints_one_error_line_naming_the_key(tmp_path):
+    from conftest import ROOT, committed_params_text
+
+    params = tmp_path / "params.yaml"
+    params.write_text(committed_params_text().replace("arch: resnet50     #", "arch: resnet5O     #", 1))
+    assert "arch: resnet5O" in params.read_text()
+    done = subprocess.run([sys.executable, str(ROOT / "stages" / "resolve.py"), "--params", str(params),
+                           "--out", str(tmp_path / "resolved")], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == ["error: model.arch must be 'cnn' or a torchvision classification model "
+                                        "name, got 'resnet5O' (did you mean 'resnet50'?)"]
+    assert not (tmp_path / "resolved").exists()

@@ -121,7 +121,7 @@ def test_scaler_and_pca_are_fitted_on_the_gallery_only(tmp_path):
     labels = np.arange(40) % 4
     store = make_store(tmp_path, gallery, labels, query, labels)
     cfg = knn_cfg(standardize=True, pca_components=3)
-    K.run_knn(cfg, store, tmp_path / "model", tmp_path / "knn.json", seed=0)
+    K.fit_and_save(cfg, store, tmp_path / "model", tmp_path / "knn.json", seed=0)
     model = K.load_knn(tmp_path / "model")
     g16 = gallery.astype(np.float16).astype(np.float64)                 # the store keeps float16
     assert model.prep.scaler_mean == pytest.approx(g16.mean(0), abs=1e-3)
@@ -170,11 +170,11 @@ def test_scikit_learn_is_loaded_only_by_a_step_that_uses_it(step, loads):
 
 
 # ----------------------------------------------------------------------------- the stage function
-def test_run_knn_metrics_by_hand(tmp_path):
+def test_fit_and_save_metrics_by_hand(tmp_path):
     # gallery: class 0 at 0 and 1, class 1 at 10 and 11; queries: 0.4 (class 0), 10.2 (class 0: a miss)
     gallery = np.array([[0.0], [1.0], [10.0], [11.0]])
     store = make_store(tmp_path, gallery, np.array([0, 0, 1, 1]), np.array([[0.4], [10.2]]), np.array([0, 0]))
-    result = K.run_knn(knn_cfg(k=1, retrieval_ks=(1, 2, 4)), store, tmp_path / "m", tmp_path / "k.json", 0)
+    result = K.fit_and_save(knn_cfg(k=1, retrieval_ks=(1, 2, 4)), store, tmp_path / "m", tmp_path / "k.json", 0)
     assert result["precision_at_k"] == pytest.approx(0.5)
     assert result["recall_at_1"] == pytest.approx(0.5)
     assert result["recall_at_2"] == pytest.approx(0.5)       # query 2's two nearest are both class 1
@@ -195,7 +195,7 @@ def test_saved_model_round_trips_and_logreg_runs(tmp_path):
     query = centres[q_lab] + rng.standard_normal((12, 8))
     store = make_store(tmp_path, gallery, g_lab, query, q_lab)
     cfg = knn_cfg(k=5, weighting="distance", standardize=True, classical="logreg")
-    result = K.run_knn(cfg, store, tmp_path / "m", tmp_path / "k.json", 0)
+    result = K.fit_and_save(cfg, store, tmp_path / "m", tmp_path / "k.json", 0)
     assert result["logreg_top1"] > 0.9 and result["top1"] > 0.9
     model = K.load_knn(tmp_path / "m")
     assert model.config == cfg and model.info["embedder"] == "emb"
@@ -214,7 +214,7 @@ def test_missing_store_is_a_clear_error(tmp_path):
 def _saved_model_with_config(tmp_path, **changes):
     """A saved k-NN model whose knn.json config has ``changes`` applied."""
     store = make_store(tmp_path, np.zeros((4, 2)), np.array([0, 0, 1, 1]), np.zeros((1, 2)), np.array([0]))
-    K.run_knn(knn_cfg(k=1), store, tmp_path / "m", tmp_path / "k.json", 0)
+    K.fit_and_save(knn_cfg(k=1), store, tmp_path / "m", tmp_path / "k.json", 0)
     meta_path = tmp_path / "m" / K.KNN_META
     meta = json.loads(meta_path.read_text())
     meta["config"].update(changes)

@@ -1,5 +1,5 @@
-"""scripts/scale.py (`scripts/benchmark.py scale`): params of the scale workspace, GPU samples, bare-compute floors,
-and one tiny CPU run of the whole benchmark through `dvc repro`."""
+"""The scale benchmark (carbench.bench, `scripts/benchmark.py scale`): params of the scale workspace, GPU samples,
+bare-compute floors, and one tiny CPU run of the whole benchmark through `dvc repro`."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,21 +12,21 @@ from pathlib import Path
 
 import pytest
 
+from carbench.bench import bare as B
+from carbench.bench import gpu, workspace
+from carbench.bench.overrides import deep_merge, dotted
 from conftest import repo_params
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import scale  # noqa: E402
 
 
 def test_overrides_merge_key_by_key():
     tree = {"train": {"lr": 0.1, "epochs": 3}, "experiments": {"a": {"train": {"epochs": 5}}}}
-    merged = scale.deep_merge(tree, scale.dotted(["train.lr=0.5", "experiments.a.train.compile=true"]))
+    merged = deep_merge(tree, dotted(["train.lr=0.5", "experiments.a.train.compile=true"]))
     assert merged == {"train": {"lr": 0.5, "epochs": 3}, "experiments": {"a": {"train": {"epochs": 5, "compile": True}}}}
     assert tree["train"]["lr"] == 0.1                       # the input is not modified
     with pytest.raises(SystemExit, match="key=value"):
-        scale.dotted(["train.lr"])
+        dotted(["train.lr"])
 
 
 def test_scale_params_use_the_data_offline_with_random_init_files(tmp_path):
@@ -36,7 +36,7 @@ def test_scale_params_use_the_data_offline_with_random_init_files(tmp_path):
 
     raw = repo_params()
     overrides = {"train": {"compile": True}, "experiments": {"tl_resnet50_frozen": {"model": {"arch": "mobilenet_v2"}}}}
-    params = scale.scale_params(raw, tmp_path / "cars", overrides, tmp_path / "weights")
+    params = workspace.scale_params(raw, tmp_path / "cars", overrides, tmp_path / "weights")
     parsed = parse_params(params)                           # still valid params
     assert params["data"] == {**raw["data"], "source": "local", "path": str((tmp_path / "cars").resolve())}
     assert parsed.base.offline
@@ -54,12 +54,12 @@ def test_scale_params_use_the_data_offline_with_random_init_files(tmp_path):
 
 def test_nvidia_smi_samples_and_busy_fraction():
     text = "2026/11/23 08:40:01.000, 80\n2026/11/23 08:40:01.200, 100\nnot a sample\n2026/11/23 08:40:05.000, 0\n"
-    samples = scale.parse_nvidia_smi(text)
+    samples = gpu.parse_nvidia_smi(text)
     assert [u for _, u in samples] == [80.0, 100.0, 0.0]
     t0 = samples[0][0]
     assert samples[1][0] - t0 == pytest.approx(0.2)
-    assert scale.busy_fraction(samples, t0, t0 + 1) == pytest.approx(0.9)
-    assert scale.busy_fraction(samples, t0 + 10, t0 + 11) is None
+    assert gpu.busy_fraction(samples, t0, t0 + 1) == pytest.approx(0.9)
+    assert gpu.busy_fraction(samples, t0 + 10, t0 + 11) is None
 
 
 def test_train_floor_follows_freeze_states_refit_and_feature_cache():
@@ -68,15 +68,15 @@ def test_train_floor_follows_freeze_states_refit_and_feature_cache():
     params = parse_params(repo_params())
     prog = params.experiments["tl_densenet121_progressive"]
     prog = dataclasses.replace(prog, model=dataclasses.replace(prog.model, unfreeze_every=1))
-    bare = scale.Bare(train={0: 400.0, 1: 200.0, 2: 100.0}, infer=1000.0)
+    bare = B.Bare(train={0: 400.0, 1: 200.0, 2: 100.0}, infer=1000.0)
     record = {"epochs": 3, "train_per_epoch": 400, "refit_epochs": 2, "refit_per_epoch": 500, "val_images": 300,
               "feature_images": 0}
     # fit epochs at 0, 1, 2 trainable blocks; refit epochs again from 0 blocks; validation at the inference rate
     expected = 400 / 400 + 400 / 200 + 400 / 100 + 500 / 400 + 500 / 200 + 300 / 1000
-    assert scale.train_floor(prog, bare, record, num_blocks=2) == pytest.approx(expected)
+    assert B.train_floor(prog, bare, record, num_blocks=2) == pytest.approx(expected)
     frozen = params.experiments["tl_resnet50_frozen"]
     cached = {**record, "feature_images": 700}
-    assert scale.train_floor(frozen, scale.Bare(infer=1000.0), cached, num_blocks=4) == pytest.approx(1.0)
+    assert B.train_floor(frozen, B.Bare(infer=1000.0), cached, num_blocks=4) == pytest.approx(1.0)
 
 
 @pytest.mark.e2e
@@ -86,7 +86,7 @@ def test_tiny_scale_run_on_cpu(tmp_path):
     stages a k-NN evaluation needs (a train, an embed and two evaluations' worth of kinds)."""
     report = tmp_path / "report.json"
     cmd = [sys.executable, "scripts/benchmark.py", "scale", "--device", "cpu", "--workdir", str(tmp_path / "w"),
-           "--overrides", "configs/offline.yaml", "--num-classes", "4", "--train-per-class", "8",
+           "--overrides", "configs/overrides/offline.yaml", "--num-classes", "4", "--train-per-class", "8",
            "--test-per-class", "4", "--min-size", "64", "--max-size", "96", "--workers", "2",
            "--report", str(report), "--set", "base.threads=1", "--set", "split.allow_missing_classes=true",
            "--set", "experiments.tl_resnet50_finetune.train.epochs=1", "--target", "evaluate@knn_resnet50_k3",
@@ -120,21 +120,21 @@ def test_bare_rates_time_every_freeze_state_on_cpu(monkeypatch):
 
     from carbench.config import parse_params
 
-    monkeypatch.setattr(scale, "BARE_TIMED_SECONDS", 0.02)
-    monkeypatch.setattr(scale, "BARE_MIN_STEPS", 2)
-    monkeypatch.setattr(scale, "BARE_WARMUP_STEPS", 1)
+    monkeypatch.setattr(B, "BARE_TIMED_SECONDS", 0.02)
+    monkeypatch.setattr(B, "BARE_MIN_STEPS", 2)
+    monkeypatch.setattr(B, "BARE_WARMUP_STEPS", 1)
     params = parse_params(repo_params())
     prog = params.experiments["tl_densenet121_progressive"]
     prog = dataclasses.replace(prog, model=dataclasses.replace(prog.model, arch="mobilenet_v2", unfreeze_every=2),
                                train=dataclasses.replace(prog.train, epochs=5, image_size=32, batch_size=4,
                                                          eval_batch_size=4))
     base = dataclasses.replace(params.base, device="cpu")
-    bare = scale.bare_rates(prog, base, 5, torch.device("cpu"))
+    bare = B.bare_rates(prog, base, 5, torch.device("cpu"))
     assert sorted(bare.train) == [0, 1, 2]          # epochs 0-1: head only, 2-3: one block, 4: two blocks
     assert all(rate > 0 for rate in bare.train.values()) and bare.infer > 0
     frozen = params.experiments["tl_resnet50_frozen"]
     frozen = dataclasses.replace(frozen, model=dataclasses.replace(frozen.model, arch="mobilenet_v2"),
                                  train=dataclasses.replace(frozen.train, image_size=32, batch_size=4,
                                                            eval_batch_size=4))
-    cached = scale.bare_rates(frozen, base, 5, torch.device("cpu"))
+    cached = B.bare_rates(frozen, base, 5, torch.device("cpu"))
     assert cached.train == {} and cached.infer > 0  # the feature cache runs the backbone only in inference

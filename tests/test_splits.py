@@ -9,7 +9,7 @@ import pytest
 
 from carbench.errors import DataError
 from carbench.errors import DataWarning
-from carbench.data.split import assign_splits, holdout_count, read_split, run_split
+from carbench.data.split import assign_splits, holdout_count, read_split, write_split
 
 from conftest import split_config
 
@@ -61,9 +61,9 @@ def test_same_seed_same_split_other_seed_differs(strategy):
     assert not np.array_equal(first, assign_splits(ids, official, cfg, seed=6))
 
 
-def test_run_split_end_to_end(synthetic_raw, tmp_path):
-    metrics = run_split(split_config(), 0, synthetic_raw, tmp_path / "split", tmp_path / "split.json",
-                        tmp_path / "plots" / "class_distribution.png")
+def test_write_split_end_to_end(synthetic_raw, tmp_path):
+    metrics = write_split(split_config(), 0, synthetic_raw, tmp_path / "split", tmp_path / "split.json",
+                          tmp_path / "plots" / "class_distribution.png")
     frame = read_split(tmp_path / "split")
     manifest = pd.read_csv(synthetic_raw / "manifest.csv")
     assert list(frame["image"]) == list(manifest["image"]) and list(frame.columns) == ["image", "class_id", "split"]
@@ -77,14 +77,14 @@ def test_missing_classes_are_an_error_naming_them(synthetic_raw, tmp_path):
     # Pooled with test_fraction 0.9 leaves 1 of each class's 9 images outside test: it cannot reach val too.
     cfg = split_config(strategy="pooled", test_fraction=0.9)
     with pytest.raises(DataError, match=r"manifest.csv: some classes have no image in a split \(val: 0 "):
-        run_split(cfg, 0, synthetic_raw, tmp_path / "split", tmp_path / "split.json", None)
+        write_split(cfg, 0, synthetic_raw, tmp_path / "split", tmp_path / "split.json", None)
     assert not (tmp_path / "split").exists() and not (tmp_path / "split.json").exists()
 
 
 def test_missing_classes_allowed_warn_and_are_listed(synthetic_raw, tmp_path):
     cfg = split_config(strategy="pooled", test_fraction=0.9, allow_missing_classes=True)
     with pytest.warns(DataWarning, match="classes missing"):
-        metrics = run_split(cfg, 0, synthetic_raw, tmp_path / "split", None, None)
+        metrics = write_split(cfg, 0, synthetic_raw, tmp_path / "split", None, None)
     assert len(metrics["missing_classes"]["val"]) == 4 and metrics["classes"]["val"] == 0
 
 

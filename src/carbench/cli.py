@@ -8,6 +8,7 @@ import os
 import resource
 import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Callable, Iterator, Optional
 
 from . import timing
 from .config import ConfigError
-from .errors import DataWarning, UserError
+from .errors import DataWarning, Interrupted, UserError
 
 STAGE_LOG_ENV = timing.STAGE_LOG_ENV
 _KIB_PER_MIB = 1024
@@ -23,6 +24,13 @@ _KIB_PER_MIB = 1024
 #: killed by SIGPIPE, so pipelines treat it like any other program cut short by the reader.
 BROKEN_PIPE_STATUS = 128 + signal.SIGPIPE
 INTERRUPTED_STATUS = 130
+#: Set by scripts/offline.py for the `dvc exp run` it starts: a path that exists once the run was interrupted. A stage
+#: started after that stops before doing anything, so DVC ends at a stage boundary without being signalled itself
+#: (a signal to DVC between stages could cut its write of dvc.lock or the cache short). Under it, stages also stay
+#: quiet when interrupted: the wrapper prints the one `interrupted:` line, after it has put the repository back.
+STOP_FILE_ENV = "CARBENCH_STOP_FILE"
+#: The signals that stop a stage or command cleanly: Ctrl-C, and what `kill` and cluster schedulers send.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -76,6 +84,99 @@ def _one_line_warnings() -> Iterator[None]:
         warnings.showwarning = original
 
 
+def interrupted_status(signum: int) -> int:
+    """The shell's exit status for a process stopped by ``signum`` (130 for SIGINT, 143 for SIGTERM)."""
+    return 128 + signum
+
+
+def interrupted_line(what: str, signum: int, detail: str = "") -> str:
+    """The one line a user sees when ``what`` was stopped by ``signum`` (``detail``: what was kept)."""
+    return (f"interrupted: {what} stopped by {signal.Signals(signum).name}{'; ' + detail if detail else ''}; "
+            "run the same command again to continue")
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM raise :class:`Interrupted` in the main thread, once: a repeat is ignored, so the clean-up
+    of the first (temporary outputs, resume state) runs to its end although a terminal signals the whole process
+    group and a wrapper may forward the same signal again. Without this, SIGTERM would end the process on the
+    spot, leaving temporary directories behind. A signal ignored at start (``nohup``) stays ignored."""
+    owner = os.getpid()
+
+    def handler(signum, frame):  # noqa: ANN001 (signal's signature)
+        if _forked_child(owner, signum):
+            return
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    if threading.current_thread() is not threading.main_thread():   # signal handlers are the main thread's only
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    for sig, old in previous.items():
+        if old is not signal.SIG_IGN:
+            signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+
+
+def _forked_child(owner: int, signum: int) -> bool:
+    """In a process forked after the handler was installed (a multiprocessing worker, which its pool ends with
+    SIGTERM), act as if there were no handler: die of the signal, as before, without a traceback."""
+    if os.getpid() == owner:
+        return False
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    return True
+
+
+def _stop_requested() -> bool:
+    """True when the wrapper that started this stage was interrupted (see :data:`STOP_FILE_ENV`)."""
+    path = os.environ.get(STOP_FILE_ENV)
+    return bool(path) and os.path.exists(path)
+
+
+#: A SIGINT/SIGTERM that reached a stage before its ``main`` started (see :func:`_remember_early_signals`).
+_early_signals: list[int] = []
+
+
+def _remember_early_signals() -> None:
+    """In a stage script, note SIGINT/SIGTERM from here on instead of acting on it: the heavy imports that follow
+    (torch: seconds) would otherwise end in a KeyboardInterrupt traceback, or, for SIGTERM, no message at all.
+    :func:`_guarded` then stops before ``main`` with the one ``interrupted:`` line."""
+    owner = os.getpid()
+
+    def remember(signum, frame):  # noqa: ANN001 (signal's signature)
+        if _forked_child(owner, signum):
+            return
+        _early_signals.append(signum)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+    for sig in STOP_SIGNALS:
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, remember)
+
+
+# Only for the stage scripts (stages/*.py import this module first): a library import must not take over signals.
+if Path(sys.argv[0] if sys.argv else "").parent.name == "stages" and \
+        threading.current_thread() is threading.main_thread():
+    _remember_early_signals()
+
+
+def _ignore_stop_signals() -> None:
+    """The work is done (or stopped): a SIGINT/SIGTERM from now on must not turn the exit status into a kill. Python
+    puts the default disposition back while it shuts down, so a signal then (a wrapper forwarding Ctrl-C just as
+    the stage ends) would kill a stage that succeeded; an ignored signal stays ignored."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+
 def _silence_stdout() -> None:
     """Point stdout at /dev/null: Python flushes it again at exit, which would raise once more on the closed pipe
     (the recipe of the Python docs, "Note on SIGPIPE")."""
@@ -83,10 +184,13 @@ def _silence_stdout() -> None:
     os.dup2(devnull, sys.stdout.fileno())
 
 
-def _guarded(main: Callable[[], Optional[int]], log: Callable[[str], None]) -> int:
-    """Run ``main``; a user error becomes one 'error: ...' line. Returns the exit status."""
+def _guarded(main: Callable[[], Optional[int]], log: Callable[[str], None], what: str) -> int:
+    """Run ``main``; a user error becomes one 'error: ...' line, SIGINT/SIGTERM one 'interrupted: ...' line naming
+    ``what``. Returns the exit status."""
     try:
-        with _one_line_warnings():
+        with _one_line_warnings(), stop_on_signals():
+            if _early_signals or _stop_requested():
+                raise Interrupted(_early_signals[0] if _early_signals else signal.SIGINT)
             status = main()
             sys.stdout.flush()   # a closed pipe shows up here, where it can still be handled
     except (ConfigError, UserError) as exc:
@@ -97,17 +201,20 @@ def _guarded(main: Callable[[], Optional[int]], log: Callable[[str], None]) -> i
         _silence_stdout()
         log("ok")
         return BROKEN_PIPE_STATUS
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
         log("interrupted")
-        print("interrupted", file=sys.stderr)
-        return INTERRUPTED_STATUS
+        if not os.environ.get(STOP_FILE_ENV):
+            print(interrupted_line(what, signum), file=sys.stderr)
+        return interrupted_status(signum)
     log("ok")
     return int(status or 0)
 
 
 def run(main: Callable[[], None]) -> None:
     """Run a stage's ``main``; a user error becomes one 'error: ...' line and exit status 1."""
-    status = _guarded(main, _log_stage)
+    status = _guarded(main, _log_stage, "stage " + _stage_name())
+    _ignore_stop_signals()     # a stage exits right after: DVC must see the status it finished with
     if status:
         sys.exit(status)
 
@@ -116,7 +223,7 @@ def run_command(main: Callable[[], Optional[int]]) -> None:
     """Run a user command's ``main`` (carbench-predict, scripts/*.py) like a stage, without the stage log; exit
     with its status when not 0: user errors are one 'error: ...' line, a closed stdout pipe ends quietly
     (:data:`BROKEN_PIPE_STATUS`)."""
-    status = _guarded(main, lambda status: None)
+    status = _guarded(main, lambda status: None, Path(sys.argv[0]).name)
     if status:
         sys.exit(status)
 

@@ -19,5 +19,14 @@ class ConfigError(ValueError):
     """A params value is invalid; the message names the dotted key."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM reached a stage or command (Ctrl-C, ``kill``, a scheduler's time limit); ``signum`` says
+    which. A KeyboardInterrupt, so every clean-up that handles Ctrl-C (temporary outputs, resume state) runs."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 class DataWarning(UserWarning):
     """Usable but imperfect data (no boxes, classes missing from a split, skipped images)."""

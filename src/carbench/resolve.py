@@ -10,9 +10,12 @@ the experiment sets its own ``lr``. This stage writes the merge instead, one YAM
     <out>/knn/<name>.yaml     base + knn                       (knn@<name>)
 
 and each of those stages depends on its own file (dvc.yaml), so a knob reruns exactly the experiments
-whose effective config it changes. Stages read the file back through :func:`carbench.config.load_resolved`,
+whose effective config it changes. Stages read the file back through :mod:`carbench.resolved` (the format),
 which applies every check ``params.yaml`` gets. Files whose content is unchanged are still rewritten
 byte for byte the same (sorted keys), so DVC sees no change.
+
+Before writing, the stage checks the names the schema cannot (``model.arch``, ``model.weights``: they need
+torchvision, :mod:`carbench.model.names`), so a typo stops the pipeline here, before any ``train@`` starts.
 """
 from __future__ import annotations
 
@@ -20,8 +23,10 @@ from pathlib import Path
 
 import yaml
 
-from .config import RESOLVED_SECTIONS, Params, resolved_config
+from .config import Params, TrainedExperiment
 from .io import atomic_dir
+from .model.names import check_model_names
+from .resolved import RESOLVED_SECTIONS, resolved_config
 
 HEADER = "# Effective config of {kind}@{name}, written by the resolve stage from params.yaml: do not edit.\n"
 
@@ -41,8 +46,19 @@ def dump(kind: str, name: str, config: dict) -> str:
     return HEADER.format(kind=kind, name=name) + yaml.safe_dump(config, sort_keys=True, default_flow_style=False)
 
 
-def run_resolve(params: Params, out_dir: str | Path) -> list[str]:
-    """Write every resolved file into ``out_dir`` (replaced atomically); returns their relative paths."""
+def check_names(params: Params) -> None:
+    """``model.arch``/``model.weights`` of the ``model`` section and of every trained experiment exist
+    (ConfigError naming the first bad key)."""
+    models = {"model": params.model_defaults}
+    models.update({f"experiments.{name}.model": exp.model for name, exp in params.experiments.items()
+                   if isinstance(exp, TrainedExperiment)})
+    check_model_names(models)
+
+
+def run(params: Params, out_dir: str | Path) -> list[str]:
+    """Stage entry point (stages/resolve.py): write every resolved file into ``out_dir`` (replaced atomically);
+    returns their relative paths. No seeding: nothing random happens."""
+    check_names(params)
     files = resolved_files(params)
     with atomic_dir(out_dir) as tmp:
         for rel, config in files.items():
@@ -50,8 +66,3 @@ def run_resolve(params: Params, out_dir: str | Path) -> list[str]:
             (tmp / kind).mkdir(exist_ok=True)
             (tmp / rel).write_text(dump(kind, name, config))
     return sorted(files)
-
-
-def run(params: Params, out_dir: str | Path) -> list[str]:
-    """Stage entry point (stages/resolve.py): :func:`run_resolve` (no seeding: nothing random happens)."""
-    return run_resolve(params, out_dir)

@@ -32,9 +32,14 @@ def configure(seed: int, threads: int = 0, use_torch: bool = True) -> None:
     """
     seed_everything(seed, use_torch)
     if use_torch:
-        import torch
+        set_threads(threads)
 
-        torch.set_num_threads(threads if threads > 0 else (os.cpu_count() or 1))
+
+def set_threads(threads: int = 0) -> None:
+    """torch's CPU threads (0 = all cores)."""
+    import torch
+
+    torch.set_num_threads(threads if threads > 0 else (os.cpu_count() or 1))
 
 
 #: Environment variables that forbid downloads like ``base.offline: true``: our own, and the Hugging Face
@@ -61,15 +66,22 @@ def select_device(name: str):
         select_device("cuda")  # its CUDA settings
         return torch.device("cuda", index)
     if torch.cuda.is_available():
-        # cuDNN autotuning stays off here: it tunes every new input shape again, which cost the inference
-        # stages more than their compute; the trainer turns it on for its one full training batch shape.
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        cuda_settings()
         return torch.device("cuda")
     if name in ("cuda", "cuda:auto"):
         raise DeviceError(f"base.device is {name!r} but torch sees no CUDA device; set base.device to auto or cpu")
     return torch.device("cpu")
+
+
+def cuda_settings() -> None:
+    """What every CUDA process of carbench runs with: TF32 matmuls and convolutions, no cuDNN autotuning."""
+    import torch
+
+    # cuDNN autotuning stays off here: it tunes every new input shape again, which cost the inference
+    # stages more than their compute; the trainer turns it on for its one full training batch shape.
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
 
 
 #: ``cuda:auto`` keeps its GPU lock file open here for the process lifetime (the OS releases it at exit).

@@ -176,9 +176,9 @@ def _decode_failure(failures: list[tuple[str, str]], raw_dir: Path) -> DataError
                      "set data.skip_bad_images: true to skip unreadable images")
 
 
-def run_crop(crop: CropConfig, skip_bad: bool, raw_dir: str | Path, split_dir: str | Path, out_dir: str | Path,
-             metrics_path: Optional[str | Path], preview_path: Optional[str | Path]) -> dict:
-    """The crop stage: one uint8 store per split in ``out_dir`` (ARCHITECTURE.md §3), metrics and preview.
+def write_crops(crop: CropConfig, skip_bad: bool, raw_dir: str | Path, split_dir: str | Path, out_dir: str | Path,
+                metrics_path: Optional[str | Path], preview_path: Optional[str | Path]) -> dict:
+    """The crop stage's work: one uint8 store per split in ``out_dir`` (ARCHITECTURE.md §3), metrics and preview.
 
     ``skip_bad`` is ``data.skip_bad_images``: drop images that fail to decode (listed in the metrics) instead
     of failing. Returns the metrics (counts, seconds, images/s, skipped).
@@ -232,6 +232,7 @@ def skipped_line(count: int, metrics_path: Optional[str | Path]) -> str:
 
 def run(params: Params, raw_dir: str | Path, split_dir: str | Path, out_dir: str | Path, metrics_path: str | Path,
         preview_path: str | Path) -> dict:
-    """Stage entry point (stages/crop.py): seed, then :func:`run_crop` with the ``crop`` section."""
+    """Stage entry point (stages/crop.py): seed, then :func:`write_crops` with the ``crop`` section."""
     configure(params.base.seed, params.base.threads, use_torch=False)
-    return run_crop(params.crop, params.data.skip_bad_images, raw_dir, split_dir, out_dir, metrics_path, preview_path)
+    return write_crops(params.crop, params.data.skip_bad_images, raw_dir, split_dir, out_dir, metrics_path,
+                       preview_path)

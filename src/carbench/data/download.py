@@ -136,9 +136,9 @@ def _pack_first_route(data: DataConfig, sources: Sources, offline: bool, out_dir
                     + ways_forward(offline))
 
 
-def run_download(data: DataConfig, seed: int, out_dir: str | Path, metrics_path: Optional[str | Path],
-                 offline: bool = False, sources: Optional[Sources] = None) -> dict[str, Any]:
-    """The download stage: acquire ``data.source``, pack it into ``out_dir`` and write the metrics.
+def acquire(data: DataConfig, seed: int, out_dir: str | Path, metrics_path: Optional[str | Path],
+            offline: bool = False, sources: Optional[Sources] = None) -> dict[str, Any]:
+    """The download stage's work: acquire ``data.source``, pack it into ``out_dir`` and write the metrics.
 
     ``offline``: ``base.offline`` (the environment variables are honoured as well). ``sources``: the routes and
     fingerprint (tests pass their own; None: the shipped :data:`~carbench.data.sources.SOURCES`). Returns the
@@ -166,6 +166,6 @@ def run_download(data: DataConfig, seed: int, out_dir: str | Path, metrics_path:
 
 
 def run(params: Params, out_dir: str | Path, metrics_path: str | Path) -> dict[str, Any]:
-    """Stage entry point (stages/download.py): seed, then :func:`run_download` with the ``data`` section."""
+    """Stage entry point (stages/download.py): seed, then :func:`acquire` with the ``data`` section."""
     configure(params.base.seed, params.base.threads, use_torch=False)
-    return run_download(params.data, params.base.seed, out_dir, metrics_path, offline=params.base.offline)
+    return acquire(params.data, params.base.seed, out_dir, metrics_path, offline=params.base.offline)

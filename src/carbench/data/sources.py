@@ -3,7 +3,7 @@
 The routes and the dataset fingerprint are the code's data, not knobs: they live in a tracked file next to the
 reference annotations, which the download stage depends on (dvc.yaml), instead of in ``params.yaml``. A user
 whose routes all fail adds one to that file. Tests pass their own :class:`Sources` to
-:func:`carbench.data.download.run_download`; the stage always reads :data:`SOURCES`.
+:func:`carbench.data.download.acquire`; the stage always reads :data:`SOURCES`.
 
 The file is validated with the same machinery as ``params.yaml`` (:func:`carbench.config.build`): an unknown
 key, a wrong type or a route without what its kind needs raises :class:`ConfigError` naming the file and key.
@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from ..config import _f, build, read_yaml
+from ..config import build, read_yaml
+from ..config.schema import _f
 from ..errors import ConfigError
 
 #: The file the download stage reads (a dvc.yaml dep of the download stage).

@@ -117,9 +117,9 @@ def _check_missing(missing: dict[str, list[str]], allow: bool, where: Path) -> N
     warnings.warn(f"classes missing from a split ({text})", DataWarning, stacklevel=3)
 
 
-def run_split(cfg: SplitConfig, seed: int, raw_dir: str | Path, out_dir: str | Path,
-              metrics_path: Optional[str | Path], plot_path: Optional[str | Path]) -> dict[str, Any]:
-    """The split stage: write ``split.csv``, the metrics and the class-distribution plot.
+def write_split(cfg: SplitConfig, seed: int, raw_dir: str | Path, out_dir: str | Path,
+                metrics_path: Optional[str | Path], plot_path: Optional[str | Path]) -> dict[str, Any]:
+    """The split stage's work: write ``split.csv``, the metrics and the class-distribution plot.
 
     Returns the metrics (counts per split, classes per split, missing classes).
     """
@@ -171,6 +171,6 @@ def read_split(split_dir: str | Path, manifest=None):
 
 def run(params: Params, raw_dir: str | Path, out_dir: str | Path, metrics_path: str | Path,
         plot_path: str | Path) -> dict[str, Any]:
-    """Stage entry point (stages/split.py): seed, then :func:`run_split` with the ``split`` section."""
+    """Stage entry point (stages/split.py): seed, then :func:`write_split` with the ``split`` section."""
     configure(params.base.seed, params.base.threads, use_torch=False)
-    return run_split(params.split, params.base.seed, raw_dir, out_dir, metrics_path, plot_path)
+    return write_split(params.split, params.base.seed, raw_dir, out_dir, metrics_path, plot_path)

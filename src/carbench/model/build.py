@@ -45,15 +45,20 @@ def _normalization_of(cfg: ModelConfig, spec: Optional[WeightsSpec]) -> tuple[tu
     return normalization(spec or WeightsSpec(cfg.arch))
 
 
-def build_model(model_cfg: ModelConfig, num_classes: int, pretrained: bool, offline: bool = False) -> CarNet:
+def build_model(model_cfg: ModelConfig, num_classes: int, pretrained: bool, offline: bool = False,
+                spec: Optional[WeightsSpec] = None) -> CarNet:
     """CarNet for ``model_cfg``; ``pretrained`` loads ``model.weights`` (else random init, same shapes).
 
     ``offline`` (``base.offline``): a torchvision weights file missing from the cache is not downloaded.
+    ``spec``: ``model.weights`` already resolved (training's run plan), so it is not resolved again.
 
     All blocks start trainable; training applies the freeze mode with
     :func:`carbench.train.freeze.apply_freeze`.
     """
-    spec = resolve_weights(model_cfg.arch, model_cfg.weights) if pretrained else None
+    if pretrained and spec is None:
+        spec = resolve_weights(model_cfg.arch, model_cfg.weights)
+    elif not pretrained:
+        spec = None
     if model_cfg.arch == SCRATCH_ARCH:
         backbone: nn.Module = build_scratch_backbone(model_cfg, spec)
         dim = model_cfg.cnn_widths[-1]

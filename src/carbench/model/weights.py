@@ -78,37 +78,38 @@ def hub_checkpoints_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def resolve_weights(arch: str, weights: str) -> WeightsSpec:
-    """Parse ``model.weights`` for ``arch`` without loading anything; errors name the key."""
+def resolve_weights(arch: str, weights: str, where: str = "model") -> WeightsSpec:
+    """Parse ``model.weights`` for ``arch`` without loading anything; errors name the key (``where``: the
+    dotted key of the model section, e.g. ``experiments.<name>.model``)."""
     if weights == WEIGHTS_NONE:
         return WeightsSpec(arch)
     if ENUM_NAME.match(weights) and arch == "cnn":
-        raise WeightsError(f"model.weights: arch 'cnn' has no torchvision weights ({weights!r}); "
+        raise WeightsError(f"{where}.weights: arch 'cnn' has no torchvision weights ({weights!r}); "
                            "use 'none' or a path to a state_dict file")
     if ENUM_NAME.match(weights):
-        return WeightsSpec(arch, enum=weights_enum(arch, weights))
+        return WeightsSpec(arch, enum=weights_enum(arch, weights, where))
     path = Path(weights).expanduser()
     if not path.is_file():
         raise WeightsError(
-            f"model.weights: file not found: {weights} (give a torchvision weights name of {arch!r} such as "
+            f"{where}.weights: file not found: {weights} (give a torchvision weights name of {arch!r} such as "
             f"IMAGENET1K_V1, 'none', or a path to an existing state_dict file)"
         )
     return WeightsSpec(arch, path=path)
 
 
-def weights_enum(arch: str, name: str) -> Any:
+def weights_enum(arch: str, name: str, where: str = "model") -> Any:
     """The torchvision weights enum member ``name`` of ``arch``, with a clear error for a typo."""
     from torchvision.models import get_model_weights
 
     try:
         enum_cls = get_model_weights(arch)
     except (ValueError, KeyError):
-        raise WeightsError(f"model.arch: {arch!r} is not a torchvision classification model") from None
+        raise WeightsError(f"{where}.arch: {arch!r} is not a torchvision classification model") from None
     try:
         return enum_cls[name]
     except KeyError:
         known = ", ".join(list(enum_cls.__members__))
-        raise WeightsError(f"model.weights: {name!r} is not a weights name of {arch!r} (known: {known}; "
+        raise WeightsError(f"{where}.weights: {name!r} is not a weights name of {arch!r} (known: {known}; "
                            f"or 'none', or a path to a state_dict file)") from None
 
 
@@ -185,7 +186,12 @@ def weights_path(spec: WeightsSpec) -> Optional[Path]:
 def weights_record(arch: str, weights: str) -> dict[str, str]:
     """``{"weights_file", "weights_sha256"}`` of ``model.weights``: the file's base name and sha256 (read in
     blocks), or ``"none"`` for both. For an enum, call it after the file was ensured (built the model)."""
-    path = weights_path(resolve_weights(arch, weights))
+    return spec_record(resolve_weights(arch, weights))
+
+
+def spec_record(spec: WeightsSpec) -> dict[str, str]:
+    """:func:`weights_record` of an already resolved ``spec`` (training resolves ``model.weights`` once)."""
+    path = weights_path(spec)
     if path is None:
         return {"weights_file": WEIGHTS_NONE, "weights_sha256": WEIGHTS_NONE}
     return {"weights_file": path.name, "weights_sha256": file_sha256(path)}

@@ -17,7 +17,7 @@ import pandas as pd
 
 from . import plots
 from . import stats
-from ..config import CONFIGURATIONS, AggregateConfig, Params
+from ..config import CONFIGURATIONS, AggregateConfig, Params, RetrievalExperiment, TrainedExperiment
 from ..errors import UserError
 from ..io import atomic_dir, read_json, write_json
 from ..runtime import configure
@@ -42,7 +42,8 @@ FLOAT_DIGITS = 4
 
 def summary_columns(params: Params) -> list[str]:
     """The declared columns of the summary table, for the experiments in ``params``."""
-    ks = sorted({k for e in params.experiments.values() if e.knn for k in e.knn.retrieval_ks})
+    ks = sorted({k for e in params.experiments.values() if isinstance(e, RetrievalExperiment)
+                 for k in e.knn.retrieval_ks})
     return ["experiment", "config", *EVAL_COLUMNS, *STATS_COLUMNS, *TRAIN_COLUMNS, *KNN_COLUMNS, *[f"recall_at_{k}" for k in ks]]
 
 
@@ -59,7 +60,7 @@ def collect_row(params: Params, name: str, eval_dir: Path, train_dir: Path, knn_
     evaluated = _read_required(eval_dir / f"{name}.json", f"evaluation metrics of {name!r}")
     row: dict[str, Any] = {"experiment": name, "config": exp.config}
     row.update({col: evaluated.get(col) for col in EVAL_COLUMNS})
-    if exp.trained:
+    if isinstance(exp, TrainedExperiment):
         trained = _read_required(train_dir / name / "metrics.json", f"training metrics of {name!r}")
         row.update({col: trained.get(col) for col in TRAIN_COLUMNS})
     else:
@@ -199,9 +200,9 @@ def write_summary_plots(params: Params, table: pd.DataFrame, train_dir: str | Pa
         plots.plot_curves(curves, tmp / "val_top1.png", "validation top-1", "Validation top-1 of the trained experiments")
 
 
-def run_aggregate(params: Params, eval_dir: str | Path, train_dir: str | Path, knn_dir: str | Path,
+def build_summary(params: Params, eval_dir: str | Path, train_dir: str | Path, knn_dir: str | Path,
                   out_dir: str | Path, plots_dir: str | Path) -> pd.DataFrame:
-    """The aggregate stage: read every metrics file, write the summary table and plots."""
+    """The aggregate stage's work: read every metrics file, write the summary table and plots."""
     table = build_table(params, Path(eval_dir), Path(train_dir), Path(knn_dir))
     write_summary_plots(params, table, train_dir, plots_dir)
     write_summary(table, out_dir, params.aggregate)
@@ -219,6 +220,6 @@ def read_best(summary_dir: str | Path) -> Optional[str]:
 
 def run(params: Params, eval_dir: str | Path, train_dir: str | Path, knn_dir: str | Path, out_dir: str | Path,
         plots_dir: str | Path) -> pd.DataFrame:
-    """Stage entry point (stages/aggregate.py): seed, then :func:`run_aggregate`."""
+    """Stage entry point (stages/aggregate.py): seed, then :func:`build_summary`."""
     configure(params.base.seed, params.base.threads, use_torch=False)  # numpy bootstrap only
-    return run_aggregate(params, eval_dir, train_dir, knn_dir, out_dir, plots_dir)
+    return build_summary(params, eval_dir, train_dir, knn_dir, out_dir, plots_dir)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .. import timing
-from ..config import BaseConfig, EmbedConfig, Experiment, Params, experiment
+from ..config import BaseConfig, EmbedConfig, EmbedJob, RetrievalExperiment
 from ..errors import UserError
 from ..io import atomic_dir
 from ..io import file_md5
@@ -58,18 +58,11 @@ def build_embeddings(predictor: ClassifierPredictor, crops_dir: str | Path, cfg:
                       query_labels=np.asarray(query.labels, np.int64))
 
 
-def run_embed(params: Params, name: str, crops_dir: str | Path, models_root: str | Path, out_dir: str | Path,
-              device: Any) -> dict:
-    """The embed stage for retrieval experiment ``name`` of ``params``; returns the written meta.json content."""
-    return embed_experiment(experiment(params, name), crops_dir, models_root, out_dir, device)
-
-
-def embed_experiment(exp: Experiment, crops_dir: str | Path, models_root: str | Path, out_dir: str | Path,
-                     device: Any) -> dict:
-    """Embed gallery and query crops for retrieval experiment ``exp``; returns the written meta.json content."""
+def embed_experiment(exp: RetrievalExperiment | EmbedJob, crops_dir: str | Path, models_root: str | Path,
+                     out_dir: str | Path, device: Any) -> dict:
+    """Embed gallery and query crops for retrieval experiment ``exp`` (the whole experiment, or the part
+    embed@ gets: only ``name``, ``embedder`` and ``embed`` are read); returns the written meta.json content."""
     name = exp.name
-    if exp.embed is None or exp.embedder is None:
-        raise UserError(f"experiment {name!r} is a {exp.config} experiment, not a retrieval one: it has no embed stage")
     ckpt_path = Path(models_root) / exp.embedder / CHECKPOINT
     predictor = load_classifier_predictor(ckpt_path, device)
     crop_meta = load_meta(crops_dir)
@@ -90,7 +83,8 @@ def embed_experiment(exp: Experiment, crops_dir: str | Path, models_root: str | 
     return emb.meta
 
 
-def run(base: BaseConfig, exp: Experiment, crops_dir: str | Path, models_root: str | Path, out_dir: str | Path) -> dict:
+def run(base: BaseConfig, exp: EmbedJob, crops_dir: str | Path, models_root: str | Path,
+        out_dir: str | Path) -> dict:
     """Stage entry point (stages/embed.py): seed, pick the device, then :func:`embed_experiment`."""
     configure(base.seed, base.threads)
     return embed_experiment(exp, crops_dir, models_root, out_dir, select_device(base.device))

@@ -19,7 +19,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .. import metrics as M
-from ..config import BaseConfig, Experiment, KnnConfig, Params, build, experiment, to_dict
+from ..config import BaseConfig, KnnConfig, KnnJob, build, to_dict
 from .embeddings import Embeddings, l2_normalize, load_embeddings, read_checked_meta
 from ..errors import UserError
 from .index import ExactIndex, faiss_available, resolve_backend
@@ -262,9 +262,10 @@ def logreg_top1(model: KnnModel, query: np.ndarray, query_labels: np.ndarray, se
     return float((clf.predict(model.prep.apply(query)) == query_labels).mean())
 
 
-def run_knn(cfg: KnnConfig, embeddings_dir: str | Path, out_dir: str | Path, metrics_path: str | Path,
-            seed: int, device: Any = "cpu") -> dict:
-    """The knn stage: fit on the gallery, write ``out_dir`` (§6) and the retrieval metrics JSON."""
+def fit_and_save(cfg: KnnConfig, embeddings_dir: str | Path, out_dir: str | Path, metrics_path: str | Path,
+                 seed: int, device: Any = "cpu") -> dict:
+    """The knn stage's work: fit on the gallery, score the queries, write ``out_dir`` (§6) and the retrieval
+    metrics JSON; returns the metrics."""
     emb = load_embeddings(embeddings_dir)
     model = fit_knn(emb, cfg, seed)
     result = retrieval_metrics(model, emb.query, emb.query_labels, device)
@@ -278,23 +279,9 @@ def run_knn(cfg: KnnConfig, embeddings_dir: str | Path, out_dir: str | Path, met
     return result
 
 
-def run_knn_experiment(params: Params, name: str, embeddings_dir: str | Path, out_dir: str | Path,
-                       metrics_path: str | Path, device: Any = "cpu") -> dict:
-    """The knn stage for retrieval experiment ``name`` (its ``knn`` section, ``base.seed``)."""
-    return knn_experiment(experiment(params, name), params.base.seed, embeddings_dir, out_dir, metrics_path, device)
-
-
-def knn_experiment(exp: Experiment, seed: int, embeddings_dir: str | Path, out_dir: str | Path,
-                   metrics_path: str | Path, device: Any = "cpu") -> dict:
-    """The knn stage for retrieval experiment ``exp`` (its ``knn`` section)."""
-    if exp.knn is None:
-        raise UserError(f"experiment {exp.name!r} is a {exp.config} experiment, not a retrieval one: "
-                        "it has no knn stage")
-    return run_knn(exp.knn, embeddings_dir, out_dir, metrics_path, seed, device)
-
-
-def run(base: BaseConfig, exp: Experiment, embeddings_dir: str | Path, out_dir: str | Path,
+def run(base: BaseConfig, exp: KnnJob, embeddings_dir: str | Path, out_dir: str | Path,
         metrics_path: str | Path) -> dict:
-    """Stage entry point (stages/knn.py): seed, pick the device, then :func:`knn_experiment`."""
+    """Stage entry point (stages/knn.py): seed, pick the device, then :func:`fit_and_save` with retrieval
+    experiment ``exp``'s ``knn`` section."""
     configure(base.seed, base.threads)
-    return knn_experiment(exp, base.seed, embeddings_dir, out_dir, metrics_path, select_device(base.device))
+    return fit_and_save(exp.knn, embeddings_dir, out_dir, metrics_path, base.seed, select_device(base.device))

@@ -1,12 +1,15 @@
-"""Resume state of a training run: RNG capture/restore and the ``resume_dir/<name>.pt`` files, keyed by
-:func:`resume_key` (what goes into them is :meth:`carbench.train.engine.Trainer.resume_state`)."""
+"""Resume state of a training run: the training state that survives an epoch (:class:`TrainState`), RNG
+capture/restore, and the ``resume_dir/<name>.pt`` files, keyed by :func:`resume_key`. This module owns their
+format: :class:`ResumeState` is what a file holds (the trainer fills it, :meth:`ResumeState.to_file` and
+:meth:`ResumeState.from_file` are the only code that knows its keys)."""
 from __future__ import annotations
 
 import hashlib
 import json
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -20,6 +23,99 @@ from .train_log import say
 RESUME_FORMAT = "carbench-resume/1"
 #: The crop store files a training run reads; their sizes are part of :func:`resume_key`.
 STORE_FILES = store_files(("train", "val"))
+
+
+# ----------------------------------------------------------------------------- training state
+@dataclass
+class BestSoFar:
+    """The best epoch by val top-1 (1-based ``epoch``; 0 = none yet) and its checkpoint parts."""
+
+    top1: float = -1.0
+    epoch: int = 0
+    state_dict: Optional[dict] = None
+    optimizer: Optional[dict] = None
+    scheduler: Optional[dict] = None
+
+
+@dataclass
+class TrainState:
+    """Everything that changes during training besides model/optimizer (kept for resume)."""
+
+    epoch: int = 0                      # completed epochs
+    history: list = field(default_factory=list)
+    best: BestSoFar = field(default_factory=BestSoFar)
+    train_seconds: float = 0.0
+
+    def record(self) -> dict:
+        """What the refit phase keeps of the fit phase (no weights: the refit trains its own model)."""
+        return {"epoch": self.epoch, "history": self.history, "train_seconds": self.train_seconds,
+                "best_top1": self.best.top1, "best_epoch": self.best.epoch}
+
+    @classmethod
+    def from_record(cls, record: dict) -> "TrainState":
+        return cls(int(record["epoch"]), list(record["history"]),
+                   BestSoFar(float(record["best_top1"]), int(record["best_epoch"])), float(record["train_seconds"]))
+
+
+@dataclass
+class Streams:
+    """One process's random streams: global RNGs (:func:`capture_rng`), augmentation and mixing generators."""
+
+    rng: dict
+    augment_gen: torch.Tensor
+    mix_gen: torch.Tensor
+
+    def to_file(self) -> dict:
+        return {"rng": self.rng, "augment_gen": self.augment_gen, "mix_gen": self.mix_gen}
+
+
+@dataclass
+class ResumeState:
+    """A resume file's content: everything needed to continue bit-identically after the last completed epoch.
+
+    ``ranks``: every rank's :class:`Streams` (DDP with world > 1: each rank's differ; the file keeps them all).
+    ``fit``: during the refit phase, the fit phase's record (the file then describes the refit trainer)."""
+
+    key: str
+    state: TrainState
+    model: dict
+    optimizer: dict
+    scheduler: dict
+    scaler: dict
+    shuffle_gen: torch.Tensor
+    streams: Streams
+    ema: Optional[dict] = None
+    ranks: Optional[list] = None
+    fit: Optional[TrainState] = None
+
+    def streams_of(self, rank: int) -> Streams:
+        return self.ranks[rank] if self.ranks is not None else self.streams
+
+    def to_file(self) -> dict:
+        st = self.state
+        out: dict[str, Any] = {
+            "format": RESUME_FORMAT, "key": self.key, "epoch": st.epoch, "history": st.history,
+            "train_seconds": st.train_seconds, "best": vars(st.best).copy(), "model": self.model,
+            "optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": self.scaler,
+            "rng": self.streams.rng, "shuffle_gen": self.shuffle_gen, "augment_gen": self.streams.augment_gen,
+            "mix_gen": self.streams.mix_gen, "ema": self.ema}
+        if self.ranks is not None:
+            out["ranks"] = [streams.to_file() for streams in self.ranks]
+        if self.fit is not None:
+            out.update(phase="refit", fit=self.fit.record())
+        return out
+
+    @classmethod
+    def from_file(cls, saved: dict) -> "ResumeState":
+        def streams(d: dict) -> Streams:
+            return Streams(d["rng"], d["augment_gen"], d["mix_gen"])
+
+        state = TrainState(int(saved["epoch"]), list(saved["history"]), BestSoFar(**saved["best"]),
+                           float(saved["train_seconds"]))
+        return cls(saved["key"], state, saved["model"], saved["optimizer"], saved["scheduler"], saved["scaler"],
+                   saved["shuffle_gen"], streams(saved), saved["ema"],
+                   [streams(r) for r in saved["ranks"]] if "ranks" in saved else None,
+                   TrainState.from_record(saved["fit"]) if saved.get("phase") == "refit" else None)
 
 
 # ----------------------------------------------------------------------------- RNG state
@@ -75,3 +171,13 @@ def save_resume_file(path: Path, state: dict) -> None:
     """Write the resume state atomically (an interrupted write never corrupts the previous one)."""
     with atomic_file(path, "wb") as handle:
         torch.save(state, handle)
+
+
+def load_resume(path: Path, key: str) -> Optional[ResumeState]:
+    """The :class:`ResumeState` saved at ``path`` when it matches ``key``; None otherwise."""
+    saved = load_resume_file(path, key)
+    return None if saved is None else ResumeState.from_file(saved)
+
+
+def save_resume(path: Path, state: ResumeState) -> None:
+    save_resume_file(path, state.to_file())

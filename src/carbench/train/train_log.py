@@ -76,7 +76,7 @@ def write_curves(curves_dir: Path, name: str, history: list) -> None:
 
 
 def finish_live(live: Any, trainer: Any) -> dict:
-    """Add the run summary of ``trainer`` (a :class:`carbench.train.engine.Trainer`) to metrics.json and close
+    """Add the run summary of ``trainer`` (a :class:`carbench.train.trainer.Trainer`) to metrics.json and close
     the logger; returns the summary values."""
     st = trainer.state
     summary = {"best_val_top1": max(st.best.top1, 0.0), "best_epoch": st.best.epoch,
@@ -114,3 +114,9 @@ def epoch_line(name: str, epoch: int, epochs: int, row: dict, blocks: str) -> st
     return (f"[{name}] epoch {epoch + 1}/{epochs}: train loss {row['train/loss']:.4f} top1 {row['train/top1']:.4f}"
             f" | val loss {row['val/loss']:.4f} top1 {row['val/top1']:.4f} | lr {row['lr']:.3g}{blocks}"
             f" | {row['epoch_seconds']:.1f}s, {row['images_per_second']:.0f} img/s")
+
+
+def refit_line(name: str, epoch: int, epochs: int, row: dict) -> str:
+    """The line logged per refit epoch (no validation: the refit trains on train+val)."""
+    return (f"[{name}] refit epoch {epoch + 1}/{epochs}: train loss {row['refit/loss']:.4f} top1 "
+            f"{row['refit/top1']:.4f} | {row['epoch_seconds']:.1f}s")

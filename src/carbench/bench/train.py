@@ -1,13 +1,8 @@
-"""Measurements behind scripts/benchmark.py: each compares our code with a plain baseline in the same run.
-
-1. :func:`measure_crop` — the crop stage (reduced-scale decode, process pool) against a plain sequential
-   full PIL decode of the same JPEG bytes.
-2. :func:`measure_train` — the training loop (crop store -> device, augmentation, forward, backward,
-   optimizer step) against forward+backward+step of the same model on random tensors already on the device.
-"""
+"""Benchmark 2 of ``scripts/benchmark.py``: the training loop (crop store -> device, augmentation, forward,
+backward, optimizer step) against forward+backward+step of the same model on random tensors already on the device,
+in the same run."""
 from __future__ import annotations
 
-import io
 import tempfile
 import time
 from pathlib import Path
@@ -15,79 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from carbench.config import CropConfig, DataConfig, SplitConfig, SyntheticConfig
-
-CROP_SIZES = (224, 384)
-CROP_TARGET_RATIO = 1.0
 TRAIN_TARGET_RATIO = 0.9
-SYNTHETIC_FALLBACK = SyntheticConfig(num_classes=20, train_per_class=10, test_per_class=5, min_size=600,
-                                     max_size=900, grayscale_fraction=0.05)
-
-
-def _ingest(raw_source: Path, work: Path) -> tuple[Path, Path, str]:
-    """Pack ``raw_source`` (torchvision layout; synthetic large photos when absent) into data/raw + split."""
-    from carbench.data.download import run_download
-    from carbench.data.split import run_split
-
-    if raw_source.is_dir():
-        data = DataConfig(source="local", path=str(raw_source), cache_dir=str(work / "cache"),
-                          skip_bad_images=False, timeout_s=1.0, synthetic=SYNTHETIC_FALLBACK)
-        label = f"{raw_source.name} (real photos)"
-    else:
-        data = DataConfig(source="synthetic", path=None, cache_dir=str(work / "cache"), skip_bad_images=False,
-                          timeout_s=1.0, synthetic=SYNTHETIC_FALLBACK)
-        label = "synthetic 600-900 px photos (../shared/data absent)"
-    raw, split = work / "raw", work / "split"
-    run_download(data, 0, raw, None)
-    run_split(SplitConfig(strategy="official", val_fraction=0.2, test_fraction=0.2, allow_missing_classes=True),
-              0, raw, split, None, None)
-    return raw, split, label
-
-
-def _plain_decode_rate(raw: Path) -> tuple[float, int]:
-    """Images/s of a sequential full decode (``Image.open(...).convert('RGB')``) of every image in data/raw."""
-    from PIL import Image
-
-    from carbench.data.manifest import IMAGES_BIN, read_manifest
-
-    manifest = read_manifest(raw)
-    blob = (raw / IMAGES_BIN).read_bytes()
-    start = time.perf_counter()
-    for offset, nbytes in zip(manifest["offset"], manifest["nbytes"]):
-        Image.open(io.BytesIO(blob[offset:offset + nbytes])).convert("RGB")
-    return len(manifest) / (time.perf_counter() - start), len(manifest)
-
-
-def measure_crop(raw_source: Path) -> dict[str, Any]:
-    """Crop-stage images/s (whole ``run_crop`` call, pool start-up included) vs plain full decode."""
-    from carbench.data.crop import run_crop
-
-    with tempfile.TemporaryDirectory(prefix="carbench-crop-") as tmp:
-        work = Path(tmp)
-        raw, split, label = _ingest(raw_source, work)
-        baseline, count = _plain_decode_rate(raw)
-        rows = []
-        for size in CROP_SIZES:
-            cfg = CropConfig(margin=0.0, size=size, keep_aspect=False, workers=0, preview=0)
-            start = time.perf_counter()
-            metrics = run_crop(cfg, False, raw, split, work / f"crops{size}", None, None)
-            rate = count / (time.perf_counter() - start)
-            rows.append({"size": size, "workers": metrics["workers"], "images_per_second": rate,
-                         "ratio": rate / baseline})
-    return {"data": label, "images": count, "plain_decode_images_per_second": baseline, "rows": rows}
-
-
-def print_crop(report: dict[str, Any]) -> None:
-    """Print the crop benchmark table."""
-    print(f"\n== 1. crop stage vs plain full PIL decode: {report['images']} images, {report['data']} ==")
-    print(f"plain sequential full decode: {report['plain_decode_images_per_second']:8.1f} images/s")
-    for row in report["rows"]:
-        verdict = "MET" if row["ratio"] >= CROP_TARGET_RATIO else "NOT MET"
-        print(f"crop stage {row['size']:4d} px, {row['workers']} worker(s): {row['images_per_second']:8.1f} images/s"
-              f"   ratio {row['ratio']:.2f}x (target >= {CROP_TARGET_RATIO}x: {verdict})")
-
-
-# ----------------------------------------------------------------------------- 2. training loop
 #: (label, experiment, overrides, store side, images) per device type. The CPU cases are the offline demo's
 #: models; the CUDA case is the full-data fine-tune (ResNet-50 at 224 px, AMP, channels_last).
 TRAIN_CASES = {
@@ -120,13 +43,13 @@ def _write_random_store(root: Path, size: int, count: int, seed: int = 0) -> Pat
     return root
 
 
-def _bench_experiment(name: str, overrides: dict):
-    """The repository's experiment ``name`` with ``overrides`` (weights off: speed does not depend on them)."""
+def _bench_experiment(params_path: Path, name: str, overrides: dict):
+    """Experiment ``name`` of ``params_path`` with ``overrides`` (weights off: speed does not depend on them)."""
     import copy
 
     from carbench.config import parse_params, read_yaml
 
-    raw = read_yaml(Path(__file__).resolve().parents[1] / "params.yaml")
+    raw = read_yaml(params_path)
     entry = copy.deepcopy(raw["experiments"][name])
     for section, values in copy.deepcopy(overrides).items():
         entry.setdefault(section, {}).update(values)
@@ -194,15 +117,16 @@ def _streamed_loop_rate(exp, base, store: Path, device) -> float:
         batches.RESIDENT_FRACTION = saved
 
 
-def measure_train(device_name: str = "auto") -> dict[str, Any]:
-    """Training-loop images/s vs bare forward+backward+step, for the cases of the current device type."""
+def measure_train(params_path: Path, device_name: str = "auto") -> dict[str, Any]:
+    """Training-loop images/s vs bare forward+backward+step, for the cases of the current device type (their
+    experiments as ``params_path`` defines them)."""
     from carbench import runtime
     from carbench.train.engine import setup_trainer
 
     device = runtime.select_device(device_name)
     rows = []
     for label, name, overrides, size, count in TRAIN_CASES[device.type]:
-        params, name = _bench_experiment(name, overrides)
+        params, name = _bench_experiment(params_path, name, overrides)
         with tempfile.TemporaryDirectory(prefix="carbench-train-") as tmp:
             store = _write_random_store(Path(tmp), size, count)
             runtime.configure(params.base.seed, params.base.threads)

@@ -1,0 +1,32 @@
+"""`dvc exp run` that leaves the repository as it found it (the demo's guarantees without its overrides).
+
+Usage: python scripts/exp_run.py [`dvc exp run` arguments...], e.g. python scripts/exp_run.py -n lr3e-4 -S train.lr=3e-4
+
+The params it will run with (params.yaml with every -S applied as DVC applies it) are checked before DVC starts:
+a bad key or value is one `error:` line, nothing runs, no output is deleted and params.yaml is not rewritten.
+After the run, whether it succeeded, failed, was interrupted (Ctrl-C, SIGTERM) or DVC was killed, params.yaml
+(byte for byte), HEAD and the git index are as they were; the experiment keeps its values (`dvc exp show`).
+Interrupted: run the same command again to continue (docs/recovery.md).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from carbench import cli, exprun
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], usage="%(prog)s [-h] [dvc exp run arguments ...]",
+                                     epilog="every argument passes through to `dvc exp run` (see `dvc exp run --help`)")
+    _, extra = parser.parse_known_args()
+    cmd = ["dvc", "exp", "run", *extra]
+    exprun.check_params(ROOT, exprun.set_params(extra))
+    return exprun.run_guarded(cmd, ROOT)
+
+
+if __name__ == "__main__":
+    cli.run_command(main)

@@ -1,0 +1,29 @@
+"""Clear what an interrupted or killed hand-run `dvc exp run` left in this repository, so the next run works.
+
+Usage: python scripts/recover.py
+
+DVC's own clean-up, done late: HEAD re-attached to its branch, refs/exps/exec/* removed, the git index reset to
+HEAD (a `dvc exp run` stages params.yaml, dvc.lock and its outputs while it runs), DVC's record of a dead workspace
+run removed. Workspace files are not touched (params.yaml is only reported when it differs from the last commit).
+Runs through scripts/offline.py or scripts/exp_run.py never need it (docs/recovery.md).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from carbench import cli, exprun
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
+    done = exprun.recover(ROOT)
+    for line in done or ["nothing to clear: no trace of an interrupted `dvc exp run`"]:
+        print(line)
+
+
+if __name__ == "__main__":
+    cli.run_command(main)
