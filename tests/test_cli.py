@@ -136,3 +136,16 @@ def test_tool_error_is_the_error_line_of_dvc():
     stderr = "ERROR: unknown Git revision 'nope'\n\nHaving any troubles? Hit us up at https://dvc.org/support\n"
     assert tool_error(stderr) == "ERROR: unknown Git revision 'nope'"
     assert tool_error("something\nbroke\n") == "broke" and tool_error("") == "(no message)"
+
+
+def test_a_stage_run_inside_another_process_leaves_its_signal_dispositions_alone():
+    """Only a stage's own process ignores SIGINT/SIGTERM once its work is done: a process that runs a stage's main
+    in-process (a test, a notebook) keeps its handlers, so the processes it forks later (a multiprocessing pool)
+    can still be terminated."""
+    import signal
+
+    from carbench import cli
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    cli.run(lambda: None)
+    assert {sig: signal.getsignal(sig) for sig in before} == before

@@ -162,9 +162,11 @@ def _remember_early_signals() -> None:
             signal.signal(sig, remember)
 
 
-# Only for the stage scripts (stages/*.py import this module first): a library import must not take over signals.
-if Path(sys.argv[0] if sys.argv else "").parent.name == "stages" and \
-        threading.current_thread() is threading.main_thread():
+#: True in a stage script's own process (stages/*.py import this module first); a library import, or a test that
+#: runs a stage in its process, must not take over that process's signals.
+_STAGE_PROCESS = Path(sys.argv[0] if sys.argv else "").parent.name == "stages" and \
+    threading.current_thread() is threading.main_thread()
+if _STAGE_PROCESS:
     _remember_early_signals()
 
 
@@ -214,7 +216,11 @@ def _guarded(main: Callable[[], Optional[int]], log: Callable[[str], None], what
 def run(main: Callable[[], None]) -> None:
     """Run a stage's ``main``; a user error becomes one 'error: ...' line and exit status 1."""
     status = _guarded(main, _log_stage, "stage " + _stage_name())
-    _ignore_stop_signals()     # a stage exits right after: DVC must see the status it finished with
+    if _STAGE_PROCESS:
+        # the stage process exits right after: DVC must see the status it finished with. Only there: an ignored
+        # SIGTERM would outlive a stage run inside another process and be inherited by every process it forks
+        # later (a multiprocessing pool could then never be terminated).
+        _ignore_stop_signals()
     if status:
         sys.exit(status)
 
