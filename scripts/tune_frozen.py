@@ -20,7 +20,6 @@ import argparse
 import dataclasses
 import itertools
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -32,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 from carbench.config import experiment, parse_params  # noqa: E402
 from carbench.retrieval.embeddings import as_stored  # noqa: E402
 from carbench.train.engine import RunIO, run_phase, setup_trainer, variant_trainer  # noqa: E402
-from tune import knn_scores, load_raw  # noqa: E402  (scripts/tune.py: the same params loading and k-NN grid)
+from carbench.tuning import knn_scores, load_raw  # noqa: E402
 
 
 def floats(text: str) -> list[float]:

@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import tune  # noqa: E402
+from carbench import tuning  # noqa: E402
 
 TINY = {"train.epochs": 2, "train.image_size": 32, "train.batch_size": 16}
 
@@ -59,7 +60,7 @@ def test_expand_makes_one_run_per_combination_and_filters_by_experiment():
 
 
 def test_settings_land_under_the_experiment_and_typos_fail_before_training(raw):
-    changed = tune.with_settings(raw, "cnn_basic", {"train.lr": 0.5, "model.cnn_dropout": 0.25})
+    changed = tuning.with_settings(raw, "cnn_basic", {"train.lr": 0.5, "model.cnn_dropout": 0.25})
     assert changed["experiments"]["cnn_basic"]["train"]["lr"] == 0.5
     assert changed["experiments"]["cnn_basic"]["model"]["cnn_dropout"] == 0.25
     assert "cnn_dropout" not in raw["experiments"]["cnn_basic"]["model"]  # the input is left as it was
@@ -71,7 +72,7 @@ def test_settings_land_under_the_experiment_and_typos_fail_before_training(raw):
     with pytest.raises(TypeError, match="kk"):
         tune.validate(raw, [{"experiment": "cnn_basic", "settings": {}, "knn": {"kk": [1]}}])
     with pytest.raises(SystemExit, match="unknown experiment"):
-        tune.with_settings(raw, "cnn_nope", {})
+        tuning.with_settings(raw, "cnn_nope", {})
 
 
 def test_a_run_is_scored_on_val_and_never_reads_test(raw, synthetic_crops, reads, one_thread):
@@ -138,7 +139,7 @@ def test_knn_scores_equal_the_knn_stage_model_setting_by_setting():
     base = parse_params(repo_params()).experiments["knn_resnet50_k3"].knn
     grid = {"k": [1, 3, 7], "weighting": ["uniform", "distance"], "metric": ["euclidean", "cosine"],
             "pca_components": [0, 4], "whiten": [False, True]}
-    rows = tune.knn_scores(gallery, labels, queries, q_labels, base, grid, 4, 0)
+    rows = tuning.knn_scores(gallery, labels, queries, q_labels, base, grid, 4, 0)
     assert len(rows) == 3 * 2 * 2 * 3
     emb = Embeddings(gallery=gallery, gallery_labels=labels, gallery_split=np.full(60, "train"),
                      gallery_row=np.arange(60), query=queries, query_labels=q_labels, meta={"class_names": list("abcd")})
