@@ -34,8 +34,9 @@ TARGET = "evaluate@cnn_basic"
 DATA_STAGES = {"download", "split", "crop"}
 LRS = ("0.001", "0.003")
 #: Long enough that a 1-minute job is still training when SLURM warns it (20-50 s in with --grace 10: the
-#: controller checks limits every 30 s and warns up to 30 s early), short enough for the suite.
-EPOCHS, IMAGE_SIZE = 60, 64
+#: controller checks limits every 30 s and warns up to 30 s early) on an idle 2-core machine, where 60 epochs took
+#: 15 s and the whole job 34 s (too short: it finished unwarned); short enough for the suite (about 75 s a job).
+EPOCHS, IMAGE_SIZE = 240, 64
 #: The reference run of the requeue test is the sweep's first run: the same overrides.
 REQUEUED_OVERRIDE = f"experiments.cnn_basic.train.lr={LRS[0]}"
 COMPARED = ("metrics/headline/cnn_basic.json", "metrics/eval/cnn_basic.json", "metrics/train/cnn_basic/metrics.json")
