@@ -15,7 +15,6 @@ A failing `dvc` command or an unwritable `--out` prints one `error: ...` line an
 from __future__ import annotations
 
 import argparse
-import subprocess
 from pathlib import Path
 
 from carbench import cli
@@ -28,11 +27,7 @@ HEADLINE = "metrics/headline/<experiment>.json"
 
 def dvc(args: list[str], cwd: Path) -> str:
     """stdout of one dvc command; a failure stops the report with DVC's own error line."""
-    try:
-        result = subprocess.run(["dvc", *args], cwd=cwd, capture_output=True, text=True)
-    except FileNotFoundError:
-        raise UserError("dvc not found: install the requirements (pip install -r requirements.txt) "
-                        "or activate their environment") from None
+    result = cli.run_dvc(args, cwd)
     if result.returncode != 0:
         raise UserError(f"dvc {' '.join(args[:2])} exited {result.returncode}: {cli.tool_error(result.stderr)}")
     return result.stdout.strip()

@@ -7,6 +7,7 @@ import json
 import os
 import resource
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -232,6 +233,16 @@ def run_command(main: Callable[[], Optional[int]]) -> None:
     status = _guarded(main, lambda status: None, Path(sys.argv[0]).name)
     if status:
         sys.exit(status)
+
+
+def run_dvc(args: list[str], cwd: Optional[Path] = None) -> subprocess.CompletedProcess:
+    """``dvc ARGS`` with its output captured; a missing ``dvc`` command is a UserError saying how to get it. The
+    caller words a failure with :func:`tool_error`."""
+    try:
+        return subprocess.run(["dvc", *args], cwd=cwd, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise UserError("dvc not found: install the requirements (pip install -r requirements.txt) "
+                        "or activate their environment") from None
 
 
 def tool_error(stderr: str) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import statistics
-import subprocess
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -22,13 +21,9 @@ HEADLINE_PREFIX, HEADLINE_SUFFIX = "metrics/headline/", ".json"
 
 def exp_show(extra: list[str], cwd: Optional[Path] = None) -> list:
     """The parsed output of ``dvc exp show --json`` (plus ``extra`` arguments, e.g. ``-A``)."""
-    from ..cli import tool_error
+    from ..cli import run_dvc, tool_error
 
-    try:
-        result = subprocess.run(["dvc", "exp", "show", "--json", *extra], cwd=cwd, capture_output=True, text=True)
-    except FileNotFoundError:
-        raise UserError("dvc not found: install the requirements (pip install -r requirements.txt) "
-                        "or activate their environment") from None
+    result = run_dvc(["exp", "show", "--json", *extra], cwd)
     if result.returncode != 0:
         raise UserError(f"dvc exp show failed: {tool_error(result.stderr)}")
     try:
