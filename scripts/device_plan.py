@@ -12,7 +12,7 @@ no network), each writing its log and JSON results into ``--out`` as it goes. do
 
     PYTHONPATH=src python3 scripts/device_plan.py --phase 1 --out "$OUT"    # on the GPU machine
     PYTHONPATH=src python3 scripts/device_plan.py --phase 2 --out "$OUT"
-    python scripts/device_plan.py --phase 1 --out /tmp/p1 --tiny            # CPU smoke (tests/test_device_plan.py)
+    python scripts/device_plan.py --phase 1 --out /tmp/p1 --tiny            # CPU smoke (tests/scripts/test_device_plan.py)
 
 The GPU machine has no ``pip install -e .``: ``PYTHONPATH=src`` makes ``carbench`` importable there.
 

@@ -28,6 +28,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from carbench import cli  # noqa: E402
 from carbench.config import experiment, parse_params  # noqa: E402
 from carbench.retrieval.embeddings import as_stored  # noqa: E402
 from carbench.train.engine import RunIO, run_phase, setup_trainer, variant_trainer  # noqa: E402
@@ -95,4 +96,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    cli.run_command(main)

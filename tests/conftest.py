@@ -9,117 +9,34 @@ Session-scoped, built once and **read-only** (copy them before changing anything
 - ``synthetic_crops``: the crop store (``CROP_SIZE_TINY`` px crops; read it with ``carbench.data.store``).
 
 Tests never read the workspace's params.yaml: ``params_path`` (session fixture) is a copy of the committed
-one, ``repo_params()`` its content (see ``committed_params_text``).
+one (``support.params``).
 
-Plain helpers (import them with ``from conftest import ...``): ``repo_params``, ``deep_merge``,
-``synthetic_config``/``split_config``/``crop_config`` (validated config sections), ``make_official_archives``.
+Module-scoped crop stores for training tests (``support.training`` writes them): ``store`` (4 classes, 20 px) and
+``ddp_store`` (the DDP tests': 64 train / 48 val images, 16 px).
 
 Function-scoped helpers: ``params_file(overrides)`` writes the repository's params.yaml with deep-merged
 overrides into ``tmp_path``; ``shared_data`` is ``../shared/data`` (skips when absent); ``http_server`` serves
-bytes from 127.0.0.1 with HTTP Range support.
+bytes from 127.0.0.1 with HTTP Range support; ``one_thread`` runs a test with one torch thread.
+
+Plain helpers are modules of ``tests/support/`` (``from support.params import repo_params``); fixtures of one
+package's tests are in that folder's ``conftest.py``.
 """
 from __future__ import annotations
 
-import copy
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import pytest
 import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-SYNTHETIC_TINY = {"num_classes": 4, "train_per_class": 6, "test_per_class": 3,
-                  "min_size": 64, "max_size": 96, "grayscale_fraction": 0.25}
-CROP_SIZE_TINY = 32
-SEED = 0
-
-
-def deep_merge(base: dict, over: dict) -> dict:
-    """A copy of ``base`` with ``over`` merged in, recursively for nested mappings."""
-    out = copy.deepcopy(base)
-    for key, value in over.items():
-        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
-            else copy.deepcopy(value)
-    return out
-
-
-#: Tests read the committed params.yaml (``git show HEAD:params.yaml``), never the workspace's: that file is
-#: the user's to change (`dvc exp run -S ...` writes into it). Set this variable to a params file to test
-#: that one instead (e.g. ``CARBENCH_TEST_PARAMS=params.yaml`` while editing params.yaml before a commit).
-TEST_PARAMS_ENV = "CARBENCH_TEST_PARAMS"
-
-
-def committed_params_text() -> str:
-    """The text of the committed params.yaml (outside a git checkout: the file shipped beside the tests)."""
-    import os
-    import subprocess
-
-    chosen = os.environ.get(TEST_PARAMS_ENV)
-    if chosen:
-        return Path(chosen).read_text()
-    result = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=ROOT, capture_output=True, text=True)
-    if result.returncode == 0:
-        return result.stdout
-    return (ROOT / "params.yaml").read_text()
-
-
-def committed_params_file(tmp_path_factory) -> Path:
-    """The committed params.yaml written into a fresh temporary directory."""
-    path = tmp_path_factory.mktemp("committed") / "params.yaml"
-    path.write_text(committed_params_text())
-    return path
-
-
-def repo_params(overrides: Optional[dict] = None) -> dict:
-    """The repository's committed params.yaml as a dict, with ``overrides`` deep-merged."""
-    return deep_merge(yaml.safe_load(committed_params_text()), overrides or {})
+from support.data import SEED, crop_config, split_config, synthetic_config
+from support.http import FileServer
+from support.params import SHARED_DATA, committed_params_file, repo_params
 
 
 @pytest.fixture(scope="session")
 def params_path(tmp_path_factory) -> Path:
     """Path of a copy of the committed params.yaml (read-only)."""
     return committed_params_file(tmp_path_factory)
-
-
-def synthetic_config(**overrides: Any):
-    """A validated :class:`carbench.config.SyntheticConfig` (``SYNTHETIC_TINY`` unless overridden)."""
-    from carbench.config import SyntheticConfig, build
-
-    return build(SyntheticConfig, {**SYNTHETIC_TINY, **overrides}, "data.synthetic")
-
-
-def crop_config(**overrides: Any):
-    """A validated :class:`carbench.config.CropConfig` (tiny crops, one worker unless overridden)."""
-    from carbench.config import CropConfig, build
-
-    raw = {"margin": 0.0, "size": CROP_SIZE_TINY, "keep_aspect": False, "workers": 1, "preview": 8}
-    return build(CropConfig, {**raw, **overrides}, "crop")
-
-
-def split_config(**overrides: Any):
-    """A validated :class:`carbench.config.SplitConfig` (official strategy unless overridden)."""
-    from carbench.config import SplitConfig, build
-
-    raw = {"strategy": "official", "val_fraction": 0.2, "test_fraction": 0.2, "allow_missing_classes": False}
-    return build(SplitConfig, {**raw, **overrides}, "split")
-
-
-def make_official_archives(source: Path, dest: Path) -> dict[str, Path]:
-    """Pack a torchvision-layout folder as the official files (cars_train.tgz, cars_test.tgz, car_devkit.tgz,
-    cars_test_annos_withlabels.mat) into ``dest``; returns name -> path."""
-    import shutil
-    import tarfile
-
-    dest.mkdir(parents=True, exist_ok=True)
-    for archive, folder in (("cars_train.tgz", "cars_train"), ("cars_test.tgz", "cars_test"),
-                            ("car_devkit.tgz", "devkit")):
-        with tarfile.open(dest / archive, "w:gz") as tar:
-            tar.add(source / folder, arcname=folder)
-    shutil.copyfile(source / "cars_test_annos_withlabels.mat", dest / "cars_test_annos_withlabels.mat")
-    return {p.name: p for p in dest.iterdir()}
 
 
 @pytest.fixture(scope="session")
@@ -184,69 +101,6 @@ def shared_data() -> Path:
 
 
 # ----------------------------------------------------------------------------- loopback HTTP
-class FileServer:
-    """Serves ``files[path] = bytes`` on 127.0.0.1; honours ``Range: bytes=N-``.
-
-    ``drop_after[path] = n``: send only n bytes of the body, then close (an interrupted transfer).
-    ``ignore_range``: answer 200 with the whole file even when asked for a range.
-    ``requests``: (path, Range header or None) of every request, in order.
-    """
-
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-        self.drop_after: dict[str, int] = {}
-        self.ignore_range = False
-        self.requests: list[tuple[str, Optional[str]]] = []
-        self.sent: dict[str, int] = {}
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02},
-                                        daemon=True)
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/{path.lstrip('/')}"
-
-    def _handler(self) -> type:
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:  # keep test output quiet
-                pass
-
-            def do_GET(self) -> None:  # noqa: N802 (http.server naming)
-                path = self.path.lstrip("/")
-                header = self.headers.get("Range")
-                owner.requests.append((path, header))
-                if path not in owner.files:
-                    self.send_error(404)
-                    return
-                body, start = owner.files[path], 0
-                if header and not owner.ignore_range:
-                    start = int(header.split("=")[1].split("-")[0])
-                    if start >= len(body):
-                        self.send_error(416)
-                        return
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-                else:
-                    self.send_response(200)
-                payload = body[start:]
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                payload = payload[:owner.drop_after.get(path, len(payload))]
-                # counted before writing: the client may read the last byte (and the test look at `sent`)
-                # before this thread runs again
-                owner.sent[path] = owner.sent.get(path, 0) + len(payload)
-                self.wfile.write(payload)
-
-        return Handler
-
-    def __enter__(self) -> "FileServer":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
 
 @pytest.fixture
@@ -267,3 +121,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------------------- crop stores for training
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    """A tiny crop store (``support.training``: 4 classes, 20 px, 24/12/8 images) for training tests."""
+    from support.training import write_store
+
+    return write_store(tmp_path_factory.mktemp("crops"))
+
+
+@pytest.fixture(scope="module")
+def ddp_store(tmp_path_factory) -> Path:
+    """For the DDP tests: a crop store whose classes differ in mean colour (learnable in a few epochs), with 48 val images."""
+    import numpy as np
+    from support.training import DDP_COUNTS, write_store
+
+    colours = np.array([[200, 60, 60], [60, 200, 60], [60, 60, 200], [200, 200, 60]])
+    return write_store(tmp_path_factory.mktemp("crops"), counts=DDP_COUNTS, size=16, colours=colours)

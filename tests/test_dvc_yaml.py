@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support.params import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "carbench"
 SRC = ROOT / "src" / PACKAGE
 RESOURCES = SRC / "resources"

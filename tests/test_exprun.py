@@ -1,23 +1,22 @@
 """Interrupts, kills and bad params without DVC's time: the stage side of SIGINT/SIGTERM (carbench.cli), the params
 check and the git repair of carbench.exprun, and the demo's signal handling against a fake `dvc` that misbehaves
-like a killed one. The real thing runs in tests/test_e2e_signals.py."""
+like a killed one. The real thing runs in tests/e2e/test_signals.py."""
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
+from support.params import ROOT
 
 from carbench import exprun
 from carbench.cli import STOP_FILE_ENV
 from carbench.errors import UserError
 
-ROOT = Path(__file__).resolve().parents[1]
 LINE_END = "; run the same command again to continue"
 
 

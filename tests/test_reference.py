@@ -7,12 +7,11 @@ import typing
 
 import pytest
 import yaml
+from support.params import ROOT, committed_params_text, repo_params
 
 from carbench import config, reference
 from carbench.config import schema
 from carbench.data import sources
-
-from conftest import ROOT, committed_params_text, repo_params
 
 
 def _table_column(text: str, heading: str, column: int) -> list[str]:

@@ -8,13 +8,19 @@ import sys
 
 import pytest
 import yaml
+from support.params import deep_merge, repo_params
 
-from carbench.config import ConfigError, EmbedJob, KnnJob, TrainedExperiment, parse_params
-from carbench.errors import UserError
-from carbench.resolved import embed_stage, knn_stage, load_resolved, train_stage
 from carbench import resolve
+from carbench.config import (
+    ConfigError,
+    EmbedJob,
+    KnnJob,
+    TrainedExperiment,
+    parse_params,
+)
+from carbench.errors import UserError
 from carbench.resolve import resolved_files
-from conftest import deep_merge, repo_params
+from carbench.resolved import embed_stage, knn_stage, load_resolved, train_stage
 
 TRAINED = {"tl_resnet50_frozen", "tl_resnet50_finetune", "tl_densenet121_progressive",
            "cnn_basic", "cnn_bn_dropout", "cnn_residual"}
@@ -119,7 +125,7 @@ def test_each_stage_reader_returns_its_own_type_or_refuses(tmp_path, params_path
 
 def test_resolve_stage_script(tmp_path, params_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["resolve.py", "--params", str(params_path), "--out", str(tmp_path / "r")])
-    from conftest import ROOT
+    from support.params import ROOT
 
     runpy.run_path(str(ROOT / "stages" / "resolve.py"), run_name="__main__")
     assert len(list((tmp_path / "r").rglob("*.yaml"))) == len(TRAINED) + 2 * len(RETRIEVAL)
@@ -147,7 +153,7 @@ def test_a_bad_arch_or_weights_name_fails_in_resolve_before_anything_is_written(
 
 
 def test_the_resolve_stage_prints_one_error_line_naming_the_key(tmp_path):
-    from conftest import ROOT, committed_params_text
+    from support.params import ROOT, committed_params_text
 
     params = tmp_path / "params.yaml"
     params.write_text(committed_params_text().replace("arch: resnet50     #", "arch: resnet5O     #", 1))
@@ -158,3 +164,18 @@ def test_the_resolve_stage_prints_one_error_line_naming_the_key(tmp_path):
     assert done.stderr.splitlines() == ["error: model.arch must be 'cnn' or a torchvision classification model "
                                         "name, got 'resnet5O' (did you mean 'resnet50'?)"]
     assert not (tmp_path / "resolved").exists()
+
+
+def test_an_aggregate_knob_changes_no_resolved_config_and_only_aggregate_tracks_it(tmp_path):
+    import yaml
+    from support.params import ROOT
+
+    from carbench.resolve import resolved_files
+
+    before = resolved_files(parse_params(repo_params()))
+    after = resolved_files(parse_params(repo_params({"aggregate": {"bootstrap": 10, "seed": 3}})))
+    assert before == after                                   # no train@/embed@/knn@ reruns
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    tracking = {name for name, stage in stages.items()
+                if any(p == "aggregate" or str(p).startswith("aggregate.") for p in (stage.get("do", stage).get("params") or []))}
+    assert tracking == {"aggregate"}

@@ -9,7 +9,7 @@ from .workspace import SCALE_DATA
 
 FULL = SCALE_DATA
 FULL_PHOTOS = FULL["num_classes"] * (FULL["train_per_class"] + FULL["test_per_class"])   # 16,268
-#: --tiny: a CPU smoke of both phases (tests/test_device_plan.py): 4 classes of small photos.
+#: --tiny: a CPU smoke of both phases (tests/scripts/test_device_plan.py): 4 classes of small photos.
 TINY_DATA = {"num_classes": 4, "train_per_class": 8, "test_per_class": 4, "min_size": 64, "max_size": 96,
              "grayscale_fraction": 0.0}
 METHOD = ("full-scale stage seconds = fixed + images_full / rate, where fixed = the stage's time to its first batch "

@@ -1,0 +1,47 @@
+"""carbench.report.stats: bootstrap confidence intervals, McNemar's paired test and macro-F1 against references."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from carbench.report import stats
+
+
+def test_constant_predictor_has_a_zero_width_interval():
+    labels = np.arange(50) % 5
+    for preds in (labels, (labels + 1) % 5):           # always right, always wrong
+        ci = stats.bootstrap_ci(labels, preds, samples=200, confidence=0.95, seed=0)
+        assert ci["top1"].low == ci["top1"].high
+    always_right = stats.bootstrap_ci(labels, labels, 200, 0.95, 0)
+    assert always_right["top1"].low == 1.0 and always_right["f1_macro"].low == pytest.approx(1.0)
+
+
+def test_identical_predictions_give_p_one_and_a_lopsided_split_a_small_p():
+    rng = np.random.default_rng(0)
+    correct = rng.random(100) < 0.7
+    assert stats.mcnemar(correct, correct) == 1.0
+    a = np.ones(40, bool)
+    b = a.copy()
+    b[:12] = False                                      # 12 discordant pairs, all for a
+    assert stats.mcnemar(a, b) == pytest.approx(2 * 0.5 ** 12)
+
+
+def test_interval_brackets_the_estimate_is_seeded_and_narrows_with_more_images():
+    rng = np.random.default_rng(1)
+    def ci(n, seed=0):
+        labels = rng.integers(0, 10, n)
+        preds = np.where(rng.random(n) < 0.6, labels, (labels + 1) % 10)
+        return stats.bootstrap_ci(labels, preds, 500, 0.95, seed), labels, preds
+    small, labels, preds = ci(100)
+    assert small["top1"].low <= (labels == preds).mean() <= small["top1"].high
+    assert stats.bootstrap_ci(labels, preds, 500, 0.95, 0) == small        # same seed, same interval
+    big, _, _ = ci(4000)
+    assert big["top1"].high - big["top1"].low < (small["top1"].high - small["top1"].low) / 3
+
+
+def test_macro_f1_matches_scikit_learn():
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(2)
+    labels, preds = rng.integers(0, 7, 300), rng.integers(0, 9, 300)
+    assert stats.macro_f1(labels, preds) == pytest.approx(f1_score(labels, preds, average="macro", zero_division=0))
