@@ -11,7 +11,6 @@ Interrupted: run the same command again to continue (docs/recovery.md).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from carbench import cli, exprun

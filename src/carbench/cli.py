@@ -187,9 +187,31 @@ def _silence_stdout() -> None:
     os.dup2(devnull, sys.stdout.fileno())
 
 
-def _guarded(main: Callable[[], Optional[int]], log: Callable[[str], None], what: str) -> int:
-    """Run ``main``; a user error becomes one 'error: ...' line, SIGINT/SIGTERM one 'interrupted: ...' line naming
-    ``what``. Returns the exit status."""
+def params_hint() -> str:
+    """What to add to a stage's params error under a plain ``dvc repro`` / ``dvc exp run`` in the workspace when
+    params.yaml differs from the last commit: ``dvc exp run -S`` has already written the refused value there, and a
+    user who did not edit the file by hand wants the committed one back. Empty elsewhere: outside DVC, under the
+    scripts that check params before DVC starts (they put params.yaml back themselves), and in a queued run's
+    temporary copy (the user's params.yaml is untouched)."""
+    root = os.environ.get("DVC_ROOT")
+    if not root or "DVC_STAGE" not in os.environ or os.environ.get(STOP_FILE_ENV) \
+            or f"{os.sep}.dvc{os.sep}tmp{os.sep}" in root:
+        return ""
+    try:
+        changed = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "params.yaml"], cwd=root,
+                                 capture_output=True, timeout=30).returncode == 1
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    if not changed:
+        return ""
+    return ("; params.yaml differs from the last commit (`dvc exp run -S` writes its values there before any stage "
+            "checks them): `git diff params.yaml` shows how, `git checkout params.yaml` puts the committed file back")
+
+
+def _guarded(main: Callable[[], Optional[int]], log: Callable[[str], None], what: str,
+             hint: Callable[[], str] = lambda: "") -> int:
+    """Run ``main``; a user error becomes one 'error: ...' line (a params error followed by ``hint()``),
+    SIGINT/SIGTERM one 'interrupted: ...' line naming ``what``. Returns the exit status."""
     try:
         with _one_line_warnings(), stop_on_signals():
             if _early_signals or _stop_requested():
@@ -198,7 +220,7 @@ def _guarded(main: Callable[[], Optional[int]], log: Callable[[str], None], what
             sys.stdout.flush()   # a closed pipe shows up here, where it can still be handled
     except (ConfigError, UserError) as exc:
         log("error")
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc}{hint() if isinstance(exc, ConfigError) else ''}", file=sys.stderr)
         return 1
     except BrokenPipeError:
         _silence_stdout()
@@ -216,7 +238,7 @@ def _guarded(main: Callable[[], Optional[int]], log: Callable[[str], None], what
 
 def run(main: Callable[[], None]) -> None:
     """Run a stage's ``main``; a user error becomes one 'error: ...' line and exit status 1."""
-    status = _guarded(main, _log_stage, "stage " + _stage_name())
+    status = _guarded(main, _log_stage, "stage " + _stage_name(), params_hint)
     if _STAGE_PROCESS:
         # the stage process exits right after: DVC must see the status it finished with. Only there: an ignored
         # SIGTERM would outlive a stage run inside another process and be inherited by every process it forks

@@ -87,7 +87,7 @@ class Driver:
                 out, _ = self.child.communicate()
             returncode = self._wait()
         finally:
-            child, self.child = self.child, None
+            self.child = None
         if self.stop is not None:
             raise self.stop
         if returncode != 0:
