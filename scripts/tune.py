@@ -32,10 +32,11 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-
 from carbench import cli
 from carbench.tuning import expand, load_raw, run_one, validate
+
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

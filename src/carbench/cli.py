@@ -125,6 +125,29 @@ def stop_on_signals() -> Iterator[None]:
             signal.signal(sig, old if old is not None else signal.SIG_DFL)
 
 
+@contextlib.contextmanager
+def stop_signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM (pending, not lost) while worker processes are forked; the workers start with
+    :func:`release_stop_signals`. A signal that reaches a child between ``fork()`` and the interpreter's after-fork
+    step is dropped there (Python clears signals its handler has not run yet), so a ``multiprocessing`` pool
+    terminated right after it started would wait for ever on a worker that never saw its SIGTERM."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def release_stop_signals() -> None:
+    """First thing in a worker forked under :func:`stop_signals_held`: SIGINT and SIGTERM back to their default
+    action (the worker dies of them, silently: its parent speaks), then unblocked, so one that came meanwhile
+    takes effect now. An ignored signal (``nohup``) stays ignored."""
+    for sig in STOP_SIGNALS:
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
 def _forked_child(owner: int, signum: int) -> bool:
     """In a process forked after the handler was installed (a multiprocessing worker, which its pool ends with
     SIGTERM), act as if there were no handler: die of the signal, as before, without a traceback."""

@@ -334,3 +334,30 @@ def test_crop_store_records_where_the_images_came_from(source, tmp_path):
     _split_and_crop(tmp_path)
     recorded = json.loads((tmp_path / "raw" / "classes.json").read_text())["source"]
     assert json.loads((tmp_path / "crops" / "meta.json").read_text())["source"] == recorded == "torchvision"
+
+
+def test_a_worker_pool_stopped_as_soon_as_it_started_never_hangs(tmp_path):
+    """In a stage, SIGINT and SIGTERM have a Python handler. A pool worker that got its SIGTERM between fork() and
+    the interpreter's after-fork step used to drop it, and terminate() then waited for ever (a hang seen in CI on
+    a tiny crop). A hundred pools that end at once: the old code hung within a few dozen."""
+    import subprocess
+    import sys
+    import textwrap
+
+    images = tmp_path / "images.bin"
+    images.write_bytes(bytes(16))
+    script = tmp_path / "pools.py"
+    script.write_text(textwrap.dedent(f"""
+        from carbench.cli import run
+        from carbench.data.crop import _task_runner
+
+        def main():
+            for _ in range(100):
+                with _task_runner(({str(images)!r}, 0.0, 16, False), 2) as run_all:
+                    assert list(run_all([])) == []
+            print("done")
+
+        run(main)
+    """))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stdout.strip()) == (0, "done"), result.stderr

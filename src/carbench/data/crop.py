@@ -15,6 +15,7 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
+from ..cli import release_stop_signals, stop_signals_held
 from ..config import CropConfig, Params
 from .crops import DECODE_ERRORS, Box, decode_crop
 from ..errors import DataError
@@ -44,6 +45,13 @@ def _init_worker(images_bin: str, margin: float, size: int, keep_aspect: bool) -
     handle = open(images_bin, "rb")
     _WORKER.update(handle=handle, mmap=mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ),
                    settings=(margin, size, keep_aspect), stores={})
+
+
+def _start_worker(*init: object) -> None:
+    """A pool worker's start: stop signals as :func:`carbench.cli.release_stop_signals` leaves them, then
+    :func:`_init_worker`."""
+    release_stop_signals()
+    _init_worker(*init)
 
 
 def _close_worker() -> None:
@@ -96,7 +104,9 @@ def _task_runner(init: tuple, workers: int) -> Iterator[Callable[[list[CropTask]
 
     # fork: the workers need only PIL and numpy, already imported; spawn would re-import everything.
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    with multiprocessing.get_context(method).Pool(workers, _init_worker, init) as pool:
+    with stop_signals_held():      # forked with SIGINT/SIGTERM held: a terminate() can never be lost
+        pool = multiprocessing.get_context(method).Pool(workers, _start_worker, init)
+    with pool:
         yield lambda tasks: pool.imap_unordered(_run_task, tasks)
 
 
