@@ -41,14 +41,6 @@ from carbench.data.split import write_split
 from carbench.data.store import SPLITS, load_split
 from carbench.errors import DataError
 
-# ----------------------------------------------------------------------------- fakes
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-# ----------------------------------------------------------------------------- every route, same result
-
 
 # ----------------------------------------------------------------------------- rejections and failures
 

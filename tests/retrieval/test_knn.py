@@ -36,9 +36,6 @@ def make_store(tmp_path, gallery, gallery_labels, query, query_labels, num_class
     return out
 
 
-# ----------------------------------------------------------------------------- search
-
-
 # ----------------------------------------------------------------------------- voting
 def test_uniform_vote_counts_neighbours():
     probs = K.vote(np.array([[0, 2, 2]]), np.array([[1.0, 2.0, 4.0]]), 3, "uniform")
