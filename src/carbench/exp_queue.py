@@ -77,8 +77,7 @@ def clear_dead_tasks(root: Path) -> list[str]:
         rev = task.rev[:7]
         run_dvc(["queue", "kill", rev], cwd=root)       # a dead task cannot be killed, but it is marked failed
         removed = run_dvc(["queue", "remove", rev], cwd=root)
-        listed = run_dvc(["queue", "status"], cwd=root)
-        if removed.returncode != 0 and rev in listed.stdout:
+        if removed.returncode != 0 and rev in run_dvc(["queue", "status"], cwd=root).stdout:
             raise UserError(f"dvc queue remove {rev} failed: {tool_error(removed.stderr)}")
         if task.copy is not None and task.copy.resolve().parent == exps and task.copy.is_dir():
             shutil.rmtree(task.copy, ignore_errors=True)

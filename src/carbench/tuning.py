@@ -14,22 +14,15 @@ from typing import Any
 
 import yaml
 
+from carbench.bench.overrides import deep_merge
 from carbench.config import experiment, parse_params
 from carbench.errors import UserError
-
-
-def merge(base: dict, over: dict) -> dict:
-    """``over`` merged into a copy of ``base`` (nested dicts key by key; anything else replaced)."""
-    out = copy.deepcopy(base)
-    for key, value in over.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def load_raw(params: Path, overrides: Path | None) -> dict:
     raw = yaml.safe_load(Path(params).read_text())
     if overrides:
-        raw = merge(raw, yaml.safe_load(Path(overrides).read_text()) or {})
+        raw = deep_merge(raw, yaml.safe_load(Path(overrides).read_text()) or {})
     return raw
 
 

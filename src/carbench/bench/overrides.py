@@ -1,4 +1,5 @@
-"""Params overrides as the benchmarks take them: a YAML file and ``key=value`` pairs, merged key by key."""
+"""Params overrides as the benchmarks and the tuner (:mod:`carbench.tuning`) take them: a YAML file and
+``key=value`` pairs, merged key by key."""
 from __future__ import annotations
 
 import copy
