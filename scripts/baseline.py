@@ -1,6 +1,6 @@
 """Plain torchvision + scikit-learn baseline for a Stanford Cars folder in torchvision's layout (no carbench code).
 
-    python scripts/baseline.py ../shared/data/stanford-cars-dev98 [--frozen] [--epochs 15] [--image-size 224]
+    python scripts/baseline.py /path/to/stanford-cars-dev98 [--frozen] [--epochs 15] [--image-size 224]
            [--device auto|cpu|cuda] [--val-fraction 0.0]
 
 Fine-tune (default): MobileNetV2 IMAGENET1K_V1, SGD lr 0.01 momentum 0.9, cosine, label smoothing 0.1,

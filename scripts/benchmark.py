@@ -8,8 +8,8 @@
 
 `pipeline` clones the committed repository into a temporary directory and runs `python scripts/offline.py`
 there (a fresh clone, as a user would), with every stage logging its wall time and peak RSS. `scale`
-(carbench.bench.scale) is meant for a GPU: `dvc repro` of the real defaults on 16k generated photos; on a machine
-without `pip install -e .`, run it as `PYTHONPATH=src python3 scripts/benchmark.py scale`.
+(carbench.bench.scale) is meant for a GPU: `dvc repro` of the real defaults on 16k generated photos (or on your
+copy of Stanford Cars: `--data`).
 """
 from __future__ import annotations
 
@@ -68,8 +68,9 @@ def print_pipeline(report: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=["crop", "train", "pipeline", "scale", "all"])
-    parser.add_argument("--raw", default=str(ROOT.parent / "shared" / "data" / "stanford-cars-raw300"),
-                        help="torchvision-layout dir of full-resolution photos for the crop benchmark")
+    parser.add_argument("--raw", default=None,
+                        help="a folder of full-resolution photos for the crop benchmark, in any layout "
+                             "`data.source: local` reads (default: generated 600-900 px photos)")
     parser.add_argument("--device", default="auto")
     group = parser.add_argument_group("scale")
     group.add_argument("--data", help="torchvision-layout dataset to run on (default: generate one of Stanford "
@@ -87,7 +88,7 @@ def main() -> None:
     group.add_argument("--target", action="append", default=[],
                        help="run only this stage and what it needs (`dvc repro TARGET`; repeatable; default: all)")
     group.add_argument("--logs", help="folder for the stage log, dvc's output and the GPU samples, written as the "
-                                      "run goes (default: --workdir; on the GPU machine: $OUT)")
+                                      "run goes (default: --workdir)")
     group.add_argument("--report", help="also write the scale report as JSON here")
     args = parser.parse_args()
     if args.what == "scale":
@@ -102,7 +103,7 @@ def main() -> None:
             Path(args.report).write_text(json.dumps(report, indent=2))
         return
     if args.what in ("crop", "all"):
-        crop.print_crop(crop.measure_crop(Path(args.raw)))
+        crop.print_crop(crop.measure_crop(Path(args.raw) if args.raw else None))
     if args.what in ("train", "all"):
         train.print_train(train.measure_train(ROOT / "params.yaml", args.device))
     if args.what in ("pipeline", "all"):

@@ -1,24 +1,24 @@
-"""The GPU device plan: two commands of under 8 minutes each on the GPU machine (python3 3.12 with torch, no dvc,
-no network), each writing its log and JSON results into ``--out`` as it goes. docs/gpu_plan.md has the commands.
+"""The GPU device plan: the performance targets measured on your GPU machine, in two commands (docs/gpu_plan.md).
 
-    phase 1  the scale benchmark (carbench.bench.scale) of the nine defaults at ``--fraction`` of Stanford Cars' size
-             (generated photos at the real photo sizes, random-init weights of the real architectures): per stage
-             the wall time, time to first batch, steady and bare img/s, GPU busy fraction and bare-compute floor,
-             and the full-scale total extrapolated from each stage's fixed cost and rate
-             (:func:`carbench.bench.extrapolate.extrapolate`).
+Each phase stops at the time budget you give it (``--budget``) and writes its log and JSON results into ``--out`` as
+it goes.
+
+    phase 1  the scale benchmark (carbench.bench.scale) of the nine defaults, on your copy of Stanford Cars or a
+             subset of it (``--data``), or on generated photos at the real photo sizes (``--fraction`` of Stanford
+             Cars' size), with random-init weights of the real architectures: per stage the wall time, time to
+             first batch, steady and bare img/s, GPU busy fraction and bare-compute floor, and the full-scale total
+             extrapolated from each stage's fixed cost and rate (:func:`carbench.bench.extrapolate.extrapolate`).
     phase 2  scripts/ddp_check.py on one GPU (torchrun x1 against plain), and one fine-tune
              (tl_resnet50_finetune) end to end through ``dvc repro`` with ``train.compile`` off, then on,
-             at the same size.
+             on the same data.
 
-    PYTHONPATH=src python3 scripts/device_plan.py --phase 1 --out "$OUT"    # on the GPU machine
-    PYTHONPATH=src python3 scripts/device_plan.py --phase 2 --out "$OUT"
-    python scripts/device_plan.py --phase 1 --out /tmp/p1 --tiny            # CPU smoke (tests/scripts/test_device_plan.py)
+    python scripts/device_plan.py --phase 1 --out plan1 --budget 600 [--data /path/to/stanford_cars]
+    python scripts/device_plan.py --phase 2 --out plan2 --budget 300 [--data /path/to/stanford_cars]
+    python scripts/device_plan.py --phase 1 --out /tmp/p1 --tiny --device cpu   # CPU smoke (tests/scripts/test_device_plan.py)
 
-The GPU machine has no ``pip install -e .``: ``PYTHONPATH=src`` makes ``carbench`` importable there.
-
-Each phase stops its work when ``--budget`` seconds are spent (the figures measured so far stay in the JSON, marked
-partial). Where python cannot import dvc and dvclive, the wheels in ``--wheels`` (.device/whl, made by
-../shared/tools/device-pack.sh) are installed into ``--site`` and put first on PYTHONPATH.
+The plan needs the project installed (README, "Install"). Where python cannot import dvc and dvclive (a GPU
+machine without network), ``--wheels`` names a folder of their wheels, installed into ``--site`` and put first on
+PYTHONPATH.
 
 Files in ``--out`` (flat, at most 8 a phase):
     phase 1  plan1.log plan1.json stages.jsonl dvc-repro.log nvidia-smi.csv
@@ -44,7 +44,7 @@ import yaml
 
 from carbench.bench import bare, gpu, scale
 from carbench.bench.extrapolate import (FULL_PHOTOS, expected_stages, extrapolate, flags, full_checks, plan_size,
-                                        print_extrapolation)
+                                        print_extrapolation, size_of)
 from carbench.bench.overrides import deep_merge, dotted
 from carbench.bench.processes import Tee, dvc_version, ensure_packages, run_logged
 from carbench.bench.repro import ReproTimeout, run_repro
@@ -52,8 +52,8 @@ from carbench.bench.workspace import make_data, make_workspace, scale_params
 
 ROOT = Path(__file__).resolve().parents[1]
 FINETUNE = "tl_resnet50_finetune"
-#: Seconds per phase: both together (~12 min with the machine's start) fit the 15 minutes of device time a session
-#: has, each well inside the 10-minute command limit. Phase 1 stops dvc repro early enough for the bare rates.
+#: Seconds per phase when --budget is not given: both phases in under 12 minutes. Phase 1 stops dvc repro early
+#: enough (--reserve) for the bare rates.
 DEFAULT_BUDGET_S = {1: 400.0, 2: 300.0}
 DEFAULT_FRACTION = 0.125      # 196 classes x 5 + 5 photos: the nine defaults' fixed costs alone are ~150 s
 GPU_BARE_SECONDS = "1.0"      # each bare rate timed this long on the GPU (carbench.bench.bare's default: 2 s)
@@ -79,14 +79,17 @@ def startup_seconds() -> float:
     return seconds
 
 
-def plan_overrides(tiny: bool, sets: list[str]) -> dict:
-    """The params overrides of both phases: for --tiny the offline demo's CPU settings and small evaluation."""
+def plan_overrides(tiny: bool, sets: list[str], files: tuple[str, ...] = ()) -> dict:
+    """The params overrides of both phases: for --tiny the offline demo's CPU settings and small evaluation, then
+    each --overrides file (e.g. a recipe of configs/overrides/), then the --set pairs."""
     over: dict = {}
     if tiny:
         over = yaml.safe_load((ROOT / "configs" / "overrides" / "offline.yaml").read_text())
         trained = yaml.safe_load((ROOT / "params.yaml").read_text())["dag"]["train"]
         epochs = [f"experiments.{n}.train.epochs={2 if n == FINETUNE else 1}" for n in trained]
         over = deep_merge(over, dotted(TINY_SETS + epochs))
+    for file in files:
+        over = deep_merge(over, yaml.safe_load(Path(file).read_text()) or {})
     return deep_merge(over, dotted(sets))
 
 
@@ -134,25 +137,50 @@ def prepare(phase: Phase, args: argparse.Namespace, extra: Optional[dict] = None
     from carbench.config import read_yaml
 
     phase.step("dvc and dvclive")
-    phase.save(packages=ensure_packages(Path(args.wheels), Path(args.site)))
+    phase.save(packages=ensure_packages(Path(args.wheels) if args.wheels else None, Path(args.site)))
     phase.save(environment=environment(args.device))
     print(json.dumps(phase.result["environment"]))
-    size = plan_size(args.fraction, args.tiny)
-    overrides = deep_merge(plan_overrides(args.tiny, args.set), extra or {})
-    phase.save(size=size, overrides=overrides)
+    overrides = deep_merge(plan_overrides(args.tiny, args.set, tuple(args.overrides)), extra or {})
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    data = work / "stanford_cars"
-    phase.step(f"generating {size['photos']} photos ({size['fraction']:.3f} of Stanford Cars' {FULL_PHOTOS}; "
-               f"{size['data']['min_size']}-{size['data']['max_size']} px)")
-    if data.exists():
-        import shutil
+    if args.data:
+        data = Path(args.data).resolve()
+        if not data.is_dir():
+            raise SystemExit(f"error: --data {args.data} is not a folder")
+        # the photo count comes from the download stage's manifest (:func:`photo_size`)
+        phase.save(size=None, overrides=overrides, data=str(data), generate_s=0.0)
+        phase.step(f"data: {data} (its photos are counted by the download stage)")
+    else:
+        size = plan_size(args.fraction, args.tiny)
+        phase.save(size=size, overrides=overrides, data="generated")
+        data = work / "stanford_cars"
+        phase.step(f"generating {size['photos']} photos ({size['fraction']:.3f} of Stanford Cars' {FULL_PHOTOS}; "
+                   f"{size['data']['min_size']}-{size['data']['max_size']} px)")
+        if data.exists():
+            import shutil
 
-        shutil.rmtree(data)
-    phase.save(generate_s=make_data(data, 0, args.workers, size["data"]))
-    print(f"generated in {phase.result['generate_s']:.1f} s")
+            shutil.rmtree(data)
+        phase.save(generate_s=make_data(data, 0, args.workers, size["data"]))
+        print(f"generated in {phase.result['generate_s']:.1f} s")
     params = scale_params(read_yaml(ROOT / "params.yaml"), data, overrides, work / "weights")
     return make_workspace(ROOT, work, params), params
+
+
+def photo_size(phase: Phase, repo: Path) -> Optional[dict]:
+    """The size record of the photos the run read (the download stage's manifest: what the figures are scaled
+    by), saved into the phase's JSON; None when the download stage did not end."""
+    from carbench.data.manifest import read_manifest
+
+    if not (repo / "data" / "raw" / "manifest.csv").is_file():
+        return phase.result.get("size")
+    photos = len(read_manifest(repo / "data" / "raw"))
+    planned = phase.result.get("size")
+    if planned and planned["photos"] != photos:
+        raise SystemExit(f"the run read {photos} photos where {planned['photos']} were generated: the workspace's "
+                         f"params do not read the generated data")
+    size = planned or size_of(photos)
+    phase.save(size=size)
+    return size
 
 
 def repro(phase: Phase, repo: Path, targets: tuple[str, ...], timeout: float, tag: str = "") -> dict:
@@ -185,27 +213,43 @@ def phase1(phase: Phase, args: argparse.Namespace) -> None:
     finally:
         samples = sampler.stop()
     phase.save(repro={k: v for k, v in run.items() if k != "records"}, records=run["records"])
+    size = photo_size(phase, repo)
     rows = [{"stage": r["stage"], "seconds": r["seconds"], "first_batch_s": r.get("first_batch_s"), "floor_s": None,
              "busy": gpu.busy_fraction(samples, r["start"], r["end"]), "busy_after_first_batch": None,
              "steady_images_per_second": r.get("steady_images_per_second"), "bare_images_per_second": None}
             for r in run["records"]]
     if (repo / "data" / "crops").is_dir() and any("@" in r["stage"] for r in run["records"]):
         phase.step("bare rates (the floor of every model stage)")
-        rows = scale.measure(repo, run["records"], samples, args.device)
+        rows = scale.measure(repo, run["records"], samples, args.device, deadline=phase.start + phase.budget)
+        missing = [r["stage"] for r in rows if r.get("no_floor") == "budget"]
+        if missing:
+            phase.save(bare_not_measured=missing)
+            print(f"BUDGET: bare rates not measured for {', '.join(missing)}", flush=True)
     env = phase.result["environment"]
-    size = phase.result["size"]
-    report = {"data": f"generated: {size['photos']} photos ({size['fraction']:.3f} of Stanford Cars), "
-                      f"{size['data']['min_size']}-{size['data']['max_size']} px", "device": env["device"],
+    report = {"data": data_label(phase.result), "device": env["device"],
               "generate_s": phase.result["generate_s"], "stages": rows, "summary": scale.summarize(rows, run["wall_s"]),
               "overrides": phase.result["overrides"], "targets": list(targets)}
     phase.save(scale=report)
     scale.print_report(report)
+    if size is None:
+        phase.save(status="partial: the download stage did not end, so there is no photo count to extrapolate from")
+        return
     floor = report["summary"]["floor_s"]
     ext = extrapolate(run["records"], size["ratio"], phase.result["startup_s"],
                       run["wall_s"] if run["complete"] else None, floor,
                       None if targets else expected_stages(params))
     phase.save(extrapolation=ext, checks_full_scale=full_checks(ext, rows), flags=flags(rows))
     print_extrapolation(phase.result)
+
+
+def data_label(result: dict) -> str:
+    """What the run read, for the report: the generated photos, or the user's folder and its photo count."""
+    size = result.get("size")
+    if result.get("data") == "generated":
+        return (f"generated: {size['photos']} photos ({size['fraction']:.3f} of Stanford Cars), "
+                f"{size['data']['min_size']}-{size['data']['max_size']} px")
+    count = f"{size['photos']} photos ({size['fraction']:.3f} of Stanford Cars)" if size else "photos not counted"
+    return f"{result.get('data')}: {count}"
 
 
 def train_row(run: dict, samples: list) -> Optional[dict]:
@@ -257,6 +301,7 @@ def phase2(phase: Phase, args: argparse.Namespace) -> None:
         compile_result["off_data_stages"] = [{"stage": r["stage"], "seconds": r["seconds"]} for r in run["records"]
                                              if not r["stage"].startswith("train@")]
         phase.save(compile=compile_result)
+        photo_size(phase, repo)
         if not run["complete"]:
             phase.save(status="partial: the budget ended during the compile-off run")
             return
@@ -310,19 +355,30 @@ def print_phase2(result: dict) -> None:
 def main(argv: Optional[list[str]] = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--phase", type=int, choices=(1, 2), required=True)
-    p.add_argument("--out", required=True, help="folder of the logs and JSON results ($OUT on the GPU machine)")
+    p.add_argument("--out", required=True, help="folder of the logs and JSON results")
     p.add_argument("--budget", type=float, default=None,
-                   help="seconds this phase may take; its work is stopped then (default: 400 phase 1, 300 phase 2)")
-    p.add_argument("--fraction", type=float, default=DEFAULT_FRACTION,
-                   help="of Stanford Cars' photos per class (default: %(default)s: 196 classes x 5 + 5 photos)")
-    p.add_argument("--tiny", action="store_true", help="CPU smoke: 48 small photos, the offline CPU settings")
+                   help="the seconds you give this phase: its work is stopped then and what was measured is kept, "
+                        "marked partial (default: 400 phase 1, 300 phase 2)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--data", default=None,
+                        help="your copy of Stanford Cars, or a subset of it, in any layout `data.source: local` "
+                             "reads (docs/data.md); the figures are scaled by its photo count (default: generated "
+                             "photos, --fraction)")
+    source.add_argument("--fraction", type=float, default=DEFAULT_FRACTION,
+                        help="generated data: this fraction of Stanford Cars' photos per class, at the real photo "
+                             "sizes (default: %(default)s: 196 classes x 5 + 5 photos)")
+    p.add_argument("--tiny", action="store_true", help="CPU smoke: the offline demo's CPU settings, one or two "
+                                                       "epochs (and 48 small photos unless --data)")
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     p.add_argument("--workdir", default=None, help="data and workspace (default: a carbench-plan<phase> folder in "
                                                    "the temporary directory)")
-    p.add_argument("--wheels", default=str(ROOT / ".device" / "whl"), help="dvc/dvclive wheels (default: %(default)s)")
+    p.add_argument("--wheels", default=None, help="a folder of dvc and dvclive wheels (and their dependencies) "
+                                                  "to install where python cannot import them")
     p.add_argument("--site", default=str(Path(tempfile.gettempdir()) / "carbench-site"),
                    help="where the wheels are installed (default: %(default)s)")
     p.add_argument("--workers", type=int, default=0, help="processes generating the data (0 = all cores)")
+    p.add_argument("--overrides", action="append", default=[], metavar="FILE",
+                   help="a params overrides file, e.g. one of configs/overrides/ (repeatable; before --set)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a params override (repeatable)")
     p.add_argument("--target", action="append", default=[], help="phase 1: only this stage and what it needs")
     p.add_argument("--reserve", type=float, default=None,
@@ -355,7 +411,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         phase.save(status=f"failed: {type(exc).__name__}: {str(exc)[-2000:]}")
         raise
     if phase.result["status"] == "running":
-        partial = (args.phase == 1 and not phase.result["extrapolation"]["complete"]
+        partial = (args.phase == 1 and (not phase.result["extrapolation"]["complete"]
+                                        or bool(phase.result.get("bare_not_measured")))
                    or args.phase == 2 and not (phase.result["compile"].get("on")))
         phase.save(status="partial" if partial else "done")
     print(f"\nphase {args.phase} {phase.result['status']} in {phase.elapsed():.0f} s; results: {phase.json}")

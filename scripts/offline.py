@@ -4,10 +4,13 @@ Usage: python scripts/offline.py [--overrides FILE] [extra `dvc exp run` argumen
 Extra arguments come last, so `python scripts/offline.py -n lr3e-4 -S train.lr=3e-4` wins over the file.
 
 The run is a DVC experiment (`dvc exp show` lists it with its params; compare runs by name with
-`dvc metrics diff A B`). The params it will run with are checked before DVC starts, so a bad value
-deletes no output. `dvc exp run -S` writes the overrides into params.yaml; this script puts params.yaml,
-HEAD and the git index back as they were afterwards, also when the run fails, is interrupted (Ctrl-C,
-SIGTERM) or DVC is killed; run the same command again to continue (docs/recovery.md).
+`dvc metrics diff A B`); running the same command again replaces the experiment of that name on this
+commit (DVC itself would refuse the name). The params it will run with are checked before DVC starts, so
+a bad value or model name deletes no output, and a `-S` of yours that no stage reads under those params
+(e.g. train.epochs while every experiment sets its own) is refused. `dvc exp run -S` writes the overrides
+into params.yaml; this script puts params.yaml, HEAD and the git index back as they were afterwards, also
+when the run fails, is interrupted (Ctrl-C, SIGTERM) or DVC is killed; run the same command again to
+continue (docs/recovery.md).
 """
 from __future__ import annotations
 
@@ -24,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 EPILOG = """\
 Every other argument passes through to `dvc exp run`, after the overrides (so it wins over the file):
-  -n NAME          name the experiment (`dvc metrics diff A B` compares runs by name)
+  -n NAME          name the experiment (`dvc metrics diff A B` compares runs by name); one of that name
+                   on this commit is replaced
   -S KEY=VALUE     one more params override, e.g. -S train.lr=3e-4
   STAGE ...        run only these stages and what they depend on, e.g. train@cnn_basic
   any other `dvc exp run` option (see `dvc exp run --help`)
@@ -66,22 +70,37 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--overrides", metavar="FILE", default=str(ROOT / "configs" / "overrides" / "offline.yaml"),
                         help="YAML of params overrides, passed as `-S` (default: configs/overrides/offline.yaml)")
+    parser.add_argument(exprun.ALLOW_UNUSED, action="store_true",
+                        help="run even when one of your -S sets a key no stage reads (a warning instead)")
     args, extra = parser.parse_known_args()
-    overrides = read_overrides(Path(args.overrides))
+    path = Path(args.overrides)
+    overrides = flatten(read_overrides(path))
     cmd = ["dvc", "exp", "run"]
-    for pair in flatten(overrides):
+    for pair in overrides:
         cmd += ["-S", pair]
     cmd += extra
     # Refused here, bad params never reach DVC, which would write them into params.yaml and delete the outputs
-    # of the first stage before that stage refuses them.
-    exprun.check_params(ROOT, exprun.set_params(cmd))
-    return run_keeping_params(cmd, ROOT)
+    # of the first stage before that stage refuses them. Only the user's own -S must each reach a stage: the
+    # file is a setting as a whole (its section defaults also serve experiments that do not set a key).
+    exprun.check_params(ROOT, exprun.set_params(cmd), knobs=exprun.set_params(extra), allow_unused=args.allow_unused)
+    return run_keeping_params(cmd, ROOT, shown=echo(extra, len(overrides), path))
 
 
-def run_keeping_params(cmd: list[str], cwd: Path) -> int:
+def echo(extra: list[str], count: int, path: Path) -> str:
+    """The command as echoed: the user's own arguments and how many overrides the file adds (every `-S` of the
+    demo's file is a line of some 1,600 characters; `dvc exp show` lists what ran)."""
+    try:
+        path = path.resolve().relative_to(ROOT)
+    except ValueError:
+        pass
+    return " ".join(["dvc exp run", *extra, f"(with {count} overrides from {path})"])
+
+
+def run_keeping_params(cmd: list[str], cwd: Path, shown: str | None = None) -> int:
     """Run ``cmd`` in ``cwd``; then put params.yaml (byte for byte), HEAD and the git index back as they were
-    before the run, whatever happened (carbench.exprun.run_guarded)."""
-    return exprun.run_guarded(cmd, cwd)
+    before the run, whatever happened (carbench.exprun.run_guarded). An experiment of the same name on this commit
+    is replaced."""
+    return exprun.run_guarded(cmd, cwd, shown=shown, replace=True)
 
 
 if __name__ == "__main__":

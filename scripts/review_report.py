@@ -8,13 +8,16 @@ records one), commits or branches. The report holds exactly the output of
     dvc metrics diff BASE NEW --precision 4 --md
     dvc params diff BASE NEW --md
 
-(only what changed; every row fits 120 columns) plus the commands to drill down. CI runs it on the offline
+(only what changed; every row fits 120 columns) plus the commands to drill down into what the report leaves out:
+every experiment side by side (`scripts/runs.py`), every test metric and timing of a changed experiment
+(`dvc metrics diff --targets metrics/eval/<experiment>.json`), the plots of both. CI runs it on the offline
 demo of the pull request's base and head (.github/workflows/review.yml) and posts it on the pull request.
 A failing `dvc` command or an unwritable `--out` prints one `error: ...` line and exits with status 1.
 """
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from carbench import cli
@@ -23,6 +26,8 @@ from carbench.errors import UserError
 ROOT = Path(__file__).resolve().parents[1]
 
 HEADLINE = "metrics/headline/<experiment>.json"
+#: A headline file's path in a `dvc metrics diff` row: the experiment whose numbers changed.
+CHANGED = re.compile(r"metrics/headline/([\w.-]+)\.json")
 
 
 def dvc(args: list[str], cwd: Path) -> str:
@@ -56,10 +61,21 @@ def report(base: str, new: str, cwd: Path = ROOT) -> str:
         "",
         params or "No params changed.",
         "",
-        f"Drill down: `dvc metrics diff {base} {new}` (every metrics file),",
-        f"`dvc plots diff {base} {new}` (curves, confusion matrices, summary charts).",
+        *drill_down(base, new, metrics),
         "",
     ])
+
+
+def drill_down(base: str, new: str, metrics: str) -> list[str]:
+    """Commands that show what the report leaves out (a changed experiment named, when one changed)."""
+    changed = list(dict.fromkeys(CHANGED.findall(metrics)))
+    name = changed[0] if changed else "<experiment>"
+    return [
+        f"Drill down: `python scripts/runs.py {base} {new}` (every experiment side by side, unchanged ones too),",
+        f"`dvc metrics diff {base} {new} --targets metrics/eval/{name}.json`",
+        "(every test metric and timing of that experiment),",
+        f"`dvc plots diff {base} {new}` (curves, confusion matrices, summary charts).",
+    ]
 
 
 def main() -> int:

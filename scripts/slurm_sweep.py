@@ -9,7 +9,10 @@ Usage (docs/cluster.md):
 Each job clones the commit into <workdir>/<sweep>/runs/<run>, runs `dvc exp run --pull --allow-missing -n <run>
 -S ...`, then `dvc exp push --run-cache origin <run>`; its log is <workdir>/<sweep>/logs/<run>-<job id>.out. A job
 near its time limit or preempted is requeued and continues from its last finished stage and epoch.
-Bad input or a failing tool prints one `error: ...` line and exits with status 1.
+Every run's params (the commit's params.yaml with its -S applied) are checked before anything is submitted, as
+scripts/exp_run.py checks them: a bad key, value or model name, or a -S that no stage reads (--allow-unused: a
+warning instead), is refused here rather than in each job. Bad input or a failing tool prints one `error: ...` line
+and exits with status 1.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import json
 import sys
 from pathlib import Path
 
-from carbench import cli
+from carbench import cli, exprun
 from carbench.cluster import slurm
 from carbench.report import sweep
 
@@ -48,6 +51,8 @@ def add_submit(sub: argparse._SubParsersAction) -> None:
                    help=f"seconds before the time limit at which a job stops and requeues itself (default {r.grace_s})")
     p.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
                    help="any other sbatch option, e.g. --sbatch-arg=--qos=long; repeatable")
+    p.add_argument(exprun.ALLOW_UNUSED, action="store_true",
+                   help="submit even when a -S sets a key no stage reads (a warning instead)")
     p.add_argument("--dry-run", action="store_true", help="print the runs and exit")
     p.add_argument("--wait", action="store_true", help="wait for the jobs; exit 1 unless all completed")
 
@@ -58,6 +63,8 @@ def submit(args: argparse.Namespace) -> int:
                                 extra=tuple(args.sbatch_arg))
     name = args.name or slurm.default_sweep_name()
     runs = slurm.plan(args.overrides, name, resources)
+    for run in runs:    # here, not after each job cloned the commit and started DVC on the cluster
+        exprun.check_params_at(Path.cwd(), args.rev, list(run.overrides), allow_unused=args.allow_unused)
     if args.dry_run:
         for run in runs:
             print(f"{run.name}: -S {' -S '.join(run.overrides) or '(none)'}")

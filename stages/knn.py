@@ -11,11 +11,12 @@ def main() -> None:
     parser.add_argument("--embeddings", required=True, help="embedding store (data/embeddings/<name>)")
     parser.add_argument("--out", required=True, help="model directory (models/<name>)")
     parser.add_argument("--metrics", required=True, help="metrics JSON (metrics/knn/<name>.json)")
+    parser.add_argument("--tables", help="dir of the classical classifier's per-query predictions (metrics/knn/<name>)")
     parser.add_argument("--resolved", help="its resolved config (data/resolved/knn/<name>.yaml); read instead of "
                                            "--params when given")
     args = parser.parse_args()
     base, exp = resolved.knn_stage(args.params, args.resolved, args.name)
-    knn.run(base, exp, args.embeddings, args.out, args.metrics)
+    knn.run(base, exp, args.embeddings, args.out, args.metrics, args.tables)
 
 
 if __name__ == "__main__":

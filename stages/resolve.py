@@ -8,7 +8,9 @@ def main() -> None:
     parser = cli.parser(__doc__)
     parser.add_argument("--out", required=True, help="resolved configs directory (data/resolved)")
     args = parser.parse_args()
-    resolve.run(config.load_params(args.params), args.out)
+    params = config.load_params(args.params)
+    resolve.warn_unread(args.params)      # a knob a plain `dvc exp run -S` set that no stage reads
+    resolve.run(params, args.out)
 
 
 if __name__ == "__main__":

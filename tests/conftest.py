@@ -15,7 +15,8 @@ Module-scoped crop stores for training tests (``support.training`` writes them):
 ``ddp_store`` (the DDP tests': 64 train / 48 val images, 16 px).
 
 Function-scoped helpers: ``params_file(overrides)`` writes the repository's params.yaml with deep-merged
-overrides into ``tmp_path``; ``shared_data`` is ``../shared/data`` (skips when absent); ``http_server`` serves
+overrides into ``tmp_path``; ``real_data`` is the folder of real photos
+(``$CARBENCH_REAL_DATA``; skips when absent); ``http_server`` serves
 bytes from 127.0.0.1 with HTTP Range support; ``one_thread`` runs a test with one torch thread.
 
 Plain helpers are modules of ``tests/support/`` (``from support.params import repo_params``); fixtures of one
@@ -30,7 +31,7 @@ import pytest
 import yaml
 from support.data import SEED, crop_config, split_config, synthetic_config
 from support.http import FileServer
-from support.params import SHARED_DATA, committed_params_file, repo_params
+from support.params import REAL_DATA, REAL_DATA_ENV, committed_params_file, repo_params
 
 
 @pytest.fixture(scope="session")
@@ -93,11 +94,11 @@ def params_file(tmp_path) -> Callable[[Optional[dict]], Path]:
 
 
 @pytest.fixture
-def shared_data() -> Path:
-    """``../shared/data`` with the real Stanford Cars subsets; skips the test when absent."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data not available at {SHARED_DATA}")
-    return SHARED_DATA
+def real_data() -> Path:
+    """The folder of real Stanford Cars subsets (``$CARBENCH_REAL_DATA``); skips the test when absent."""
+    if not REAL_DATA.is_dir():
+        pytest.skip(f"real photos not available at {REAL_DATA} (set {REAL_DATA_ENV} to their folder)")
+    return REAL_DATA
 
 
 # ----------------------------------------------------------------------------- loopback HTTP

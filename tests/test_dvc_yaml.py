@@ -168,3 +168,16 @@ def test_stages_that_load_models_do_not_depend_on_training_code():
     for name in ("evaluate", "embed", "knn"):
         deps = sorted(d for d in stages[name].get("deps", []) if isinstance(d, str) and d.startswith(train_code))
         assert not deps, f"dvc.yaml stage {name!r} depends on training code {deps}: import it from carbench.model"
+
+
+def test_a_pretrained_baseline_embeds_without_a_trained_model_and_is_scored_like_every_retrieval_experiment():
+    """dag.pretrained: embed_pretrained@ runs embed@'s command on exactly embed@'s deps but models/<trained>, so no
+    train@ runs for it; knn_pretrained@ is knn@ itself (one definition, a YAML alias)."""
+    stages = _stages()
+    embed, pretrained = stages["embed"], stages["embed_pretrained"]
+    assert pretrained["cmd"] == embed["cmd"]
+    assert set(embed["deps"]) - set(pretrained["deps"]) == {"models/${item}"}
+    assert not [d for d in pretrained["deps"] if d.startswith("models/")]
+    assert pretrained["outs"] == embed["outs"] and stages["knn_pretrained"] == stages["knn"]
+    raw = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert raw["embed_pretrained"]["foreach"] == raw["knn_pretrained"]["foreach"] == "${dag.pretrained}"

@@ -165,6 +165,68 @@ def test_good_params_pass_with_the_values_dvc_would_write(project):
     assert raw["train"]["lr"] == 0.02 and raw["train"]["epochs"] == 3
 
 
+@pytest.mark.parametrize("override,message", [
+    ("experiments.cnn_basic.model.arch=resnet9000", "got 'resnet9000' (did you mean 'resnet50'?)"),
+    ("experiments.tl_resnet50_frozen.model.weights=IMAGENET1K_V9", "'IMAGENET1K_V9' is not a weights name"),
+])
+def test_a_misspelt_model_name_is_refused_before_dvc_runs(project, override, message):
+    with pytest.raises(UserError, match="nothing ran and params.yaml is unchanged") as caught:
+        exprun.check_params(project, [override])
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize("overrides,line", [
+    (["train.epochs=3"], "train.epochs=3 reaches no experiment: every trained experiment sets its own epochs "
+                         "(tl_resnet50_frozen: 30, "),
+    (["data.source=synthetic", "data.path=/no/such"],
+     "data.path=/no/such is ignored while data.source=synthetic (read only while it is 'local')"),
+])
+def test_a_knob_no_stage_reads_is_refused_naming_what_shadows_it(project, overrides, line):
+    with pytest.raises(UserError) as caught:
+        exprun.check_params(project, overrides)
+    assert str(caught.value).startswith(line)
+    assert str(caught.value).endswith("nothing ran and params.yaml is unchanged (--allow-unused runs it anyway)")
+
+
+def test_allow_unused_turns_the_refusal_into_one_warning_line(project, capsys):
+    exprun.check_params(project, ["++train.epochs=3"], allow_unused=True)
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("warning: train.epochs=3 reaches no experiment: ")
+
+
+def test_only_the_knobs_the_user_typed_must_reach_a_stage(project):
+    """An overrides file is a setting as a whole: its section defaults may be shadowed, the user's own -S not."""
+    exprun.check_params(project, ["train.epochs=3", "train.lr=0.02"], knobs=["train.lr=0.02"])
+
+
+def test_a_sweep_s_params_are_the_commit_s_not_the_workspace_s(project):
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], cwd=project, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=project, check=True)
+    subprocess.run([*git, "commit", "-qm", "init"], cwd=project, check=True)
+    (project / "params.yaml").write_text("train: {lr: -1}\n")          # the workspace's: no job sees it
+    exprun.check_params_at(project, "HEAD", ["train.lr=0.02", "data.source=local", "data.path=on/the/cluster"])
+    with pytest.raises(UserError, match="train.epochs=3 reaches no experiment"):
+        exprun.check_params_at(project, "HEAD", ["train.epochs=3"])
+
+
+def test_the_local_data_recipe_of_the_docs_keeps_params_yaml_and_passes_the_check(project):
+    """docs/data.md's recipe for a local copy goes through scripts/exp_run.py (a plain `dvc exp run -S` rewrites
+    params.yaml), and each of its -S is valid and reaches a stage."""
+    (recipe,) = [line.strip() for line in (ROOT / "docs" / "data.md").read_text().splitlines()
+                 if line.startswith("    ") and "-S data.source=local" in line]
+    assert recipe.startswith("python scripts/exp_run.py "), recipe
+    (project / "cars").mkdir()
+    overrides = [o if not o.startswith("data.path=") else "data.path=cars" for o in exprun.set_params(recipe.split())]
+    exprun.check_params(project, overrides)
+
+
+def test_experiment_name_finds_every_spelling_of_dash_n():
+    assert exprun.experiment_name(["-S", "a=1", "-n", "x"]) == "x"
+    assert exprun.experiment_name(["--name=y", "train@x"]) == "y"
+    assert exprun.experiment_name(["-nz"]) == "z" and exprun.experiment_name(["-S", "n=1"]) is None
+
+
 # ------------------------------------------------------------------------------------------------ git repair
 def _git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
@@ -332,6 +394,51 @@ def test_failed_run_puts_git_back_and_says_so(repo, tmp_path):
     assert _state(repo) == before
 
 
+#: `dvc exp run -n NAME` as DVC 3 treats the name: refused when refs/exps/<commit>/NAME exists, else the run (here:
+#: ``ok`` says whether it succeeds) creates that ref.
+NAMED_DVC = """\
+#!{python}
+import subprocess, sys
+from dvc.repo.experiments.refs import ExpRefInfo
+git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True)
+ref = str(ExpRefInfo(baseline_sha=git("rev-parse", "HEAD").stdout.strip(), name=sys.argv[sys.argv.index("-n") + 1]))
+if git("rev-parse", "--verify", "-q", ref).returncode == 0:
+    sys.exit("ERROR: Experiment conflicts with existing experiment")
+if {ok}:
+    git("update-ref", ref, git("commit-tree", "HEAD^{{tree}}", "-p", "HEAD", "-m", "new").stdout.strip())
+sys.exit(0 if {ok} else 1)
+"""
+
+
+def _named_dvc(tmp_path: Path, monkeypatch, ok: bool) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "dvc").write_text(NAMED_DVC.format(python=sys.executable, ok=ok))
+    (bin_dir / "dvc").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+
+def _exp_ref(repo: Path, name: str) -> str:
+    from dvc.repo.experiments.refs import ExpRefInfo
+
+    return str(ExpRefInfo(baseline_sha=_git(repo, "rev-parse", "HEAD").strip(), name=name))
+
+
+@pytest.mark.parametrize("ok", [True, False], ids=["succeeds", "fails"])
+def test_a_named_run_again_replaces_the_experiment_and_a_failed_one_keeps_it(repo, tmp_path_factory, monkeypatch,
+                                                                              capsys, ok):
+    _named_dvc(tmp_path_factory.mktemp("fake"), monkeypatch, ok)
+    ref = _exp_ref(repo, "base")
+    _git(repo, "update-ref", ref, "HEAD")
+    old = _git(repo, "rev-parse", ref).strip()
+    status = exprun.run_guarded(["dvc", "exp", "run", "-n", "base"], repo, shown="dvc exp run -n base", replace=True)
+    assert status == (0 if ok else 1)
+    assert capsys.readouterr().out.splitlines()[:2] == [
+        "+ dvc exp run -n base", "(experiment 'base' exists on this commit: this run replaces it)"]
+    now = _git(repo, "rev-parse", ref).strip()
+    assert (now != old) if ok else (now == old)
+
+
 def test_exp_run_script_refuses_bad_params_before_dvc_runs():
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "exp_run.py"), "-S", "++train.lrr=1"],
                             capture_output=True, text=True, env=_env(), timeout=120)
@@ -339,6 +446,15 @@ def test_exp_run_script_refuses_bad_params_before_dvc_runs():
     assert result.stdout == ""                # not even the `+ dvc exp run` line: DVC never started
     (line,) = result.stderr.splitlines()
     assert line.startswith("error: unknown key train.lrr") and line.endswith("params.yaml is unchanged")
+
+
+def test_exp_run_script_refuses_a_misspelt_model_name_before_dvc_runs():
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "exp_run.py"), "-S",
+                             "experiments.cnn_basic.model.arch=resnet9000"], capture_output=True, text=True,
+                            env=_env(), timeout=120)
+    assert (result.returncode, result.stdout) == (1, "")
+    (line,) = result.stderr.splitlines()
+    assert "got 'resnet9000' (did you mean 'resnet50'?)" in line and line.endswith("params.yaml is unchanged")
 
 
 def test_recover_script_says_what_it_does():

@@ -84,7 +84,8 @@ def test_experiments_table_lists_exactly_the_experiments_of_params():
     names = _table_column(table, "", 0)
     assert names == list(raw["experiments"])
     embedders = dict(zip(names, _table_column(table, "", 3)))
-    assert {n: e for n, e in embedders.items() if e != "—"} == raw["dag"]["retrieval"]
+    assert {n: e for n, e in embedders.items() if e != "—" and "untrained" not in e} == raw["dag"]["retrieval"]
+    assert embedders["knn_imagenet_baseline"] == "resnet50` IMAGENET1K_V2 at 384 px, untrained"   # dag.pretrained
     assert "cnn_widths=[64, 128, 256, 512]" in table and "weighting=distance" in table
 
 

@@ -14,6 +14,7 @@ from carbench import resolve
 from carbench.config import (
     ConfigError,
     EmbedJob,
+    EmbedWithConfig,
     KnnJob,
     TrainedExperiment,
     parse_params,
@@ -24,7 +25,7 @@ from carbench.resolved import embed_stage, knn_stage, load_resolved, train_stage
 
 TRAINED = {"tl_resnet50_frozen", "tl_resnet50_finetune", "tl_densenet121_progressive",
            "cnn_basic", "cnn_bn_dropout", "cnn_residual"}
-RETRIEVAL = {"knn_resnet50_k3", "knn_resnet50_k10", "knn_densenet121_cosine"}
+RETRIEVAL = {"knn_resnet50_k3", "knn_resnet50_k10", "knn_densenet121_cosine", "knn_imagenet_baseline"}
 
 
 def _texts(raw: dict, out) -> dict[str, str]:
@@ -123,6 +124,19 @@ def test_each_stage_reader_returns_its_own_type_or_refuses(tmp_path, params_path
         train_stage(params_path, None, name)
 
 
+def test_a_pretrained_baseline_resolves_its_weights_and_a_dag_pretrained_knob_reaches_only_its_embed(tmp_path):
+    """dag.pretrained's entry is the baseline's embedder: written into its embed file (read back typed), and a change
+    there reruns embed@ of the baseline alone (its knn@ and every other file stay byte for byte)."""
+    before = _texts(repo_params(), tmp_path / "a")
+    raw = deep_merge(repo_params(), {"dag": {"pretrained": {"knn_imagenet_baseline": {"image_size": 224}}}})
+    after = _texts(raw, tmp_path / "b")
+    assert {rel for rel in before if before[rel] != after[rel]} == {"embed/knn_imagenet_baseline.yaml"}
+    _, job = load_resolved(tmp_path / "b" / "embed" / "knn_imagenet_baseline.yaml")
+    assert job.embedder == EmbedWithConfig(arch="resnet50", weights="IMAGENET1K_V2", image_size=224)
+    with pytest.raises(ConfigError, match=r"dag.pretrained.knn_imagenet_baseline.weights must name pretrained"):
+        parse_params(deep_merge(repo_params(), {"dag": {"pretrained": {"knn_imagenet_baseline": {"weights": "none"}}}}))
+
+
 def test_resolve_stage_script(tmp_path, params_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["resolve.py", "--params", str(params_path), "--out", str(tmp_path / "r")])
     from support.params import ROOT
@@ -177,5 +191,29 @@ def test_an_aggregate_knob_changes_no_resolved_config_and_only_aggregate_tracks_
     assert before == after                                   # no train@/embed@/knn@ reruns
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     tracking = {name for name, stage in stages.items()
-                if any(p == "aggregate" or str(p).startswith("aggregate.") for p in (stage.get("do", stage).get("params") or []))}
+                if any(p in ("aggregate", "aggregate.bootstrap", "aggregate.seed")
+                       for p in (stage.get("do", stage).get("params") or []))}
     assert tracking == {"aggregate"}
+
+
+def test_a_changed_key_that_reaches_no_stage_is_one_warning_line_under_a_plain_dvc_run(tmp_path, capsys, monkeypatch):
+    """`dvc exp run -S train.epochs=3` is not refused (DVC runs no check of ours first): resolve says so instead."""
+    from carbench.cli import STOP_FILE_ENV
+
+    monkeypatch.delenv(STOP_FILE_ENV, raising=False)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(repo_params(), sort_keys=False))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-qm", "init"], cwd=tmp_path, check=True)
+    assert resolve.warn_unread(params) == []
+    params.write_text(yaml.safe_dump(deep_merge(repo_params(), {"data": {"path": "/no/such"},
+                                                                "train": {"epochs": 3, "lr": 0.02}})))
+    lines = resolve.warn_unread(params)
+    assert capsys.readouterr().err.splitlines() == lines
+    assert [line.split(" ", 2)[1] for line in lines] == ["data.path=/no/such", "train.epochs=3"]
+    assert lines[0].endswith("is ignored while data.source=auto (read only while it is 'local')")
+    assert lines[1].endswith("set experiments.<name>.train.epochs instead")
+    monkeypatch.setenv(STOP_FILE_ENV, str(tmp_path / "stop"))     # under the scripts: they already said it
+    assert resolve.warn_unread(params) == []

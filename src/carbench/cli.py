@@ -61,8 +61,8 @@ def _log_stage(status: str) -> None:
     seconds, end = timing.process_seconds(), time.time()
     # ru_maxrss is in KiB on Linux: the peak resident set of this process.
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / _KIB_PER_MIB
-    record = {"stage": _stage_name(), "seconds": round(seconds, 3), "peak_rss_mib": round(peak_mib, 1),
-              "status": status, "start": round(end - seconds, 3), "end": round(end, 3), **timing.fields()}
+    record = {"stage": _stage_name(), "seconds": round(seconds, 3), "cpu_s": round(timing.cpu_seconds(), 3),
+              "peak_rss_mib": round(peak_mib, 1), "status": status, "start": round(end - seconds, 3), "end": round(end, 3), **timing.fields()}
     with open(path, "a") as handle:
         handle.write(json.dumps(record) + "\n")
 
@@ -111,7 +111,15 @@ def stop_on_signals() -> Iterator[None]:
             signal.signal(sig, signal.SIG_IGN)
         raise Interrupted(signum)
 
-    if threading.current_thread() is not threading.main_thread():   # signal handlers are the main thread's only
+    with _stop_signals_to(handler):
+        yield
+
+
+@contextlib.contextmanager
+def _stop_signals_to(handler: Callable) -> Iterator[None]:
+    """SIGINT and SIGTERM go to ``handler`` inside the block, then back to the handlers before it. Only in the main
+    thread (signal handlers are its only); a signal ignored at start (``nohup``) stays ignored."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
@@ -136,6 +144,27 @@ def stop_signals_held() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+@contextlib.contextmanager
+def stop_signals_deferred() -> Iterator[None]:
+    """A SIGINT or SIGTERM that arrives inside the block takes effect when the block ends, as if it came then (the
+    first one; a repeat is dropped, as :func:`stop_on_signals` drops it): for a write that must end whole. Raised
+    inside ``torch.save``, a stop makes its zip writer fail a second time while unwinding (``unexpected pos``), a
+    traceback instead of the one ``interrupted:`` line. Only the main thread handles signals: elsewhere the block
+    runs as it is. A signal ignored at start (``nohup``) stays ignored."""
+    owner, pending = os.getpid(), []
+
+    def remember(signum, frame):  # noqa: ANN001 (signal's signature)
+        if not _forked_child(owner, signum) and not pending:
+            pending.append(signum)
+
+    try:
+        with _stop_signals_to(remember):
+            yield
+    finally:
+        if pending:   # now to the handler the block found (Interrupted, or the default action)
+            signal.raise_signal(pending[0])
 
 
 def release_stop_signals() -> None:

@@ -11,6 +11,11 @@ class DataError(UserError):
     """Invalid or missing data: a corrupt image, a bad annotation, a layout that matches nothing."""
 
 
+class ImageError(DataError):
+    """A photo Pillow cannot read (not an image, damaged, truncated, too large); the message is the reason only:
+    the caller names the photo."""
+
+
 class WeightsError(UserError):
     """Pretrained weights cannot be had (offline, or the file is missing)."""
 

@@ -178,18 +178,106 @@ def effective_params(root: Path, overrides: list[str]) -> dict:
         return read_yaml(copy)
 
 
-def check_params(root: Path, overrides: list[str]) -> None:
+#: The end of every refusal of the params check.
+UNCHANGED = "nothing ran and params.yaml is unchanged"
+#: The option of scripts/offline.py and scripts/exp_run.py that lets a knob which reaches nothing through.
+ALLOW_UNUSED = "--allow-unused"
+
+
+def _knobs(overrides: list[str]) -> dict[str, str]:
+    """Dotted key -> the ``-S`` text (``key=value``) of each override of params.yaml that sets a value."""
+    from dvc.utils.cli_parse import to_path_overrides
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    out = {}
+    for path, pairs in to_path_overrides(overrides).items():
+        if Path(path).name != PARAMS:
+            continue
+        for pair in pairs:
+            try:
+                parsed = OverridesParser.create().parse_overrides([pair])[0]
+            except Exception:   # noqa: BLE001 (Hydra's parse errors share no base class; effective_params named it)
+                continue
+            if not parsed.is_delete():
+                out[parsed.key_or_group] = pair.lstrip("+")
+    return out
+
+
+def check_params(root: Path, overrides: list[str], *, knobs: Optional[list[str]] = None,
+                 allow_unused: bool = False, folders: bool = True) -> None:
     """Refuse, before DVC runs anything, params that a stage would refuse after DVC deleted its outputs: every key
-    and value (the stages' own validation), and a local data folder that is not there."""
+    and value (the stages' own validation), ``model.arch``/``model.weights`` names (the resolve stage's check), and
+    a local data folder that is not there.
+
+    ``knobs`` (default: all ``overrides``): the ``-S`` the user typed. Each must reach a stage under the params in
+    force (:mod:`carbench.config.reach`): one that reaches nothing is refused, or with ``allow_unused`` one
+    ``warning:`` line on stderr says so and the run goes on. ``folders=False``: data folders are not looked for
+    (the run happens on another machine).
+    """
+    from .config.reach import unread
+    from .resolve import check_names
+
     raw = effective_params(root, overrides)
     try:
         params = parse_params(raw)
     except ConfigError as exc:
-        raise UserError(f"{exc}; nothing ran and params.yaml is unchanged") from None
+        raise UserError(f"{exc}; {UNCHANGED}") from None
+    typed = _knobs(overrides if knobs is None else knobs)
+    for key, reason in unread(raw, list(typed)).items():
+        line = f"{typed[key]} {reason}"
+        if not allow_unused:
+            raise UserError(f"{line}; {UNCHANGED} ({ALLOW_UNUSED} runs it anyway)")
+        print(f"warning: {line}", file=sys.stderr, flush=True)
+    try:
+        check_names(params)     # last: it imports torchvision (seconds)
+    except ConfigError as exc:
+        raise UserError(f"{exc}; {UNCHANGED}") from None
     for key, value in (("data.path", params.data.path if params.data.source == "local" else None),
                        ("data.extra", params.data.extra)):
-        if value and not (root / value).exists():
-            raise UserError(f"{key} names {value!r}, which does not exist; nothing ran and params.yaml is unchanged")
+        if folders and value and not (root / value).exists():
+            raise UserError(f"{key} names {value!r}, which does not exist; {UNCHANGED}")
+
+
+def check_params_at(root: Path, rev: str, overrides: list[str], *, allow_unused: bool = False) -> None:
+    """:func:`check_params` against params.yaml of commit ``rev`` of the repository at ``root`` (what a job that
+    clones that commit runs with, scripts/slurm_sweep.py); data folders are the cluster's, not looked for here."""
+    shown = _git(root, "show", f"{rev}:{PARAMS}")
+    if shown.returncode != 0:
+        raise UserError(f"no {PARAMS} at {rev}: {shown.stderr.strip().splitlines()[-1] if shown.stderr else ''}")
+    with tempfile.TemporaryDirectory(prefix="carbench-params-") as scratch:
+        (Path(scratch) / PARAMS).write_text(shown.stdout)
+        check_params(Path(scratch), overrides, allow_unused=allow_unused, folders=False)
+
+
+# ---------------------------------------------------------------------------------------------- a named run again
+def experiment_name(args: list[str]) -> Optional[str]:
+    """The ``-n``/``--name`` among `dvc exp run` arguments (the last one wins, as in argparse), or None."""
+    name, it = None, iter(args)
+    for arg in it:
+        if arg in ("-n", "--name"):
+            name = next(it, None)
+        elif arg.startswith("--name="):
+            name = arg.split("=", 1)[1]
+        elif arg.startswith("-n") and not arg.startswith("--"):
+            name = arg[2:]
+    return name or None
+
+
+def existing_experiment(root: Path, args: list[str]) -> Optional[tuple[str, str, str]]:
+    """(name, ref, commit) of the experiment that `dvc exp run ARGS` would refuse to overwrite: one of the same name
+    on the current commit (DVC's ref ``refs/exps/<commit>/<name>``); None when there is none, or the run is
+    queued or forced (DVC's own rules apply then)."""
+    from dvc.repo.experiments.refs import ExpRefInfo
+
+    name = experiment_name(args)
+    if name is None or {"-f", "--force", "--queue", "--temp"} & set(args):
+        return None
+    head = _git(root, "rev-parse", "--verify", "-q", "HEAD").stdout.strip()
+    if not head:
+        return None
+    ref = str(ExpRefInfo(baseline_sha=head, name=name))
+    commit = _git(root, "rev-parse", "--verify", "-q", ref).stdout.strip()
+    return (name, ref, commit) if commit else None
 
 
 # ---------------------------------------------------------------------------------------------- the guarded run
@@ -211,12 +299,17 @@ def _stage_processes(stop_file: Path, dvc_pid: int) -> list:
     return found
 
 
-def run_guarded(cmd: list[str], cwd: Path, *, what: str = "dvc exp run") -> int:
+def run_guarded(cmd: list[str], cwd: Path, *, what: str = "dvc exp run", shown: Optional[str] = None,
+                replace: bool = False) -> int:
     """Run ``cmd`` (a `dvc exp run`) in ``cwd``; whatever happens, put :class:`RepoState` back afterwards.
 
     SIGINT/SIGTERM: the running stage gets the same signal and stops cleanly, a stage DVC starts afterwards stops
     before doing anything (see ``cli.STOP_FILE_ENV``), so DVC stops at a stage boundary; then the repository is put
     back and one ``interrupted:`` line says to run the same command again. Returns the exit status.
+
+    ``shown``: the line echoed for the command (default: the whole command). ``replace``: an experiment of the
+    same name on this commit (:func:`existing_experiment`) is replaced by this run, with one line saying so, instead
+    of DVC's refusal; if the run does not produce a new one, the old one is put back.
     """
     import psutil
 
@@ -241,9 +334,16 @@ def run_guarded(cmd: list[str], cwd: Path, *, what: str = "dvc exp run") -> int:
         stop_stages(signum)     # only the stages running now: one starting later could be hit before it has
                                 # its handler, and the stop file stops it cleanly instead
 
-    print("+", " ".join(cmd), flush=True)
+    print("+", shown or " ".join(cmd), flush=True)
     previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    existing = existing_experiment(cwd, cmd[3:]) if replace and cmd[1:3] == ["exp", "run"] else None
+    status = None
     try:
+        if existing:
+            name, ref, commit = existing
+            # DVC refuses a name it has on this commit unless forced, and --force would rerun every stage.
+            _git(cwd, "update-ref", "-d", ref, commit)
+            print(f"(experiment {name!r} exists on this commit: this run replaces it)", flush=True)
         # Before DVC starts: a signal from here on must find the repair below waiting for DVC, not skip to it.
         for sig in STOP_SIGNALS:
             signal.signal(sig, on_signal)
@@ -271,6 +371,8 @@ def run_guarded(cmd: list[str], cwd: Path, *, what: str = "dvc exp run") -> int:
             for proc in alive:
                 proc.kill()
     finally:
+        if existing and status != 0 and not _git(cwd, "rev-parse", "--verify", "-q", existing[1]).stdout.strip():
+            _git(cwd, "update-ref", existing[1], existing[2])   # no new run under that name: the old one stays
         changed = state.restore()
         shutil.rmtree(scratch, ignore_errors=True)
         for sig, old in previous.items():

@@ -58,6 +58,18 @@ def atomic_file(target: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
         raise
 
 
+def atomic_torch_save(obj: Any, target: str | os.PathLike) -> None:
+    """``torch.save(obj)`` to ``target`` through :func:`atomic_file`, with Ctrl-C and SIGTERM held until the file
+    is whole and in place (:func:`carbench.cli.stop_signals_deferred`): the stop then ends the run with its one
+    line, and the file written (a checkpoint, a resume state) is complete; the previous one is replaced only by it."""
+    import torch
+
+    from .cli import stop_signals_deferred
+
+    with stop_signals_deferred(), atomic_file(target, "wb") as handle:
+        torch.save(obj, handle)
+
+
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Write ``data`` as indented JSON (sorted keys, so reruns are byte-identical)."""
     with atomic_file(path) as handle:

@@ -118,10 +118,31 @@ def precision_at_k(neighbour_labels: np.ndarray, query_labels: np.ndarray, k: in
     return float(_relevance(neighbour_labels, query_labels, k).mean())
 
 
+def recall_hits(neighbour_labels: np.ndarray, query_labels: np.ndarray, k: int) -> np.ndarray:
+    """Per query (bool ``(Nq,)``): at least one same-class item among its ``k`` nearest (Recall@K's summand)."""
+    return _relevance(neighbour_labels, query_labels, k).any(axis=1)
+
+
 def recall_at_k(neighbour_labels: np.ndarray, query_labels: np.ndarray, k: int) -> float:
     """Recall@K as in the metric-learning literature: fraction of queries with at least one
     same-class item among their ``k`` nearest (not the fraction of all relevant items found)."""
-    return float(_relevance(neighbour_labels, query_labels, k).any(axis=1).mean())
+    return float(recall_hits(neighbour_labels, query_labels, k).mean())
+
+
+def ap_at_r(neighbour_labels: np.ndarray, query_labels: np.ndarray, class_counts: np.ndarray) -> np.ndarray:
+    """AP@R per query (float ``(Nq,)``; NaN where R = 0), the summand of :func:`map_at_r`."""
+    r = class_counts[query_labels]
+    keep = r > 0
+    out = np.full(len(query_labels), np.nan)
+    if not keep.any():
+        return out
+    r_max = int(r[keep].max())
+    rel = _relevance(neighbour_labels[keep], query_labels[keep], r_max).astype(np.float64)
+    ranks = np.arange(1, r_max + 1)
+    precision = np.cumsum(rel, axis=1) / ranks
+    within_r = ranks[None, :] <= r[keep][:, None]
+    out[keep] = (precision * rel * within_r).sum(axis=1) / r[keep]
+    return out
 
 
 def map_at_r(neighbour_labels: np.ndarray, query_labels: np.ndarray, class_counts: np.ndarray) -> float:
@@ -132,14 +153,5 @@ def map_at_r(neighbour_labels: np.ndarray, query_labels: np.ndarray, class_count
     ``neighbour_labels`` must hold at least ``max R`` neighbours. Queries whose class is absent
     from the gallery (R = 0) are skipped, since AP@R is undefined for them.
     """
-    r = class_counts[query_labels]
-    keep = r > 0
-    if not keep.any():
-        return float("nan")
-    r_max = int(r[keep].max())
-    rel = _relevance(neighbour_labels[keep], query_labels[keep], r_max).astype(np.float64)
-    ranks = np.arange(1, r_max + 1)
-    precision = np.cumsum(rel, axis=1) / ranks
-    within_r = ranks[None, :] <= r[keep][:, None]
-    ap = (precision * rel * within_r).sum(axis=1) / r[keep]
-    return float(ap.mean())
+    ap = ap_at_r(neighbour_labels, query_labels, class_counts)
+    return float(np.nanmean(ap)) if np.isfinite(ap).any() else float("nan")

@@ -5,6 +5,7 @@ with its doc string and constraints in its metadata) and the values of ``params.
 type, allowed values, default, value, description), the experiments table (from ``experiments`` and ``dag``) and the
 schema of the sources file (:mod:`carbench.data.sources`). The same experiments table replaces the block between
 :data:`START` and :data:`END` in README.md when both markers are there (nothing else of README.md is touched).
+dvc.yaml's ``artifacts:`` section, one DVC artifact per experiment, is generated too (:mod:`carbench.artifacts`).
 
 ``--check`` writes nothing: it exits 1 naming each stale file, 0 when all are up to date.
 """
@@ -19,11 +20,13 @@ import typing
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from .config import SECTION_SCHEMAS, parse_params, read_yaml
+from . import artifacts
+from .config import SECTION_SCHEMAS, EmbedWithConfig, parse_params, read_yaml
 from .data.sources import ExpectedData, Route, RouteFile, Sources
 
 DOC = Path("docs") / "params.md"
 README = Path("README.md")
+DVC_YAML = Path("dvc.yaml")
 PARAMS = Path("params.yaml")
 START, END = "<!-- experiments:start -->", "<!-- experiments:end -->"
 #: Section keys of an experiment entry, in the order the table shows them.
@@ -151,8 +154,11 @@ def _sets(entry: dict) -> str:
 
 def experiments_table(raw: dict) -> str:
     """name | configuration | what it sets | embeds with: every experiment of ``raw``, in its order."""
-    embedders = (raw.get("dag") or {}).get("retrieval") or {}
-    rows = [[f"`{name}`", entry["config"], _cell(_sets(entry)), f"`{embedders[name]}`" if name in embedders else "—"]
+    dag = raw.get("dag") or {}
+    embedders = {name: f"`{embedder}`" for name, embedder in (dag.get("retrieval") or {}).items()}
+    embedders.update({name: f"`{w.get('arch')}` {w.get('weights')} at {w.get('image_size')} px, untrained"
+                      for name, w in (dag.get("pretrained") or {}).items()})
+    rows = [[f"`{name}`", entry["config"], _cell(_sets(entry)), embedders.get(name, "—")]
             for name, entry in raw["experiments"].items()]
     return "\n".join(_table(["experiment", "configuration", "what it sets", "embeds with"], rows))
 
@@ -182,10 +188,18 @@ def render(raw: dict) -> str:
         "images with a trained experiment's best checkpoint and classifies them by k-NN) and overrides keys of "
         "the `model`/`train` (trained) or `embed`/`knn` (retrieval) sections. `dag` lists the trained "
         "experiments and maps each retrieval experiment to the trained experiment that embeds for it (DVC's "
-        "`foreach` cannot filter `experiments` by configuration).",
+        "`foreach` cannot filter `experiments` by configuration), or, under `dag.pretrained`, to pretrained "
+        "weights that embed for it untrained (a baseline: no `train@`, its stages are `embed_pretrained@` and "
+        "`knn_pretrained@`).",
         "",
         experiments_table(raw),
         "",
+        f"An entry of `dag.pretrained`: {_class_doc(EmbedWithConfig)}",
+        "",
+    ]
+    out += _table(["key", "type", "allowed", "default", "description"],
+                  list(_rows(EmbedWithConfig, "dag.pretrained.<name>.", None))) + [""]
+    out += [
         "## Data sources (`src/carbench/resources/sources.yaml`)",
         "",
         "Not params: the routes `data.source: auto` tries in order and the fingerprint they must match are the "
@@ -196,6 +210,27 @@ def render(raw: dict) -> str:
     rows = [row for prefix, cls in SOURCES_SCHEMAS for row in _rows(cls, prefix, None)]
     out += _table(["key", "type", "allowed", "default", "description"], rows) + [""]
     return "\n".join(out)
+
+
+ANCHORS_START, ANCHORS_END = "<!-- anchors:start -->", "<!-- anchors:end -->"
+
+
+def anchors_table() -> str:
+    """The published figures of src/carbench/resources/anchors.yaml, as the README lists them."""
+    from .report.anchors import describe, load_anchors
+
+    data = load_anchors()
+    rows = [[a["protocol"], _cell(describe(data, a)), a["pretraining"],
+             _cell(f"checkpoint selection: {a['selection']}; {a['notes']}")] for a in data["anchors"]]
+    return "\n".join(_table(["protocol", "published figure (backbone, input, source)", "pretraining", "notes"], rows))
+
+
+def with_anchors_block(readme: str) -> str:
+    """``readme`` with the anchors block replaced by :func:`anchors_table` (unchanged without both markers)."""
+    start, end = readme.find(ANCHORS_START), readme.find(ANCHORS_END)
+    if start < 0 or end < start:
+        return readme
+    return readme[:start + len(ANCHORS_START)] + "\n" + anchors_table() + "\n" + readme[end:]
 
 
 def with_readme_block(readme: str, table: str) -> str:
@@ -215,6 +250,11 @@ def outputs(root: Path, params: Path) -> dict[Path, str]:
     text = readme.read_text() if readme.is_file() else ""
     if START in text and END in text:
         wanted[readme] = with_readme_block(text, experiments_table(raw))
+    if ANCHORS_START in text and ANCHORS_END in text:
+        wanted[readme] = with_anchors_block(wanted.get(readme, text))
+    dvc_yaml = root / DVC_YAML
+    if dvc_yaml.is_file():
+        wanted[dvc_yaml] = artifacts.with_section(dvc_yaml.read_text(), raw)
     return wanted
 
 

@@ -15,15 +15,21 @@ which applies every check ``params.yaml`` gets. Files whose content is unchanged
 byte for byte the same (sorted keys), so DVC sees no change.
 
 Before writing, the stage checks the names the schema cannot (``model.arch``, ``model.weights``: they need
-torchvision, :mod:`carbench.model.names`), so a typo stops the pipeline here, before any ``train@`` starts.
+torchvision, :mod:`carbench.model.names`), so a typo stops the pipeline here, before any ``train@`` starts, and
+warns about a changed key that reaches no stage (:func:`warn_unread`).
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
 
-from .config import Params, TrainedExperiment
+from .cli import STOP_FILE_ENV
+from .config import Params, RetrievalExperiment, TrainedExperiment, read_yaml
+from .config.reach import changed_keys, show_value, unread, value_at
 from .io import atomic_dir
 from .model.names import check_model_names
 from .resolved import RESOLVED_SECTIONS, resolved_config
@@ -47,12 +53,38 @@ def dump(kind: str, name: str, config: dict) -> str:
 
 
 def check_names(params: Params) -> None:
-    """``model.arch``/``model.weights`` of the ``model`` section and of every trained experiment exist
-    (ConfigError naming the first bad key)."""
-    models = {"model": params.model_defaults}
+    """``model.arch``/``model.weights`` of the ``model`` section and of every trained experiment exist, and so do
+    ``arch``/``weights`` of every ``dag.pretrained`` embedder (ConfigError naming the first bad key)."""
+    models: dict = {"model": params.model_defaults}
     models.update({f"experiments.{name}.model": exp.model for name, exp in params.experiments.items()
                    if isinstance(exp, TrainedExperiment)})
+    models.update({f"dag.pretrained.{name}": exp.embedder for name, exp in params.experiments.items()
+                   if isinstance(exp, RetrievalExperiment) and exp.pretrained})
     check_model_names(models)
+
+
+def warn_unread(params_path: str | Path) -> list[str]:
+    """One ``warning:`` line (on stderr, also returned) per key of ``params_path`` whose value differs from the last
+    commit's file and that reaches no stage (:mod:`carbench.config.reach`): a plain ``dvc exp run -S`` or a hand edit
+    is not refused, but must not pass without a word. Silent under scripts/offline.py and scripts/exp_run.py (they
+    refused or warned before DVC started) and outside git."""
+    path = Path(params_path)
+    if os.environ.get(STOP_FILE_ENV):
+        return []
+    try:
+        shown = subprocess.run(["git", "show", f"HEAD:./{path.name}"], cwd=path.resolve().parent,
+                               capture_output=True, text=True, timeout=30)
+        committed = yaml.safe_load(shown.stdout) if shown.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired, yaml.YAMLError):
+        committed = None
+    if not isinstance(committed, dict):
+        return []
+    raw = read_yaml(path)
+    lines = [f"warning: {key}={show_value(value_at(raw, key))} {reason}"
+             for key, reason in unread(raw, changed_keys(raw, committed)).items()]
+    for line in lines:
+        print(line, file=sys.stderr, flush=True)
+    return lines
 
 
 def run(params: Params, out_dir: str | Path) -> list[str]:

@@ -15,9 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional, TypeVar
 
-from .config import (TRAINED_CONFIGURATIONS, BaseConfig, ConfigError, EmbedConfig, EmbedJob, KnnConfig, KnnJob,
-                     Params, TrainedExperiment, build, build_trained, check_configuration, experiment, load_params,
-                     read_yaml, retrieval_experiment, to_dict, trained_experiment)
+from .config import (TRAINED_CONFIGURATIONS, BaseConfig, ConfigError, EmbedConfig, EmbedJob, EmbedWithConfig,
+                     KnnConfig, KnnJob, Params, TrainedExperiment, build, build_trained, check_configuration,
+                     experiment, load_params, read_yaml, retrieval_experiment, to_dict, trained_experiment)
 
 #: Per stage kind, the experiment sections a resolved config file holds (besides ``base``): each stage
 #: instance depends on exactly its own file, so a knob reruns only the experiments whose value it changes.
@@ -63,7 +63,9 @@ def parse_resolved(raw: Any, where: str) -> tuple[BaseConfig, Resolved]:
         return base, build_trained(name, config, overrides, {"model": raw["model"], "train": raw["train"]})
     if kind == "embed":
         embedder = raw["embedder"]
-        if not isinstance(embedder, str) or not embedder:
+        if isinstance(embedder, dict):   # dag.pretrained: pretrained weights, untrained
+            embedder = build(EmbedWithConfig, embedder, f"dag.pretrained.{name}")
+        elif not isinstance(embedder, str) or not embedder:
             raise ConfigError(f"experiments.{name}.embedder must name a trained experiment, got {embedder!r}")
         return base, EmbedJob(name=name, embedder=embedder,
                               embed=build(EmbedConfig, raw["embed"], f"experiments.{name}.embed"))

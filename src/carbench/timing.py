@@ -29,12 +29,20 @@ def process_seconds() -> float:
     return time.time() - psutil.Process().create_time()
 
 
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and its finished children so far: on a shared machine the
+    work a stage did, where its wall time also counts the other processes'."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def first_batch() -> None:
     """Mark the start of the stage's first batch of model work (only the first call counts): everything
     before it (start-up, imports, reading data, building the model) is the stage's fixed cost."""
     if enabled() and "first_batch_s" not in _fields:
         _fields["first_batch_s"] = round(process_seconds(), 3)
         _fields["first_batch_at"] = round(time.time(), 3)
+        _fields["first_batch_cpu_s"] = round(cpu_seconds(), 3)
 
 
 def record(**fields: Any) -> None:

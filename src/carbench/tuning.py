@@ -124,8 +124,9 @@ def score_knn(model: Any, trainer: Any, crops: Path, meta: Any, base_knn: Any, g
     cfg, device, n = trainer.cfg, trainer.device, meta.num_classes
     feats = {}
     for split in ("train", "val"):
-        data = load_split_data(crops, split, device, n, size=cfg.image_size)
-        out = compute_features(model, data, cfg.image_size, cfg.eval_batch_size, device, trainer.plan.amp)
+        data = load_split_data(crops, split, device, n, size=cfg.resize_size or cfg.image_size)
+        out = compute_features(model, data, cfg.image_size, cfg.eval_batch_size, device, trainer.plan.amp,
+                               cfg.resize_size)
         feats[split] = (as_stored(out.features.cpu().numpy(), True), out.labels.cpu().numpy())
     return knn_scores(*feats["train"], *feats["val"], base_knn, dict(grid), n, seed)
 
@@ -182,7 +183,7 @@ def final_test(params: Any, trainer: Any, crops: Path, meta: Any) -> dict:
     else:
         model = trainer.final_module()
         model.load_state_dict(trainer.state.best.state_dict)
-    test = load_split_data(crops, "test", device, n, size=cfg.image_size)
+    test = load_split_data(crops, "test", device, n, size=cfg.resize_size or cfg.image_size)
     probs, labels = (refit or trainer).predict(model, test)
     metrics = classification_metrics(probs.numpy(), labels.numpy())
     out[exp.name] = {k: round(float(v), 4) for k, v in metrics.items()}
@@ -192,8 +193,8 @@ def final_test(params: Any, trainer: Any, crops: Path, meta: Any) -> dict:
             raise UserError(f"{ret.name}: --test scores embed.layer: backbone only, not {ret.embed.layer!r}")
         for split in ("train", "val", "test"):
             if split not in raw_features:
-                data = load_split_data(crops, split, device, n, size=cfg.image_size)
-                f = compute_features(model, data, cfg.image_size, cfg.eval_batch_size, device, amp)
+                data = load_split_data(crops, split, device, n, size=cfg.resize_size or cfg.image_size)
+                f = compute_features(model, data, cfg.image_size, cfg.eval_batch_size, device, amp, cfg.resize_size)
                 raw_features[split] = (f.features.cpu().numpy(), f.labels.cpu().numpy())
         feats = {split: (as_stored(x, ret.embed.l2_normalize), y) for split, (x, y) in raw_features.items()}
         parts = ("train", "val") if ret.embed.gallery == "train+val" else ("train",)

@@ -13,9 +13,10 @@ from carbench.config import ConfigError, load_params, parse_params
 
 def test_repository_params_are_valid(params_path):
     params = load_params(params_path)
-    assert len(params.experiments) == 9
+    assert len(params.experiments) == 10      # the nine, and the untrained-ImageNet retrieval baseline
     configs = [e.config for e in params.experiments.values()]
-    assert configs.count("transfer") == configs.count("scratch") == configs.count("retrieval") == 3
+    assert configs.count("transfer") == configs.count("scratch") == 3 and configs.count("retrieval") == 4
+    assert [n for n in params.retrieval if params.experiments[n].pretrained] == ["knn_imagenet_baseline"]
 
 
 def test_offline_overrides_are_valid(raw):
@@ -30,6 +31,7 @@ def test_offline_overrides_are_valid(raw):
     params = parse_params(merge(raw, offline))
     assert params.data.source == "synthetic"
     assert params.experiments["tl_resnet50_frozen"].model.arch == "mobilenet_v2"
+    assert params.experiments["knn_imagenet_baseline"].embedder.arch == "mobilenet_v2"   # weights that install offline
 
 
 def test_missing_params_file_is_named(tmp_path):

@@ -209,8 +209,8 @@ def _plain_crop(path, box, size: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("size", [224, 96])
-def test_real_raw300_crops_match_a_plain_pil_crop(shared_data, tmp_path, size):
-    root = shared_data / "stanford-cars-raw300"
+def test_real_raw300_crops_match_a_plain_pil_crop(real_data, tmp_path, size):
+    root = real_data / "stanford-cars-raw300"
     with open_local(root, tmp_path) as source:
         build_raw(source, tmp_path / "raw", skip_bad=False)
     manifest = read_manifest(tmp_path / "raw")
@@ -361,3 +361,13 @@ def test_a_worker_pool_stopped_as_soon_as_it_started_never_hangs(tmp_path):
     """))
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert (result.returncode, result.stdout.strip()) == (0, "done"), result.stderr
+
+
+def test_a_disjoint_split_reaches_the_store_so_training_sees_only_the_train_half(synthetic_raw, tmp_path):
+    write_split(split_config(strategy="disjoint", disjoint_at=2), 0, synthetic_raw, tmp_path / "split", None, None)
+    write_crops(crop_config(), False, synthetic_raw, tmp_path / "split", tmp_path / "crops", None, None)
+    meta = load_meta(tmp_path / "crops")
+    assert meta.train_classes == 2 and meta.num_classes == 4 and meta.trained().num_classes == 2
+    assert set(load_split(tmp_path / "crops", "test").labels) == {2, 3}
+    assert set(load_split(tmp_path / "crops", "train").labels) == {0, 1} == set(load_split(tmp_path / "crops",
+                                                                                          "val").labels)

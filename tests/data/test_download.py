@@ -86,6 +86,22 @@ def test_offline_forbids_every_download(synthetic_source, expected, tmp_path, mo
     assert str(info.value).count("skipped: downloads are off") == 3 and "turn that off" in str(info.value)
 
 
+def test_under_dvc_the_message_says_dvc_checkout_brings_the_removed_output_back(expected, tmp_path, monkeypatch):
+    """DVC deletes a stage's outputs before it reruns it (the demo's data/raw, when `dvc repro` follows the demo
+    offline): the stage's message names the command that restores them."""
+    monkeypatch.setenv("DVC_STAGE", "download")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages:\n  download:\n    cmd: python stages/download.py\n")
+    with pytest.raises(DataError) as info:
+        download_case(route_case(tmp_path, expected, [hub_route()]), tmp_path / "raw", None, offline=True)
+    assert str(info.value).splitlines()[-1].startswith("DVC removed this stage's previous outputs")
+    assert "`dvc checkout download` brings back the ones dvc.lock records" in str(info.value)
+    (tmp_path / "dvc.lock").unlink()      # a first run (a fresh clone): nothing to bring back, nothing said
+    with pytest.raises(DataError) as info:
+        download_case(route_case(tmp_path, expected, [hub_route()]), tmp_path / "raw", None, offline=True)
+    assert "dvc checkout" not in str(info.value)
+
+
 def test_the_default_params_take_the_first_route_with_no_flag(synthetic_source, expected, tmp_path, monkeypatch):
     """params.yaml as committed (source auto) and the shipped sources file, on a machine where Kaggle answers:
     the first route wins."""
@@ -106,9 +122,9 @@ def test_a_local_subset_is_recorded_not_enforced(synthetic_source, tmp_path):
     assert len(metrics["fingerprint"]["sha256"]) == 64 and metrics["seconds"] >= 0
 
 
-def test_real_photos_give_identical_crops_in_every_packaging(shared_data, tmp_path, monkeypatch, http_server):
+def test_real_photos_give_identical_crops_in_every_packaging(real_data, tmp_path, monkeypatch, http_server):
     """raw300 (real photos, official boxes) as a local folder, repackaged all-in-one and served as fast.ai's tgz."""
-    raw300 = shared_data / "stanford-cars-raw300"
+    raw300 = real_data / "stanford-cars-raw300"
     lines = packagings.reference_lines(raw300)
     sha = lambda ls: hashlib.sha256("".join(f"{x}\n" for x in sorted(ls)).encode()).hexdigest()  # noqa: E731
     expected = {"sha256": sha(lines), "labels_sha256": sha(",".join(x.split(",")[:2]) for x in lines),

@@ -55,9 +55,9 @@ def test_boxless_source_has_only_a_labels_fingerprint():
     assert found.as_dict()["sha256"] == "none"
 
 
-def test_real_devkit_matches_the_pinned_fingerprint_in_both_packagings(shared_data):
+def test_real_devkit_matches_the_pinned_fingerprint_in_both_packagings(real_data):
     """The split devkit (train annos + test labels) and the all-in-one cars_annos.mat give the pinned value."""
-    devkit = shared_data / "stanford-cars-devkit"
+    devkit = real_data / "stanford-cars-devkit"
     split_lines = reference_lines(devkit)
     annos = scipy.io.loadmat(devkit / "cars_annos.mat", squeeze_me=True)["annotations"]
     all_in_one = [f"{'test' if r['test'] else 'train'},{r['class']},{r['bbox_x1']},{r['bbox_y1']},"

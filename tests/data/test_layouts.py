@@ -111,20 +111,20 @@ def test_torchvision_layout_without_test_labels_is_named(synthetic_source, tmp_p
         _read(root, tmp_path / "scratch")
 
 
-def test_real_raw300(shared_data, tmp_path):
-    kind, images, names = _read(shared_data / "stanford-cars-raw300", tmp_path)
+def test_real_raw300(real_data, tmp_path):
+    kind, images, names = _read(real_data / "stanford-cars-raw300", tmp_path)
     splits = [image.split("/")[0] for image, _, _ in images]
     assert (splits.count("cars_train"), splits.count("cars_test")) == (156, 144)
     assert len({c for _, c, _ in images}) == 147 and len(names) == 196
 
 
-def test_real_crops20(shared_data, tmp_path):
-    kind, images, _ = _read(shared_data / "stanford-cars-crops20", tmp_path)
+def test_real_crops20(real_data, tmp_path):
+    kind, images, _ = _read(real_data / "stanford-cars-crops20", tmp_path)
     splits = [image.split("/")[0] for image, _, _ in images]
     assert (splits.count("cars_train"), splits.count("cars_test")) == (419, 404)
     assert {c for _, c, _ in images} == set(range(1, 21))
     image, _, box = images[0]
-    with Image.open(shared_data / "stanford-cars-crops20" / image) as img:
+    with Image.open(real_data / "stanford-cars-crops20" / image) as img:
         assert box == (1, 1, *img.size)  # boxes cover the whole crop
 
 

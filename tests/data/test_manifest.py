@@ -112,8 +112,8 @@ def test_packing_is_deterministic(synthetic_source, tmp_path):
         assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes()
 
 
-def test_real_raw300_headers(shared_data, tmp_path):
-    with open_local(shared_data / "stanford-cars-raw300", tmp_path) as source:
+def test_real_raw300_headers(real_data, tmp_path):
+    with open_local(real_data / "stanford-cars-raw300", tmp_path) as source:
         metrics = build_raw(source, tmp_path / "raw", skip_bad=False)
     manifest = read_manifest(tmp_path / "raw")
     assert metrics["counts"] == {"train": 156, "test": 144, "total": 300} and metrics["num_classes"] == 147
@@ -147,7 +147,7 @@ def test_every_refused_image_names_the_skip_option(source, tmp_path):
 
 def test_zero_byte_file(source, tmp_path):
     (source / "cars_train" / "00003.jpg").write_bytes(b"")
-    with pytest.raises(DataError, match=r"row 3: zero-byte file \(image .*cars_train/00003\.jpg\)"):
+    with pytest.raises(DataError, match=r"row 3: not a readable image: zero-byte file \(image .*cars_train/00003\.jpg\)"):
         download_local(source, tmp_path)
     assert_no_download_output(tmp_path)
 

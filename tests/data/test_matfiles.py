@@ -105,8 +105,8 @@ def test_bad_value_names_field_and_row(tmp_path):
         read_annotations(path)
 
 
-def test_real_devkit_files_parse(shared_data):
-    root = shared_data / "stanford-cars-raw300"
+def test_real_devkit_files_parse(real_data):
+    root = real_data / "stanford-cars-raw300"
     assert len(read_class_names(root / "devkit" / "cars_meta.mat")) == 196
     train = read_annotations(root / "devkit" / "cars_train_annos.mat")
     test = read_annotations(root / "cars_test_annos_withlabels.mat")

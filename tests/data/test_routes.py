@@ -140,3 +140,53 @@ def test_a_missing_client_package_is_named(expected, tmp_path, monkeypatch):
     data = route_case(tmp_path, expected, [{"name": "kaggle", "kind": "kaggle", "ref": "owner/x"}])
     with pytest.raises(DataError, match=r"pip install kagglehub"):
         download_case(data, tmp_path / "raw", None)
+
+
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+PARQUET_ROUTE = {"name": "hf-parquet", "kind": "hf_parquet", "ref": "someone/parquet-cars", "revision": REVISION}
+
+
+def test_hub_routes_without_a_network_fail_at_once_in_one_line_each(expected, tmp_path, monkeypatch, capfd):
+    """The real huggingface_hub client, its host unresolvable (as with no network): no retry warnings (the hub
+    prints a line per retry and waits about 25 s), one reason per route in the stage's message."""
+    import time
+
+    from huggingface_hub import constants
+
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", "https://hub.invalid")   # .invalid never resolves
+    started = time.monotonic()
+    with pytest.raises(DataError) as info:
+        download_case(route_case(tmp_path, expected, [hub_route(), PARQUET_ROUTE]), tmp_path / "raw", None)
+    assert time.monotonic() - started < 5
+    out, err = capfd.readouterr()
+    assert out + err == ""
+    message = str(info.value)
+    for route in ("hf-all-in-one", "hf-parquet"):
+        assert f"{route} " in message and "cannot resolve hub.invalid (no network?)" in message
+
+
+def test_behind_a_proxy_the_hub_is_asked_and_its_warnings_stay_quiet(synthetic_source, expected, tmp_path,
+                                                                       monkeypatch, capfd):
+    """A proxy resolves names itself: the route asks the hub even when the host does not resolve here; whatever
+    the hub logs while it retries stays off the stage's output, and its verbosity is put back."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    hub = FakeHub(monkeypatch, {}, {})
+    monkeypatch.setattr(constants, "ENDPOINT", "https://hub.invalid")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+
+    def snapshot_download(repo_id, **kwargs):
+        hub.calls.append(repo_id)
+        huggingface_hub.utils.logging.get_logger("huggingface_hub.utils._http").warning("Retrying in 1s [Retry 1/5].")
+        raise OSError("proxy refused")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    level = huggingface_hub.logging.get_verbosity()
+    with pytest.raises(DataError, match=r"hf-parquet .*proxy refused"):
+        download_case(route_case(tmp_path, expected, [PARQUET_ROUTE]), tmp_path / "raw", None)
+    assert hub.calls == ["someone/parquet-cars"]
+    assert "Retrying" not in "".join(capfd.readouterr())
+    assert huggingface_hub.logging.get_verbosity() == level

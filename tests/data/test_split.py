@@ -121,3 +121,34 @@ def test_kfold_fold_must_be_below_folds():
         split_config(strategy="kfold", folds=3, fold=3)
     with pytest.raises(ConfigError, match=r"split\.folds must be >= 2"):
         split_config(strategy="kfold", folds=1, fold=0)
+
+
+def test_disjoint_strategy_splits_classes_at_the_point_and_carves_val_from_the_train_half_only():
+    ids, official = _labels()
+    splits = assign_splits(ids, official, split_config(strategy="disjoint", disjoint_at=4, val_fraction=0.2), seed=0)
+    # the test half: every photo of classes 5-7 (official train and test alike), nothing else
+    assert np.array_equal(splits == "test", ids >= 4)
+    for c, n in enumerate(PER_CLASS[:4]):         # the train half: all 2n photos pooled, val carved per class
+        in_class = splits[ids == c]
+        assert (in_class == "val").sum() == holdout_count(2 * n, 0.2)
+        assert (in_class == "train").sum() == 2 * n - holdout_count(2 * n, 0.2)
+    other = assign_splits(ids, official, split_config(strategy="disjoint", disjoint_at=4), seed=1)
+    assert np.array_equal(other == "test", splits == "test") and not np.array_equal(other, splits)
+
+
+def test_disjoint_split_of_a_source_records_its_protocol_and_refuses_a_point_leaving_no_test_class(
+        synthetic_raw, tmp_path):
+    from carbench.data.split import read_protocol
+
+    metrics = write_split(split_config(strategy="disjoint", disjoint_at=2), 0, synthetic_raw, tmp_path / "split",
+                          None, None)
+    frame = read_split(tmp_path / "split")
+    assert sorted(frame.loc[frame["split"] == "test", "class_id"].unique()) == [2, 3]
+    assert sorted(frame.loc[frame["split"] != "test", "class_id"].unique()) == [0, 1]
+    # every class reaches the splits of its half, so nothing is reported missing
+    assert metrics["classes"] == {"train": 2, "val": 2, "test": 2} and metrics["missing_classes"] == {}
+    assert metrics["disjoint_at"] == 2 and read_protocol(tmp_path / "split") == 2
+    write_split(split_config(), 0, synthetic_raw, tmp_path / "official", None, None)
+    assert read_protocol(tmp_path / "official") == 0
+    with pytest.raises(DataError, match=r"split.disjoint_at \(4\) leaves no test class: .* lists 4 classes"):
+        write_split(split_config(strategy="disjoint", disjoint_at=4), 0, synthetic_raw, tmp_path / "bad", None, None)

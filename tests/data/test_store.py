@@ -119,3 +119,20 @@ def test_meta_records_the_data_source_and_reads_older_stores_without_it(tmp_path
     write_meta(tmp_path, StoreMeta(6, 0.0, False, ("a",), 1, {"train": 0}))     # as written before it was recorded
     assert "source" not in json.loads((tmp_path / "meta.json").read_text())
     assert load_meta(tmp_path).source == ""
+
+
+def test_a_disjoint_store_shows_training_only_its_train_half(tmp_path):
+    from carbench.data.store import write_meta
+
+    meta = StoreMeta(6, 0.0, False, ("a", "b", "c", "d"), 4, {"train": 0}, train_classes=2)
+    write_meta(tmp_path, meta)
+    assert json.loads((tmp_path / "meta.json").read_text())["train_classes"] == 2 and load_meta(tmp_path) == meta
+    assert (meta.protocol, meta.disjoint) == ("disjoint", True)
+    trained = meta.trained()      # ids 0..1 keep their ids: labels need no mapping
+    assert (trained.class_names, trained.num_classes, trained.disjoint) == (("a", "b"), 2, False)
+    classification = StoreMeta(6, 0.0, False, ("a", "b"), 2, {"train": 0})
+    assert classification.trained() is classification and classification.protocol == "classification"
+    assert "train_classes" not in classification.to_json()       # stores of the classification protocol unchanged
+    write_meta(tmp_path, StoreMeta(6, 0.0, False, ("a", "b"), 2, {"train": 0}, train_classes=2))
+    with pytest.raises(DataError, match="train_classes 2 is not below num_classes 2"):
+        load_meta(tmp_path)

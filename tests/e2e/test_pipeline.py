@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -15,6 +17,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support.docs import md_table, printed, table
+from support.params import ROOT
 from support.project import (
     deterministic_metrics,
     env,
@@ -27,23 +31,35 @@ from support.project import (
     tiny_overrides,
     tiny_params,
 )
+from support.scripts import load_script
 
 pytestmark = pytest.mark.e2e
 
 TRAINED = ["tl_resnet50_frozen", "tl_resnet50_finetune", "tl_densenet121_progressive",
            "cnn_basic", "cnn_bn_dropout", "cnn_residual"]
 RETRIEVAL = ["knn_resnet50_k3", "knn_resnet50_k10", "knn_densenet121_cosine"]
-ALL = TRAINED + RETRIEVAL
+#: The untrained-ImageNet baseline (dag.pretrained): embed_pretrained@ and knn_pretrained@, no train@.
+PRETRAINED = ["knn_imagenet_baseline"]
+ALL = TRAINED + RETRIEVAL + PRETRAINED
 NUM_CLASSES = 6
 #: The trained experiment that takes `train.lr` from the section (the others set their own lr).
 TAKE_SECTION_LR = ["tl_densenet121_progressive"]
 #: The retrieval experiment it embeds for (dag.retrieval).
 EMBEDDED_BY_IT = ["knn_densenet121_cosine"]
+#: At most this many columns in README's `dvc exp show` call after its two runs (readable in a terminal).
+EXP_SHOW_COLUMNS = 4
+#: README's `dvc exp show` call (a command line of its own in an indented block).
+EXP_SHOW_CALL = re.compile(r"^    (?:\$ )?(dvc exp show .+)$", re.M)
+#: README's sentence naming the files a user commits after a run.
+COMMIT_LINE = re.compile(r"What a user commits after a run(.+?)DVC keeps", re.S)
+#: The README's knob run on the demo (`python scripts/offline.py -n lr3e-4 -S train.lr=3e-4`).
+KNOB_RUN, KNOB = "lr3e-4", "train.lr=3e-4"
 #: What `-S train.lr=...` must rerun: resolve, that experiment, the retrieval experiment it embeds for, their
 #: evaluations, aggregate. Nothing else.
 LR_RERUN = ({"resolve", "aggregate"} | {f"train@{n}" for n in TAKE_SECTION_LR}
             | {f"{stage}@{n}" for n in EMBEDDED_BY_IT for stage in ("embed", "knn")}
-            | {f"evaluate@{n}" for n in TAKE_SECTION_LR + EMBEDDED_BY_IT})
+            | {f"{stage}@{n}" for n in TAKE_SECTION_LR + EMBEDDED_BY_IT for stage in ("evaluate", "export")}
+            | {"cards"})
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +90,8 @@ def test_repro_runs_every_stage_of_the_dag(project):
     expected = {"download", "split", "crop", "resolve", "aggregate"}
     expected |= {f"train@{n}" for n in TRAINED} | {f"evaluate@{n}" for n in ALL}
     expected |= {f"embed@{n}" for n in RETRIEVAL} | {f"knn@{n}" for n in RETRIEVAL}
+    expected |= {f"{stage}_pretrained@{n}" for n in PRETRAINED for stage in ("embed", "knn")}
+    expected |= {f"export@{n}" for n in ALL} | {"cards"}
     assert ran_stages(output) == expected
 
 
@@ -95,7 +113,7 @@ def test_scratch_cnns_learn_far_above_chance(project):
         assert metrics["best_val_top1"] >= 2.5 * chance, (name, metrics["best_val_top1"])
 
 
-def test_aggregate_has_nine_rows_and_metrics_show_lists_the_headline(project):
+def test_aggregate_has_a_row_per_experiment_and_metrics_show_lists_the_headline(project):
     path, environ, _ = project
     with open(path / "metrics/summary/summary.csv") as handle:
         rows = list(csv.DictReader(handle))
@@ -194,8 +212,8 @@ def test_one_experiment_key_reruns_only_that_experiment(project):
         run(["dvc", "repro", "resolve"], path, environ)
         assert status_stages(path, environ) == {"train@cnn_basic", "knn@knn_resnet50_k3"}
         ran = ran_stages(run(["dvc", "repro"], path, environ).stdout)
-        assert ran == {"train@cnn_basic", "evaluate@cnn_basic", "knn@knn_resnet50_k3",
-                       "evaluate@knn_resnet50_k3", "aggregate"}
+        assert ran == {"train@cnn_basic", "evaluate@cnn_basic", "export@cnn_basic", "knn@knn_resnet50_k3",
+                       "evaluate@knn_resnet50_k3", "export@knn_resnet50_k3", "aggregate", "cards"}
     finally:
         _restore(path, environ)
         run(["dvc", "repro"], path, environ)
@@ -263,11 +281,82 @@ def test_demo_in_a_fresh_copy_gives_the_same_metrics_as_the_same_params(demo, ba
         assert again[key] == baseline[key], key
 
 
-def test_demo_knob_reruns_only_what_it_changes_and_the_review_report_shows_it(demo):
-    path, environ, overrides, before, _ = demo
+def test_the_demo_command_runs_twice_in_a_row_and_echoes_one_short_line(demo):
+    """The README's command again: the experiment of that name is replaced (DVC alone refuses the name), and
+    nothing reruns; the echo is the user's arguments and a count, not the ~2,000 characters of overrides."""
+    path, environ, overrides, _, output = demo
+    count = len(load_script("offline").flatten(yaml.safe_load(overrides.read_text())))
+    assert output.splitlines()[0] == f"+ dvc exp run -n base (with {count} overrides from {overrides})"
+    again = run([sys.executable, "scripts/offline.py", "--overrides", str(overrides), "-n", "base"], path, environ)
+    assert "(experiment 'base' exists on this commit: this run replaces it)" in again.stdout.splitlines()
+    assert ran_stages(again.stdout) == set()
+    assert run(["dvc", "exp", "list", "--name-only"], path, environ).stdout.split().count("base") == 1
+
+
+def test_demo_models_leave_as_checked_exports_cards_and_artifacts(demo, tmp_path):
+    """Every model: ONNX and TorchScript that match PyTorch on the test crops, a card the stage regenerates byte
+    for byte, a DVC artifact that `dvc artifacts get` fetches here and, from the DVC remote, in a fresh clone."""
+    path, environ, _, _, _ = demo
+    for name in ALL:
+        parity = json.loads((path / "metrics" / "export" / f"{name}.json").read_text())
+        for runtime in ("onnx", "torchscript"):
+            assert parity[runtime]["top1_agreement"] == 1.0 and parity[runtime]["max_abs_diff"] <= 1e-3, name
+        assert (path / "exports" / name / "model.onnx").is_file() and (path / "exports" / name / "model.ts").is_file()
+    regenerated = tmp_path / "cards"
+    run([sys.executable, "stages/cards.py", "--params", "params.yaml", "--data", "metrics/data.json", "--resolved",
+         "data/resolved", "--summary", "metrics/summary", "--eval", "metrics/eval", "--exports", "exports",
+         "--export-metrics", "metrics/export", "--out", str(regenerated)], path, environ)
+    assert sorted(p.name for p in regenerated.iterdir()) == sorted(f"{n}.md" for n in ALL)
+    for card in regenerated.iterdir():
+        assert card.read_text() == (path / "cards" / card.name).read_text(), card.name
+    assert "**Stand-in**: `tl_resnet50_frozen` is named after `resnet50`, but this recipe ran `mobilenet_v2`" in \
+        (path / "cards" / "tl_resnet50_frozen.md").read_text()
+
+    run([sys.executable, "scripts/artifacts.py", "register", "base"], path, environ)
+    listing = run([sys.executable, "scripts/artifacts.py", "list"], path, environ).stdout.splitlines()
+    assert sorted(line.split()[0] for line in listing) == sorted(ALL)
+    assert all("v0.0.1" in line and "top1" in line for line in listing), listing
+    frozen = next(line for line in listing if line.startswith("tl_resnet50_frozen"))
+    assert "transfer,mobilenet_v2,protocol-official" in frozen   # the labels of the version: the stand-in ran
+    run(["dvc", "artifacts", "get", ".", "cnn_basic", "-o", str(tmp_path / "got")], path, environ)
+    assert (tmp_path / "got" / "model.onnx").read_bytes() == (path / "exports/cnn_basic/model.onnx").read_bytes()
+
+    remote, clone = tmp_path / "remote", tmp_path / "clone"
+    run(["dvc", "remote", "modify", "--local", "shared", "url", str(remote)], path, environ)
+    run(["dvc", "push", "--all-tags"], path, environ)   # the registered versions' files
+    run(["git", "clone", "-q", str(path), str(clone)], tmp_path, environ)
+    run(["dvc", "remote", "modify", "--local", "shared", "url", str(remote)], clone, environ)
+    run(["dvc", "artifacts", "get", ".", "knn_resnet50_k3", "-o", str(tmp_path / "fetched")], clone, environ)
+    fetched = tmp_path / "fetched"
+    assert {"model.onnx", "model.ts", "contract.json", "knn.npz", "knn.json"} <= {p.name for p in fetched.iterdir()}
+
+    # the fetched folder predicts on its own, as the pipeline's model does, from the contract it carries
+    from PIL import Image
+
+    import numpy as np
+
+    Image.fromarray(np.load(path / "data" / "crops" / "test.npy", mmap_mode="r")[0]).save(tmp_path / "car.png")
+    predict = [sys.executable, "-m", "carbench.predict.predict", str(tmp_path / "car.png")]
+    mine = run([*predict, "--model", str(fetched / "model.onnx")], path, environ).stdout
+    theirs = run([*predict, "--experiment", "knn_resnet50_k3"], path, environ).stdout
+    ranked = [line.split("  (")[0] for line in mine.splitlines()]   # rank, vote share, class (not the distances)
+    assert len(ranked) == 5 and ranked == [line.split("  (")[0] for line in theirs.splitlines()]
+
+
+@pytest.fixture(scope="module")
+def knob(demo):
+    """The README's second run on the demo: `python scripts/offline.py -n lr3e-4 -S train.lr=3e-4` (tiny).
+    Returns (deterministic metrics before it, its output)."""
+    path, environ, overrides, _, _ = demo
     metrics_before = deterministic_metrics(path)
-    cmd = [sys.executable, "scripts/offline.py", "--overrides", str(overrides), "-n", "lr", "-S", "train.lr=0.02"]
-    assert ran_stages(run(cmd, path, environ).stdout) == LR_RERUN
+    cmd = [sys.executable, "scripts/offline.py", "--overrides", str(overrides), "-n", KNOB_RUN, "-S", KNOB]
+    return metrics_before, run(cmd, path, environ).stdout
+
+
+def test_demo_knob_reruns_only_what_it_changes_and_the_review_report_shows_it(demo, knob):
+    path, environ, overrides, before, _ = demo
+    metrics_before, output = knob
+    assert ran_stages(output) == LR_RERUN
     assert (path / "params.yaml").read_bytes() == before
     metrics_after = deterministic_metrics(path)
     for name in TRAINED:
@@ -276,13 +365,92 @@ def test_demo_knob_reruns_only_what_it_changes_and_the_review_report_shows_it(de
             assert metrics_after[key] != metrics_before[key], f"{name} ignored train.lr"
         else:
             assert metrics_after[key] == metrics_before[key], name
-    report = run([sys.executable, "scripts/review_report.py", "base", "lr"], path, environ).stdout
+    report = run([sys.executable, "scripts/review_report.py", "base", KNOB_RUN], path, environ).stdout
     assert max(len(line) for line in report.splitlines()) <= 120, report
-    assert "| params.yaml | train.lr | 0.01 " in report and "0.02" in report
+    assert "| params.yaml | train.lr | 0.01 " in report and "0.0003" in report
     metrics_table = report.split("Headline test metrics")[1].split("Params that changed")[0]
     rows = [line.split("|")[1].strip() for line in metrics_table.splitlines() if line.startswith("| ")]
     changed = {Path(row).stem for row in rows[1:] if row.startswith("metrics/headline/")}   # rows[0]: header
     assert changed and changed <= set(TAKE_SECTION_LR + EMBEDDED_BY_IT), report
+    # Its drill-down commands show what it leaves out: every experiment, every test metric of one that moved.
+    commands = re.findall(r"`([^`]+)`", report.split("Drill down:")[1])
+    side_by_side = next(c for c in commands if c.startswith("python scripts/runs.py "))
+    side_by_side = run([sys.executable, *shlex.split(side_by_side)[1:]], path, environ).stdout
+    assert all(f"  {name} " in side_by_side for name in ALL), side_by_side
+    detail = run(shlex.split(next(c for c in commands if "--targets metrics/eval/" in c)), path, environ).stdout
+    assert {"loss", "top5"} & {row[1] for row in table(detail.splitlines()[1:])}, detail
+
+
+def _as_readme_runs_it(command: str, path: Path, environ: dict) -> list[str]:
+    """The lines ``command`` (as README.md prints it, `python ...` or `dvc ...`) prints in the project."""
+    args = shlex.split(command)
+    args[0] = sys.executable if args[0] == "python" else args[0]
+    return run(args, path, {**environ, "COLUMNS": "200"}, timeout=300).stdout.splitlines()
+
+
+def _runs_of(rows: list[list[str]]) -> list[str]:
+    """The first column of `dvc exp show`'s rows without the commits (a run's commit differs from clone to clone)."""
+    return [re.sub(r"\b[0-9a-f]{7} ", "", row[0]) for row in rows]
+
+
+def _moves(rows: list[list[str]]) -> list[tuple[str, bool]]:
+    """(label, whether its values differ between the runs) of each row of a table with a column per run."""
+    return [(row[0], len(set(row[1:])) > 1) for row in rows]
+
+
+def test_readme_examples_are_what_its_commands_print_after_its_two_runs(demo, knob):
+    """README.md's printed outputs, against the same commands after the same two runs on the tiny demo. The numbers
+    differ (other data, other CPU); the columns, the rows, their order and which rows move do not."""
+    path, environ, _, _, _ = demo
+    blocks = printed("README.md")
+    diff, params, runs, show = (f"dvc metrics diff base {KNOB_RUN}", f"dvc params diff base {KNOB_RUN}",
+                                f"python scripts/runs.py base {KNOB_RUN}", "dvc metrics show")
+    assert {diff, params, runs, show} <= set(blocks), list(blocks)
+    got = {command: table(_as_readme_runs_it(command, path, environ)) for command in (diff, params, runs, show)}
+    want = {command: table(blocks[command]) for command in got}
+    # DVC lists the files of `metrics diff` in no fixed order (it changes from call to call): compare the rows as a
+    # set. On the tiny demo a metric of the retrieval experiment may stay put where README's moved: a subset.
+    assert got[diff][0] == want[diff][0], got[diff]
+    moved = {tuple(r[:2]) for r in got[diff][1:]}
+    assert moved <= {tuple(r[:2]) for r in want[diff][1:]}, got[diff]
+    assert {(f"metrics/headline/{n}.json", m) for n in TAKE_SECTION_LR for m in ("top1", "f1_macro")} <= moved
+    assert got[params] == want[params]
+    assert [label for label, _ in _moves(got[runs])] == [label for label, _ in _moves(want[runs])], got[runs]
+    assert {label for label, move in _moves(got[runs]) if move} <= {label for label, move in _moves(want[runs]) if move}
+    assert got[show][0] == want[show][0] and [r[0] for r in got[show]] == [r[0] for r in want[show]], got[show]
+    # The one `dvc exp show` call README offers: a run per row, the few columns it names, within 120 characters.
+    (exp_show,) = EXP_SHOW_CALL.findall((ROOT / "README.md").read_text())
+    printed_lines = _as_readme_runs_it(exp_show, path, environ)
+    shown = table(printed_lines)
+    assert shown[0] == ["Experiment", "metrics/headline/tl_densenet121_progressive.json:top1", "train.lr"], shown
+    assert len(shown[0]) <= EXP_SHOW_COLUMNS and max(map(len, printed_lines)) <= 120, printed_lines
+    assert _runs_of(shown[1:]) == ["main", f"├── [{KNOB_RUN}]", "└── [base]"], shown
+    assert [row[2] for row in shown[1:]] == ["0.01", "0.0003", "0.01"], shown
+
+
+def test_results_demo_table_has_the_run_s_columns_and_rows(demo, knob):
+    """docs/results.md's demo table is the aggregate table of a run: its columns are the summary's, its rows the
+    experiments in the summary's order (its numbers are README's base run: tests/test_docs_examples.py)."""
+    path, _, _, _, _ = demo
+    summary = md_table((path / "metrics" / "summary" / "summary.md").read_text(), "# Stanford Cars benchmark")
+    shown = md_table((ROOT / "docs" / "results.md").read_text(), "## The offline demo")
+    derived = {"top1 95% CI", "p vs best"}      # from top1_ci_low/high and p_vs_best
+    assert set(shown[0]) - derived <= set(summary[0]), set(shown[0]) - derived - set(summary[0])
+    assert [row[0] for row in shown[1:]] == [row[0] for row in summary[1:]]
+
+
+def test_after_the_readme_s_runs_dvc_push_leaves_no_remote_or_cache_for_git(demo, knob):
+    """The committed default remote is a folder beside the clone: `dvc push` fills it, and `git status` lists only
+    what README says a user commits, never the remote or DVC's cache."""
+    path, environ, _, _, _ = demo
+    run(["dvc", "push"], path, environ)
+    assert any(p.is_file() for p in (path.parent / "carbench-dvc-remote").rglob("*")), "nothing was pushed"
+    status = run(["git", "status", "--porcelain", "--untracked-files=all"], path, environ).stdout
+    changed = [line[3:] for line in status.splitlines()]
+    assert not [p for p in changed if p.startswith(("carbench-dvc-remote", ".dvc/cache", ".dvc/tmp"))], status
+    commit = COMMIT_LINE.search((ROOT / "README.md").read_text()).group(1)
+    listed = re.findall(r"`([^`]+)`", commit)
+    assert all(any(p == f or p.startswith(f) or p.endswith("/" + f) for f in listed) for p in changed), (listed, status)
 
 
 def test_failed_demo_run_restores_params_yaml(demo):

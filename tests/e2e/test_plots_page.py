@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support.browser import debian_program
 from support.params import ROOT, committed_params_text
 
 pytestmark = pytest.mark.e2e
@@ -69,22 +70,7 @@ PROBE = """
 @pytest.fixture(scope="session")
 def chromium() -> str:
     """The Chromium binary; installed with apt-get once when running as root on a machine without it."""
-    found = next((p for p in ("/usr/bin/chromium", shutil.which("chromium")) if p and os.access(p, os.X_OK)), None)
-    if found:
-        return found
-    if os.name != "posix" or os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("Chromium is not installed (/usr/bin/chromium) and this is not root with apt-get: "
-                    "install Debian's `chromium` package to run the plots page tests")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    try:
-        for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
-            subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=900, env=env)
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-        tail = (getattr(exc, "stderr", "") or "")[-500:]
-        pytest.skip(f"Chromium is not installed and `apt-get install chromium` failed: {exc}\n{tail}")
-    if not os.access("/usr/bin/chromium", os.X_OK):
-        pytest.skip("apt-get installed chromium but /usr/bin/chromium is missing")
-    return "/usr/bin/chromium"
+    return debian_program("chromium", "the plots page tests")
 
 
 def _offline_prefix() -> list[str]:

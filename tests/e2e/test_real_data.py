@@ -1,4 +1,4 @@
-"""End to end on the real photos in ../shared/data (skipped with a reason in a clone without them).
+"""End to end on the real photos of ``$CARBENCH_REAL_DATA`` (skipped with a reason where they are absent).
 
 Runs the README's command, `dvc exp run crop -S data.source=local -S data.path=... -S split.allow_missing_classes=true`,
 and checks every one of the 300 stored crops against an independent crop of the official box done here with PIL.
@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import scipy.io as sio
 from PIL import Image
-from support.params import SHARED_DATA
+from support.params import REAL_DATA, REAL_DATA_ENV
 from support.project import env, make_project, run, tiny_params
 
 pytestmark = pytest.mark.e2e
 
-RAW300 = SHARED_DATA / "stanford-cars-raw300"
+RAW300 = REAL_DATA / "stanford-cars-raw300"
 CROP_SIZE = 96
 # Out of 255. Measured on raw300 at 96 px: our crops differ from a plain full-decode crop by 0.79 on average
 # (max 3.2: reduced-scale JPEG decoding), while the same box shifted by 2% of its width differs by >= 7.8.
@@ -44,7 +44,7 @@ def _plain_crop(path, box) -> np.ndarray:
 
 def test_readme_command_crops_raw300_to_the_official_boxes(tmp_path):
     if not RAW300.is_dir():
-        pytest.skip(f"{RAW300} is absent (it exists only beside this workplace's checkout)")
+        pytest.skip(f"{RAW300} is absent (set {REAL_DATA_ENV} to the folder of the real photos)")
     environ = env(tmp_path / "torch_home")
     project = make_project(tmp_path / "project", tiny_params())
     run(["dvc", "exp", "run", "crop", "-S", "data.source=local", "-S", f"data.path={RAW300}",

@@ -1,4 +1,4 @@
-"""carbench-predict on generated photos: top-5 output, retrieval grid, default experiment, clear errors."""
+"""carbench-predict on generated photos: top-5 output, retrieval grid, default experiment, folders, clear errors."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from support.retrieval import CLASS_NAMES, class_colours, fit_retrieval, make_world
+from support.odd_photos import REFUSED, encode, readable
+from support.retrieval import CLASS_NAMES, boxed_photo, class_colours, fit_retrieval, make_world
 
 from carbench.predict import predict as P
 
@@ -21,11 +22,7 @@ BOX = (9, 5, 40, 36)                      # 1-based inclusive, inside the photo
 def world(tmp_path):
     w = make_world(tmp_path)
     fit_retrieval(w, RETRIEVAL)
-    photo = np.zeros((PHOTO_H, PHOTO_W, 3), np.uint8)
-    x1, y1, x2, y2 = BOX
-    photo[y1 - 1:y2, x1 - 1:x2] = class_colours()[2].astype(np.uint8)      # a "car" of class 2 in the box
-    w.photo = tmp_path / "photo.jpg"
-    Image.fromarray(photo).save(w.photo, quality=95)
+    w.photo = boxed_photo(tmp_path / "photo.jpg", PHOTO_W, PHOTO_H, BOX)      # a "car" of class 2 in the box
     return w
 
 
@@ -35,34 +32,50 @@ def _argv(world, *extra: str) -> list[str]:
 
 
 def _ranked(stdout: str) -> list[tuple[str, float]]:
-    """Parse the printed lines "1. 0.1234  Class Name"."""
+    """Parse the printed lines "1. 0.1234  Class Name" (a k-NN line ends "  (its note)")."""
     rows = []
     for line in stdout.splitlines():
         if line[:1].isdigit():
-            _, prob, name = line.split(maxsplit=2)
-            rows.append((name, float(prob)))
+            number, prob, name = line.split(maxsplit=2)
+            assert number == f"{len(rows) + 1}."
+            rows.append((name.split("  (")[0], float(prob)))
     return rows
+
+
+def _notes(stdout: str) -> list[tuple[int, float]]:
+    """(votes, nearest distance) of each k-NN line "... (2 of 3 neighbours, nearest gallery crop d=0.123)"."""
+    import re
+
+    return [(int(m[1]), float(m[2])) for m in re.finditer(r"\((\d+) of 3 neighbours, nearest gallery crop d=([\d.]+)\)",
+                                                          stdout)]
 
 
 @pytest.mark.parametrize("name", ["cnn_basic", RETRIEVAL])
 def test_prints_five_distinct_classes(world, name, capsys, tmp_path):
     P.main(_argv(world, "--experiment", name, "--box", ",".join(map(str, BOX)), "--out", str(tmp_path / "nn.png")))
-    ranked = _ranked(capsys.readouterr().out)
-    # k-NN: only the classes its k = 3 neighbours voted for, never padded with unscored ones
-    expected = 5 if name == "cnn_basic" else len({n for n, _ in ranked})
-    assert len(ranked) == expected and len({n for n, _ in ranked}) == expected
+    out = capsys.readouterr().out
+    ranked = _ranked(out)
+    assert len(ranked) == 5 and len({n for n, _ in ranked}) == 5        # k-NN too, although k = 3 < 5
     assert {n for n, _ in ranked} <= set(CLASS_NAMES)
-    assert all(p > 0 for _, p in ranked)
     assert sum(p for _, p in ranked) <= 1.0 + 5e-4                     # printed with 4 decimals
     assert [p for _, p in ranked] == sorted((p for _, p in ranked), reverse=True)
     assert (tmp_path / "nn.png").is_file() == (name == RETRIEVAL)
+    if name == "cnn_basic":
+        assert all(p > 0 for _, p in ranked) and not _notes(out)
+        return
+    notes = _notes(out)
+    assert len(notes) == 5 and sum(v for v, _ in notes) == 3            # every neighbour's vote is on a line
+    voted = [i for i, (v, _) in enumerate(notes) if v]
+    assert voted == list(range(len(voted))) and all(ranked[i][1] > 0 for i in voted)
+    unvoted = notes[len(voted):]                                        # then by their nearest gallery crop
+    assert all(p == 0 for _, p in ranked[len(voted):]) and unvoted == sorted(unvoted, key=lambda n: n[1])
 
 
 def test_retrieval_finds_the_boxed_colour(world, tmp_path):
     ranked, grid = P.predict_image(world.photo, RETRIEVAL, ",".join(map(str, BOX)), world.models, world.crops,
                                    tmp_path / "nn.png", tmp_path / "none")
-    assert ranked[0][0] == CLASS_NAMES[2] and grid.read_bytes()[:4] == b"\x89PNG"
-    assert sum(p for _, p in ranked) <= 1.0 + 1e-6
+    assert ranked[0].name == CLASS_NAMES[2] and grid.read_bytes()[:4] == b"\x89PNG"
+    assert sum(r.probability for r in ranked) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_default_box_is_the_whole_image(world):
@@ -84,8 +97,11 @@ def test_default_experiment_comes_from_the_summary(world, capsys):
 
 @pytest.mark.parametrize("extra, message", [
     (["--box", "1,2,3"], "four integers"),
-    (["--box", f"1,1,{PHOTO_W + 1},{PHOTO_H}"], "outside"),
-    (["--box", "10,10,5,20"], "outside"),
+    (["--box", f"1,1,{PHOTO_W + 1},{PHOTO_H}"], f"outside the {PHOTO_W}x{PHOTO_H} image (need x2 <= {PHOTO_W}"),
+    (["--box", "10,10,5,20"], "--box 10,10,5,20 is inverted: x2 must be >= x1 and y2 >= y1 (x1,y1 is the top-left "
+                              "corner, x2,y2 the bottom-right); did you mean --box 5,10,10,20?"),
+    (["--box", "40,30,4,3"], "inverted"),
+    (["--box", "0,1,5,5"], "x1 and y1 must be >= 1 (coordinates are 1-based"),
     (["--experiment", "nope"], "unknown experiment 'nope'"),
 ])
 def test_bad_input_is_one_error_line(world, capsys, extra, message):
@@ -96,14 +112,31 @@ def test_bad_input_is_one_error_line(world, capsys, extra, message):
     assert info.value.code == 1 and len(err.splitlines()) == 1 and err.startswith("error:") and message in err
 
 
-def test_knn_top_classes_are_only_the_scored_ones(world, tmp_path):
-    ranked, _ = P.predict_image(world.photo, RETRIEVAL, None, world.models, world.crops, None, tmp_path / "none")
-    assert 1 <= len(ranked) <= world.params.experiments[RETRIEVAL].knn.k < 5
-    assert all(p > 0 for _, p in ranked) and sum(p for _, p in ranked) == pytest.approx(1.0, abs=1e-5)
-    probs = np.array([0.5, 0.0, 0.25, 0.25, 0.0, 0.0])
-    assert P.top_classes(probs, CLASS_NAMES, scored_only=True) == \
-        [(CLASS_NAMES[0], 0.5), (CLASS_NAMES[2], 0.25), (CLASS_NAMES[3], 0.25)]
-    assert len(P.top_classes(probs, CLASS_NAMES)) == 5        # a classifier's softmax scores every class
+def test_knn_top_five_when_every_neighbour_agrees(world, tmp_path):
+    """k = 3 neighbours of one class: the vote class first, then four classes without a vote, nearest first."""
+    from carbench.retrieval.predictor import load_predictor
+
+    ranked, _ = P.predict_image(world.photo, RETRIEVAL, ",".join(map(str, BOX)), world.models, world.crops, None,
+                                tmp_path / "none")
+    assert world.params.experiments[RETRIEVAL].knn.k == 3 and len(ranked) == 5
+    assert ranked[0].probability == pytest.approx(1.0) and ranked[0].note.startswith("3 of 3 neighbours")
+    assert all(r.probability == 0 and r.note.startswith("0 of 3 neighbours") for r in ranked[1:])
+    # the order of the classes without a vote: their nearest gallery crop, computed here from every distance
+    predictor = load_predictor(world.models / RETRIEVAL, "cpu", world.models)
+    crop = P.crop_query(world.photo, BOX, world.crops)
+    dist, idx = predictor.kneighbors(crop, len(predictor.knn.gallery_labels))
+    nearest = {}
+    for d, i in zip(dist[0], idx[0]):
+        nearest.setdefault(predictor.knn.class_names[predictor.knn.gallery_labels[i]], d)
+    expected = sorted((n for n in nearest if n != ranked[0].name), key=nearest.get)[:4]
+    assert [r.name for r in ranked[1:]] == expected
+    assert [r.note for r in ranked[1:]] == [f"0 of 3 neighbours, nearest gallery crop d={nearest[n]:.3f}"
+                                            for n in expected]
+
+
+def test_classifier_top_classes():
+    probs = np.array([0.5, 0.0, 0.25, 0.2, 0.05, 0.0])
+    assert P.top_classes(probs, CLASS_NAMES) == [P.Ranked(CLASS_NAMES[i], probs[i]) for i in (0, 2, 3, 4, 1)]
 
 
 def test_no_picture_unless_out_is_given(world, capsys, tmp_path, monkeypatch):
@@ -200,3 +233,114 @@ def test_crop_matches_the_crop_store(synthetic_raw, synthetic_crops, tmp_path):
     photo.write_bytes(data)
     box = tuple(int(row[c]) for c in ("x1", "y1", "x2", "y2"))
     assert np.array_equal(P.crop_query(photo, box, synthetic_crops)[0], test.images[0])
+
+
+def _folder(world, tmp_path):
+    """A folder of two photos, a text file, a hidden file and a sub-folder (with a photo that is left alone)."""
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    photo = world.photo.read_bytes()
+    for name in ("b.jpg", "a.JPG", "sub/c.jpg", ".hidden.jpg"):
+        (folder / name).write_bytes(photo)
+    (folder / "notes.txt").write_text("not a photo")
+    return folder
+
+
+def test_a_folder_gets_every_photo_in_it(world, capsys, tmp_path):
+    folder = _folder(world, tmp_path)
+    P.main(_argv(world, "--experiment", "cnn_basic"))
+    single = capsys.readouterr().out
+    argv = _argv(world, "--experiment", "cnn_basic")
+    argv[0] = str(folder)
+    P.main(argv)
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    assert captured.out == f"{folder / 'a.JPG'}\n{single}\n{folder / 'b.jpg'}\n{single}"
+
+
+def test_a_folder_reports_each_unreadable_photo_and_goes_on(world, capsys, tmp_path):
+    folder = _folder(world, tmp_path)
+    (folder / "broken.png").write_bytes(b"")
+    jpeg = encode("JPEG", quality=90)
+    (folder / "cut.jpg").write_bytes(jpeg[:len(jpeg) // 2])
+    argv = _argv(world, "--experiment", RETRIEVAL)
+    argv[0] = str(folder)
+    with pytest.raises(SystemExit) as info:
+        P.main(argv)
+    captured = capsys.readouterr()
+    assert info.value.code == 1
+    broken, cut = captured.err.splitlines()
+    assert broken == f"error: {folder / 'broken.png'} is not a readable image (zero-byte file); pass a photo (JPEG, " \
+        "PNG, ...)"
+    assert cut.startswith(f"error: cannot decode {folder / 'cut.jpg'} (OSError: image file is truncated (") and \
+        cut.endswith("); pass a complete, undamaged photo")
+    blocks = captured.out.split("\n\n")
+    assert [b.splitlines()[0] for b in blocks] == [str(folder / "a.JPG"), str(folder / "b.jpg")]
+    assert all(len(_ranked(b)) == 5 for b in blocks)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--box", "1,1,5,5"], "--box applies to one photo, and {folder} is a folder"),
+    (["--out", "grid.png"], "--out applies to one photo, and {folder} is a folder"),
+])
+def test_a_folder_refuses_options_for_one_photo(world, capsys, tmp_path, extra, message):
+    folder = _folder(world, tmp_path)
+    argv = _argv(world, "--experiment", RETRIEVAL, *extra)
+    argv[0] = str(folder)
+    with pytest.raises(SystemExit) as info:
+        P.main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 1 and len(err.splitlines()) == 1 and message.format(folder=folder) in err
+
+
+def test_a_folder_without_photos_is_one_error_line(world, capsys, tmp_path):
+    folder = tmp_path / "empty"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "photo.jpg").write_bytes(world.photo.read_bytes())
+    argv = _argv(world, "--experiment", "cnn_basic")
+    argv[0] = str(folder)
+    with pytest.raises(SystemExit) as info:
+        P.main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 1 and err == f"error: no photos in the folder {folder} (files ending .jpg, .png, " \
+        ".webp, ...; sub-folders are not searched)\n"
+
+
+def test_odd_photos_are_one_error_line_each_and_sound_ones_are_read(world, capsys, tmp_path):
+    """Every way Pillow refuses a photo (support/odd_photos.py) is one line naming it; odd but sound photos work."""
+    jpeg = encode("JPEG", quality=90)
+    for name, (make, where) in REFUSED.items():
+        path = tmp_path / name
+        path.write_bytes(make(jpeg))
+        with pytest.raises(SystemExit) as info:
+            P.main([str(path), "--experiment", "cnn_basic", "--models", str(world.models), "--crops",
+                    str(world.crops)])
+        captured = capsys.readouterr()
+        expected = f"error: {path} is not a readable image (" if where == "header" else f"error: cannot decode {path} ("
+        assert info.value.code == 1 and captured.out == "", name
+        assert len(captured.err.splitlines()) == 1 and captured.err.startswith(expected), (name, captured.err)
+    for name, data in readable().items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        P.main([str(path), "--experiment", "cnn_basic", "--models", str(world.models), "--crops", str(world.crops)])
+        captured = capsys.readouterr()
+        assert len(_ranked(captured.out)) == 5 and captured.err == "", name
+
+
+@pytest.mark.parametrize("file", ["model.onnx", "model.ts"])
+def test_an_exported_model_ranks_like_its_checkpoint(tmp_path, capsys, file):
+    """`--model exports/<name>/model.onnx`: the contract gives the crop and preprocessing, no --models/--crops."""
+    from support.exports import EXPORTED, export_world
+
+    world = export_world(tmp_path / "world")
+    photo = np.zeros((PHOTO_H, PHOTO_W, 3), np.uint8)
+    photo[:, :] = class_colours()[4].astype(np.uint8)
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    for name in EXPORTED:
+        P.main([str(tmp_path / "photo.png"), "--experiment", name, "--models", str(world.models),
+                "--crops", str(world.crops), "--summary", str(tmp_path / "none")])
+        theirs = _ranked(capsys.readouterr().out)
+        P.main([str(tmp_path / "photo.png"), "--model", str(world.exports[name] / file)])
+        mine = _ranked(capsys.readouterr().out)
+        assert [n for n, _ in mine] == [n for n, _ in theirs] and len(mine) == 5
+        assert np.allclose([p for _, p in mine], [p for _, p in theirs], atol=2e-4)

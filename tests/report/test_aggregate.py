@@ -85,8 +85,8 @@ def test_summary_files_and_plots(inputs, tmp_path):
     csv_table = pd.read_csv(tmp_path / "summary" / "summary.csv")
     assert list(csv_table.columns) == A.summary_columns(params) and len(csv_table) == len(params.experiments)
     md = (tmp_path / "summary" / "summary.md").read_text().splitlines()
-    # the metrics table and the uncertainty table: header + one row per experiment each
-    assert sum(line.startswith("| ") for line in md) == 2 * (len(params.experiments) + 1)
+    # the metrics, uncertainty and published-anchors tables: header + one row per experiment each
+    assert sum(line.startswith("| ") for line in md) == 3 * (len(params.experiments) + 1)
     summary = json.loads((tmp_path / "summary" / "summary.json").read_text())
     last = list(params.experiments)[-1]                                                 # highest fake top1
     assert summary["best"]["experiment"] == last and A.read_best(tmp_path / "summary") == last
@@ -166,3 +166,31 @@ def test_aggregate_stage_loads_no_torch(inputs, tmp_path, params_path):
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "out" / "summary.csv").exists()
     assert done.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_classical_classifier_gets_its_own_row_with_intervals(inputs, tmp_path):
+    params, ev, train, knn = inputs
+    scored = json.loads((knn / "knn_resnet50_k3.json").read_text())
+    (knn / "knn_resnet50_k3.json").write_text(json.dumps({**scored, "classical": "random_forest"}))
+    with pytest.raises(UserError, match="classical_predictions.csv"):
+        A.build_table(params, ev, train, knn)
+    evaluated = pd.read_csv(ev / "knn_resnet50_k3" / "predictions.csv")
+    true = evaluated["true"].to_numpy()
+    pred = np.where(np.arange(TEST_IMAGES) < 15, true, (true + 1) % 4)        # 15 of 20 right
+    (knn / "knn_resnet50_k3").mkdir()
+    pd.DataFrame({"image": range(TEST_IMAGES), "true": true, "predicted": pred,
+                  "correct": (true == pred).astype(int)}).to_csv(knn / "knn_resnet50_k3" / A.CLASSICAL_CSV,
+                                                                 index=False)
+    table = A.build_table(params, ev, train, knn)
+    names = table["experiment"].tolist()
+    assert names[names.index("knn_resnet50_k3") + 1] == "knn_resnet50_k3+random_forest"
+    row = table.set_index("experiment").loc["knn_resnet50_k3+random_forest"]
+    assert row["config"] == "retrieval" and row["top1"] == pytest.approx(0.75)
+    assert row["top1_ci_low"] < 0.75 < row["top1_ci_high"]
+    assert A.best_experiment(table)["experiment"] == "knn_resnet50_k3+random_forest"     # paired with the others
+    assert not np.isnan(table.set_index("experiment").loc["knn_resnet50_k3", "p_vs_best"])
+    assert len(table) == len(params.experiments) + 1
+    pd.DataFrame({"image": range(3), "true": [0, 1, 2], "predicted": [0, 1, 2], "correct": 1}).to_csv(
+        knn / "knn_resnet50_k3" / A.CLASSICAL_CSV, index=False)
+    with pytest.raises(UserError, match="not the test images"):
+        A.build_table(params, ev, train, knn)

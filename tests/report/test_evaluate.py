@@ -76,6 +76,33 @@ def test_knn_evaluation_agrees_with_the_knn_stage(tmp_path):
     assert result["kind"] == "knn"
 
 
+@pytest.mark.parametrize("name", ["cnn_basic", RETRIEVAL])
+def test_disjoint_evaluation_scores_leave_one_out_and_writes_no_classification_number(tmp_path, name, capsys):
+    """Under the class-disjoint protocol the classifier knows the train half's 3 classes and the test photos are of
+    the other 3: one line stands where top-1 would, the photos are scored leave-one-out among themselves."""
+    from carbench.retrieval.loo import UNDEFINED_LINE
+
+    world = make_world(tmp_path, train_classes=3)
+    if name == RETRIEVAL:
+        fit_retrieval(world, name)
+    result, paths = run_evaluate(world, name)
+    saved = json.loads(paths["metrics"].read_text())
+    assert saved["protocol"] == "disjoint" and saved["classification"] == UNDEFINED_LINE
+    assert not {"top1", "top5", "loss", "f1_macro", "balanced_accuracy"} & set(saved)
+    assert json.loads(paths["headline"].read_text()) == {"recall_at_1": round(saved["recall_at_1"], 4),
+                                                          "map_at_r": round(saved["map_at_r"], 4)}
+    table = pd.read_csv(paths["tables"] / "retrieval.csv")
+    assert len(table) == N_TEST // 2 and set(table["true"]) == {3, 4, 5}     # the test half, every photo a query
+    assert table["recall_at_1"].mean() == pytest.approx(saved["recall_at_1"]) == saved["precision_at_1"]
+    assert saved["recall_at_1"] <= saved["recall_at_2"] <= saved["recall_at_4"] <= saved["recall_at_8"] == 1.0
+    if name == RETRIEVAL:   # the k-NN stage scored the same stored gallery the same way
+        knn = json.loads((tmp_path / "metrics" / "knn" / f"{name}.json").read_text())
+        assert {k: knn[k] for k in ("recall_at_1", "map_at_r")} == pytest.approx(
+            {k: saved[k] for k in ("recall_at_1", "map_at_r")})
+    assert UNDEFINED_LINE in capsys.readouterr().out
+    assert {r["actual"] for r in read_confusion(paths["plots"] / "confusion.csv")} == set(CLASS_NAMES[3:])
+
+
 def test_tta_averages_the_mirrored_crop(tmp_path):
     world = make_world(tmp_path)
     from carbench.retrieval.predictor import load_predictor

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from carbench.report import stats
@@ -45,3 +46,15 @@ def test_macro_f1_matches_scikit_learn():
     rng = np.random.default_rng(2)
     labels, preds = rng.integers(0, 7, 300), rng.integers(0, 9, 300)
     assert stats.macro_f1(labels, preds) == pytest.approx(f1_score(labels, preds, average="macro", zero_division=0))
+
+
+def test_bootstrap_mean_ci_brackets_each_mean_leaves_nan_out_and_is_seeded():
+    from carbench.report.stats import bootstrap_mean_ci
+
+    frame = pd.DataFrame({"hit": [1.0] * 30 + [0.0] * 10, "ap": [0.5, np.nan] * 20, "all": [1.0] * 40})
+    ci = bootstrap_mean_ci(frame, 500, 0.95, seed=3)
+    assert ci["hit"].low < 0.75 < ci["hit"].high and ci["hit"].high - ci["hit"].low < 0.4
+    assert ci["ap"].low == ci["ap"].high == 0.5 and ci["all"].low == ci["all"].high == 1.0
+    assert bootstrap_mean_ci(frame, 500, 0.95, seed=3) == ci
+    scores = pd.DataFrame({"x": np.random.default_rng(0).random(50)})
+    assert bootstrap_mean_ci(scores, 500, 0.95, seed=3) != bootstrap_mean_ci(scores, 500, 0.95, seed=4)

@@ -109,3 +109,33 @@ def test_embed_and_knn_stages_load_no_table_or_plot_library():
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_pretrained_baseline_embeds_with_untrained_weights_and_its_knn_model_predicts(tmp_path, monkeypatch):
+    """dag.pretrained: no checkpoint exists for the baseline; embed@ builds MobileNetV2 with its ImageNet weights (the
+    offline pip package), the k-NN model pins that weights file by md5, and the predictor rebuilds the same embedder."""
+    from carbench.config import experiment
+    from carbench.retrieval.embed import embed_experiment
+    from carbench.retrieval.knn import fit_and_save
+    from carbench.retrieval.predictor import KnnPredictor, load_predictor
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))   # an empty cache: the bundled file is copied in
+    raw = raw_params()
+    raw["dag"]["pretrained"]["knn_imagenet_baseline"] = {"arch": "mobilenet_v2", "weights": "IMAGENET1K_V1",
+                                                         "image_size": 32}
+    world = make_world(tmp_path, raw)
+    exp = experiment(world.params, "knn_imagenet_baseline")
+    emb = tmp_path / "emb"
+    meta = embed_experiment(exp, world.crops, world.models / "absent", emb, "cpu", offline=True)
+    assert meta["embedder"] == {"arch": "mobilenet_v2", "weights": "IMAGENET1K_V1", "image_size": 32}
+    assert meta["dim"] == 1280 and meta["checkpoint"].endswith("mobilenet_v2-b0353104.pth")
+    fit_and_save(exp.knn, emb, world.models / exp.name, tmp_path / "knn.json", 0)
+    predictor = load_predictor(world.models / exp.name, "cpu", world.models)
+    assert isinstance(predictor, KnnPredictor) and predictor.embedder.image_size == 32
+    images = np.load(world.crops / "test.npy")[:2]
+    stored = np.load(emb / "embeddings.npz")["query"][:2].astype(np.float32)
+    assert predictor.embed(images) == pytest.approx(stored, abs=1e-3)     # the stage's embedder, rebuilt
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / "mobilenet_v2-b0353104.pth"
+    cached.write_bytes(cached.read_bytes()[:-1] + b"\0")
+    with pytest.raises(Exception, match="is stale"):
+        load_predictor(world.models / exp.name, "cpu", world.models)

@@ -194,3 +194,28 @@ def test_whitening_equals_sklearn_and_gives_unit_variance():
     assert np.allclose(out.var(0, ddof=1), 1.0, atol=1e-3)
     unwhitened = fit_preprocessing(gallery, dataclasses.replace(cfg, whiten=False), seed=0).apply(gallery)
     assert not np.allclose(unwhitened.var(0, ddof=1), 1.0, atol=0.1)
+
+
+def test_random_forest_is_seeded_and_writes_its_predictions(tmp_path):
+    rng = np.random.default_rng(5)
+    centres = rng.standard_normal((3, 8)) * 5
+    g_lab, q_lab = np.repeat(np.arange(3), 10), np.repeat(np.arange(3), 4)
+    store = make_store(tmp_path, centres[g_lab] + rng.standard_normal((30, 8)), g_lab,
+                       centres[q_lab] + rng.standard_normal((12, 8)), q_lab)
+    cfg = knn_cfg(classical="random_forest", forest_trees=7)
+    result = K.fit_and_save(cfg, store, tmp_path / "m", tmp_path / "k.json", 3, tables_dir=tmp_path / "t")
+    written = (tmp_path / "t" / K.CLASSICAL_CSV).read_text().splitlines()
+    assert written[0] == "image,true,predicted,correct" and len(written) == 1 + len(q_lab)
+    rows = np.array([list(map(int, line.split(","))) for line in written[1:]])
+    assert rows[:, 0].tolist() == list(range(len(q_lab))) and rows[:, 1].tolist() == q_lab.tolist()
+    assert result["random_forest_top1"] == pytest.approx(rows[:, 3].mean()) and result["random_forest_top1"] > 0.9
+    model = K.load_knn(tmp_path / "m")
+    query = E.load_embeddings(store).query
+    forests = [K.classical_predictions(model, query, seed) for seed in (3, 3, 4)]
+    assert np.array_equal(forests[0], forests[1]) and np.array_equal(forests[0], rows[:, 2])
+    from sklearn.ensemble import RandomForestClassifier          # the trees and the seed reach scikit-learn
+
+    clf = RandomForestClassifier(n_estimators=7, random_state=3).fit(model.gallery, model.gallery_labels)
+    assert np.array_equal(clf.predict(model.prep.apply(query)), forests[0])
+    K.fit_and_save(knn_cfg(), store, tmp_path / "m", tmp_path / "k.json", 3, tables_dir=tmp_path / "t")
+    assert list((tmp_path / "t").iterdir()) == []                  # classical: none writes no predictions

@@ -14,7 +14,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from support.data import SYNTHETIC_TOTAL
 from support.params import ROOT
+from support.scripts import load_script
 
 from carbench.bench import extrapolate as X
 from carbench.bench import processes, repro
@@ -73,7 +75,9 @@ def test_flags_checks_size_and_stage_list():
     from support.params import repo_params
 
     stages = X.expected_stages(repo_params())
-    assert len(stages) == 26 and stages[-1] == "aggregate" and "evaluate@knn_resnet50_k3" in stages
+    assert len(stages) == 40 and stages[-1] == "cards" and "evaluate@knn_resnet50_k3" in stages
+    assert "embed_pretrained@knn_imagenet_baseline" in stages and "knn_pretrained@knn_imagenet_baseline" in stages
+    assert "aggregate" in stages and "export@knn_resnet50_k3" in stages
 
 
 def test_run_logged_stops_a_command_at_its_timeout():
@@ -103,8 +107,12 @@ def test_missing_packages_come_from_the_wheels(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", os.environ["PATH"])
     monkeypatch.setattr(sys, "path", list(sys.path))
     assert processes.ensure_packages(tmp_path, tmp_path / "site", names=("json",))["source"] == "importable"
-    with pytest.raises(SystemExit, match="no wheels"):
+    with pytest.raises(SystemExit, match="no wheels in"):
         processes.ensure_packages(tmp_path / "none", tmp_path / "site0", names=("carbench_fake_pkg",))
+    # without --wheels: what a user does about it (install the project, or bring the wheels)
+    with pytest.raises(SystemExit, match=r"no --wheels folder given: install the project on this machine "
+                                         r"\(`pip install -r requirements.txt`\), or.*--wheels DIR"):
+        processes.ensure_packages(None, tmp_path / "site0", names=("carbench_fake_pkg",))
     _wheel(tmp_path, "carbench_fake_pkg")
     got = processes.ensure_packages(tmp_path, tmp_path / "site", names=("carbench_fake_pkg",))
     assert "1 wheels" in got["source"] and (tmp_path / "site" / "carbench_fake_pkg").is_dir()
@@ -112,6 +120,37 @@ def test_missing_packages_come_from_the_wheels(tmp_path, monkeypatch):
     child = subprocess.run([sys.executable, "-c", "import carbench_fake_pkg as m; print(m.VALUE)"],
                            capture_output=True, text=True)
     assert child.stdout.strip() == "42"
+
+
+def test_overrides_files_then_sets(tmp_path):
+    """--overrides FILE (a recipe, timed on its own target) merges over the defaults, --set over both; the data
+    location stays the plan's (carbench.bench.workspace.scale_params)."""
+    plan = load_script("device_plan")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("crop: {size: 512}\nexperiments:\n  tl_resnet50_finetune:\n    train: {image_size: 448, lr: 0.1}\n")
+    over = plan.plan_overrides(False, ["experiments.tl_resnet50_finetune.train.lr=0.2"], (str(recipe),))
+    assert over == {"crop": {"size": 512}, "experiments": {"tl_resnet50_finetune": {"train": {"image_size": 448,
+                                                                                          "lr": 0.2}}}}
+    tiny = plan.plan_overrides(True, [], (str(recipe),))
+    assert tiny["crop"]["size"] == 512 and tiny["experiments"]["tl_resnet50_finetune"]["train"]["epochs"] == 2
+
+
+def test_the_photo_count_comes_from_the_runs_manifest(synthetic_raw, tmp_path):
+    """The figures are scaled by the photos the download stage read: a user's folder is counted there, and a run
+    that read other photos than the generated ones stops instead of scaling by the wrong count."""
+    plan = load_script("device_plan")
+    repo = tmp_path / "repo"
+    shutil.copytree(synthetic_raw, repo / "data" / "raw")
+    phase = plan.Phase(1, tmp_path, 60.0, ["device_plan.py"])
+    phase.save(size=None, data="/my/cars")
+    size = plan.photo_size(phase, repo)
+    assert size["photos"] == SYNTHETIC_TOTAL and size["ratio"] == pytest.approx(16268 / SYNTHETIC_TOTAL)
+    assert json.loads((tmp_path / "plan1.json").read_text())["size"]["photos"] == SYNTHETIC_TOTAL
+    assert plan.data_label(phase.result).startswith(f"/my/cars: {SYNTHETIC_TOTAL} photos")
+    phase.save(size=X.plan_size(0.125, tiny=True), data="generated")
+    with pytest.raises(SystemExit, match=f"read {SYNTHETIC_TOTAL} photos where 48 were generated"):
+        plan.photo_size(phase, repo)
+    assert plan.photo_size(phase, tmp_path / "no-run")["photos"] == 48       # no manifest yet: the planned size
 
 
 @pytest.mark.e2e
@@ -136,7 +175,7 @@ def test_repro_stops_at_its_timeout_with_the_stages_done(tmp_path):
 
 
 def _plan(phase: int, out: Path, work: Path, *extra: str) -> subprocess.CompletedProcess:
-    # as on the GPU machine: no `dvc` command on PATH (it runs as `python -m dvc`)
+    # no `dvc` command on PATH (an environment not activated): it runs as `python -m dvc`
     path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if not (Path(p) / "dvc").exists())
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "LOCAL_RANK", "RANK")}
     cmd = [sys.executable, "scripts/device_plan.py", "--phase", str(phase), "--out", str(out), "--tiny",
@@ -157,6 +196,8 @@ def test_both_phases_on_cpu_at_the_tiny_size(tmp_path):
     assert one["status"] == "done" and one["packages"]["source"] == "importable"
     assert one["environment"]["device_type"] == "cpu" and one["environment"]["dvc"]
     assert one["size"]["photos"] == 48 and one["size"]["ratio"] == pytest.approx(16268 / 48)
+    manifest = (tmp_path / "w1" / "repo" / "data" / "raw" / "manifest.csv").read_text().splitlines()
+    assert len(manifest) == 1 + 48 and one["data"] == "generated"        # the run read the generated photos
     stages = {r["stage"]: r for r in one["scale"]["stages"]}
     assert set(stages) == {"download", "split", "crop", "resolve", "train@tl_resnet50_finetune",
                            "embed@knn_resnet50_k3", "knn@knn_resnet50_k3", "evaluate@knn_resnet50_k3"}

@@ -29,11 +29,25 @@ def test_params_yaml_is_restored_byte_for_byte_even_when_the_run_fails(tmp_path)
     assert (tmp_path / "params.yaml").read_bytes() == original
 
 
+def test_the_echo_is_the_user_s_arguments_and_a_count_not_every_override():
+    line = load_script("offline").echo(["-n", "base"], 34, ROOT / "configs" / "overrides" / "offline.yaml")
+    assert line == "dvc exp run -n base (with 34 overrides from configs/overrides/offline.yaml)"
+
+
+def test_a_knob_of_yours_that_reaches_no_stage_is_refused_before_dvc_starts():
+    result = run_script("offline.py", "-n", "ep3", "-S", "train.epochs=3")
+    assert (result.returncode, result.stdout) == (1, "")      # not even the `+ dvc exp run` line
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: train.epochs=3 reaches no experiment: every trained experiment sets its own "
+                           "epochs (tl_resnet50_frozen: ")
+    assert "set experiments.<name>.train.epochs instead" in line and line.endswith("(--allow-unused runs it anyway)")
+
+
 def test_help_says_what_passes_through_to_dvc_exp_run():
     result = run_script("offline.py", "--help")
     assert result.returncode == 0
     assert "passes through to `dvc exp run`" in result.stdout
-    for option in ("-n NAME", "-S KEY=VALUE", "STAGE ..."):
+    for option in ("-n NAME", "-S KEY=VALUE", "STAGE ...", "--allow-unused"):
         assert option in result.stdout, option
 
 

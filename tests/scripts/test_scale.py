@@ -50,6 +50,36 @@ def test_scale_params_use_the_data_offline_with_random_init_files(tmp_path):
     assert (finetune.train.image_size, finetune.train.epochs, finetune.model.freeze) == (384, 30, "full")
 
 
+def test_the_runs_data_wins_over_an_overrides_data_source(tmp_path):
+    """An overrides file that names a data source (the offline demo's: synthetic) must not replace the data the
+    figures are scaled by."""
+    overrides = {"data": {"source": "synthetic"}, "base": {"offline": False}}
+    params = workspace.scale_params(repo_params(), tmp_path / "cars", overrides, tmp_path / "weights")
+    assert (params["data"]["source"], params["data"]["path"]) == ("local", str((tmp_path / "cars").resolve()))
+    assert params["base"]["offline"] is True
+
+
+def test_workspace_copies_the_project_not_hidden_folders_or_outputs(tmp_path):
+    root = tmp_path / "root"
+    for rel in ("dvc.yaml", "src/carbench/x.py", ".dvc/config", ".dvc/cache/ab/cd", ".dvcignore", ".gitignore",
+                ".tools/big.whl", ".venv/bin/python", "data/raw/images.bin", "metrics/a.json",
+                "src/carbench/__pycache__/x.pyc", "docs/data/kept.md"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("x")
+    repo = workspace.make_workspace(root, tmp_path / "work", {"base": {}})
+    files = sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts)
+    assert files == [".dvc/config", ".dvcignore", ".gitignore", "docs/data/kept.md", "dvc.yaml", "params.yaml",
+                     "src/carbench/x.py"]
+
+
+def test_crop_benchmark_refuses_a_raw_folder_that_is_not_there(tmp_path):
+    """`benchmark.py crop --raw DIR` with a wrong DIR says so, instead of timing generated photos in its place."""
+    from carbench.bench import crop
+
+    with pytest.raises(SystemExit, match=r"error: .*no-such-folder is not a folder of photos \(--raw\)"):
+        crop.measure_crop(tmp_path / "no-such-folder")
+
+
 def test_nvidia_smi_samples_and_busy_fraction():
     text = "2026/11/23 08:40:01.000, 80\n2026/11/23 08:40:01.200, 100\nnot a sample\n2026/11/23 08:40:05.000, 0\n"
     samples = gpu.parse_nvidia_smi(text)
@@ -77,6 +107,53 @@ def test_train_floor_follows_freeze_states_refit_and_feature_cache():
     assert B.train_floor(frozen, B.Bare(infer=1000.0), cached, num_blocks=4) == pytest.approx(1.0)
 
 
+def test_bare_rates_start_no_network_after_the_deadline(synthetic_crops, tmp_path):
+    """The device plan's budget holds for the bare rates too: past the deadline no network is measured and its
+    stages get no floor (instead of a phase running on for minutes after its budget)."""
+    import yaml
+
+    from carbench.bench import scale
+
+    repo = tmp_path / "repo"
+    (repo / "data").mkdir(parents=True)
+    (repo / "data" / "crops").symlink_to(synthetic_crops)
+    (repo / "params.yaml").write_text(yaml.safe_dump(repo_params()))
+    records = [{"stage": "crop", "seconds": 1.0, "start": 0.0, "end": 1.0},
+               {"stage": "train@cnn_basic", "seconds": 2.0, "start": 1.0, "end": 3.0, "first_batch_s": 1.0,
+                "epochs": 1, "train_per_epoch": 24, "refit_epochs": 0, "refit_per_epoch": 0, "val_images": 0,
+                "feature_images": 0},
+               {"stage": "evaluate@knn_resnet50_k3", "seconds": 1.0, "start": 3.0, "end": 4.0, "images": 12}]
+    rows = scale.measure(repo, records, [], "cpu", deadline=0.0)
+    assert [(r["stage"], r["floor_s"], r["bare_images_per_second"], r.get("no_floor")) for r in rows] == [
+        ("crop", None, None, None), ("train@cnn_basic", None, None, "budget"),
+        ("evaluate@knn_resnet50_k3", None, None, "budget")]
+
+
+def test_a_baseline_embedding_with_pretrained_weights(synthetic_crops, tmp_path):
+    """A retrieval experiment of dag.pretrained (no trained experiment embeds for it): random-init weights of its
+    architecture too, and its stages measured without a floor (there is no bare rate of a trained network)."""
+    import yaml
+
+    from carbench import config
+    from carbench.bench import scale
+
+    if not hasattr(config, "EmbedWithConfig"):
+        pytest.skip("this version has no dag.pretrained")
+    raw = repo_params({"experiments": {"knn_base": {"config": "retrieval", "embed": {}, "knn": {"k": 3}}},
+                       "dag": {"pretrained": {"knn_base": {"arch": "mobilenet_v2", "weights": "IMAGENET1K_V1",
+                                                           "image_size": 64}}}})
+    params = workspace.scale_params(raw, tmp_path / "cars", {}, tmp_path / "weights")
+    assert params["dag"]["pretrained"]["knn_base"]["weights"] == str(tmp_path / "weights" /
+                                                                     "mobilenet_v2-random-init.pth")
+    repo = tmp_path / "repo"
+    (repo / "data").mkdir(parents=True)
+    (repo / "data" / "crops").symlink_to(synthetic_crops)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    records = [{"stage": "evaluate@knn_base", "seconds": 1.0, "start": 0.0, "end": 1.0, "images": 12}]
+    rows = scale.measure(repo, records, [], "cpu")
+    assert rows[0]["floor_s"] is None and rows[0]["no_floor"] == "pretrained embedder: no bare rate"
+
+
 @pytest.mark.e2e
 @pytest.mark.skipif(shutil.which("dvc") is None or shutil.which("git") is None, reason="needs dvc and git")
 def test_tiny_scale_run_on_cpu(tmp_path):
@@ -89,7 +166,7 @@ def test_tiny_scale_run_on_cpu(tmp_path):
            "--report", str(report), "--set", "base.threads=1", "--set", "split.allow_missing_classes=true",
            "--set", "experiments.tl_resnet50_finetune.train.epochs=1", "--target", "evaluate@knn_resnet50_k3",
            "--logs", str(tmp_path / "logs")]
-    # as on the GPU machine: no `dvc` command on PATH (it runs as `python -m dvc`)
+    # no `dvc` command on PATH (an environment not activated): it runs as `python -m dvc`
     path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if not (Path(p) / "dvc").exists())
     env = {**os.environ, "CARBENCH_BARE_SECONDS": "0.2", "PATH": path}
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)

@@ -1,4 +1,4 @@
-"""The repository as tests see it: its root, the real data beside it, and the committed params.yaml.
+"""The repository as tests see it: its root, the folder of real photos, and the committed params.yaml.
 
 Tests never read the workspace's params.yaml: that file is the user's to change (`dvc exp run -S ...` writes into
 it). They read the committed one (``git show HEAD:params.yaml``) unless ``CARBENCH_TEST_PARAMS`` names a file to
@@ -14,7 +14,9 @@ from typing import Optional
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+#: The folder of real Stanford Cars subsets the real-photo tests read (README, "Test"); they skip where it is absent.
+REAL_DATA_ENV = "CARBENCH_REAL_DATA"
+REAL_DATA = Path(os.environ.get(REAL_DATA_ENV) or ROOT.parent / "shared" / "data")
 
 
 def deep_merge(base: dict, over: dict) -> dict:

@@ -50,22 +50,42 @@ def class_colours() -> np.ndarray:
     return rng.integers(30, 225, size=(len(CLASS_NAMES), 3)).astype(np.float64)
 
 
-def write_store(crops: Path, seed: int = 0) -> None:
-    """A crop store (:func:`carbench.data.store.write_store`) of noisy single-colour crops."""
+def boxed_photo(path: Path, width: int, height: int, box: tuple[int, int, int, int], label: int = 2) -> Path:
+    """A black ``width`` x ``height`` JPEG with a "car" of class ``label``'s colour in ``box`` (1-based inclusive)."""
+    from PIL import Image
+
+    photo = np.zeros((height, width, 3), np.uint8)
+    x1, y1, x2, y2 = box
+    photo[y1 - 1:y2, x1 - 1:x2] = class_colours()[label].astype(np.uint8)
+    Image.fromarray(photo).save(path, quality=95)
+    return path
+
+
+def write_store(crops: Path, seed: int = 0, train_classes: int = 0) -> None:
+    """A crop store (:func:`carbench.data.store.write_store`) of noisy single-colour crops; ``train_classes``: the
+    class-disjoint protocol's store (train and val hold the first classes, test the others)."""
+    from dataclasses import replace
+
+    from carbench.data.store import write_meta
     from carbench.data.store import write_store as write
 
     rng = np.random.default_rng(seed)
     colours = class_colours()
     splits = {}
     for split, n in PER_CLASS.items():
-        labels = np.repeat(np.arange(len(CLASS_NAMES)), n)
+        ids = np.arange(len(CLASS_NAMES))
+        if train_classes:
+            ids = ids[train_classes:] if split == "test" else ids[:train_classes]
+        labels = np.repeat(ids, n)
         pixels = colours[labels][:, None, None, :] + rng.normal(0, NOISE, (len(labels), CROP_SIZE, CROP_SIZE, 3))
         splits[split] = (np.clip(pixels, 0, 255).astype(np.uint8),
                          [f"cars_{split}/{i:05d}.jpg" for i in range(len(labels))], labels)
-    write(crops, splits, CLASS_NAMES)
+    meta = write(crops, splits, CLASS_NAMES)
+    if train_classes:
+        write_meta(crops, replace(meta, train_classes=train_classes))
 
 
-def write_checkpoint(path: Path, seed: int = 0) -> None:
+def write_checkpoint(path: Path, seed: int = 0, classes: int = len(CLASS_NAMES)) -> None:
     """A tiny untrained scratch-CNN classifier checkpoint in the real format (ARCHITECTURE.md §4)."""
     from carbench.model.build import build_model
     from carbench.model.checkpoint import make_checkpoint, save_checkpoint
@@ -75,19 +95,20 @@ def write_checkpoint(path: Path, seed: int = 0) -> None:
                                     "head_hidden": HEAD_HIDDEN}, "model")
     train_cfg = build(TrainConfig, {**raw["train"], "image_size": IMAGE_SIZE}, "train")
     torch.manual_seed(seed)
-    model = build_model(model_cfg, len(CLASS_NAMES), pretrained=False)
+    model = build_model(model_cfg, classes, pretrained=False)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(make_checkpoint(model, model_cfg, train_cfg, CLASS_NAMES, 1, 0.5, {}, {}), path)
+    save_checkpoint(make_checkpoint(model, model_cfg, train_cfg, CLASS_NAMES[:classes], 1, 0.5, {}, {}), path)
 
 
-def make_world(tmp_path: Path, raw: dict | None = None) -> SimpleNamespace:
-    """Crop store + a checkpoint for every trained experiment + parsed params, under ``tmp_path``."""
+def make_world(tmp_path: Path, raw: dict | None = None, train_classes: int = 0) -> SimpleNamespace:
+    """Crop store + a checkpoint for every trained experiment + parsed params, under ``tmp_path``;
+    ``train_classes``: under the class-disjoint protocol (the checkpoints know the train half's classes only)."""
     raw = copy.deepcopy(raw or raw_params())
     params = parse_params(raw)
     crops, models = tmp_path / "data" / "crops", tmp_path / "models"
-    write_store(crops)
+    write_store(crops, train_classes=train_classes)
     for i, name in enumerate(params.trained):
-        write_checkpoint(models / name / "best.pt", seed=i)
+        write_checkpoint(models / name / "best.pt", seed=i, classes=train_classes or len(CLASS_NAMES))
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
     return SimpleNamespace(root=tmp_path, raw=raw, params=params, params_file=params_file, crops=crops,

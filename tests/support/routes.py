@@ -60,6 +60,10 @@ class FakeHub:
         self.files, self.snapshots, self.calls = files, snapshots, []
         monkeypatch.setattr(huggingface_hub, "hf_hub_download", self.hf_hub_download)
         monkeypatch.setattr(huggingface_hub, "snapshot_download", self.snapshot_download)
+        # A host that resolves anywhere: the routes check that the hub's host name resolves before calling it.
+        from huggingface_hub import constants
+
+        monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1")
 
     def hf_hub_download(self, repo_id, filename, *, repo_type=None, revision=None, **kwargs):
         self.calls.append(("file", repo_id, filename, repo_type, revision))

@@ -159,3 +159,24 @@ def test_both_on_picks_mixup_or_cutmix_per_batch():
         mixed, _ = mixer(x, torch.arange(4))
         kinds.add("cutmix" if torch.all((mixed == x) | (mixed == x.roll(1, 0))) else "mixup")
     assert kinds == {"cutmix", "mixup"}
+
+
+def test_resize_size_makes_training_a_random_crop_of_the_resized_image():
+    policy = A.train_policy("none", None, None, 28 / 32)                # image_size 28 of resize_size 32
+    assert policy.scale == ((28 / 32) ** 2,) * 2 and policy.ratio == (1.0, 1.0) and policy.hflip == 0
+    assert A.train_policy("light", [0.5, 1.0], None, 0.875).scale == (0.5, 1.0)   # an explicit range still wins
+    aug = A.build_augmenter(policy, False, 28, (0.0,) * 3, (1 / 255,) * 3, torch.Generator().manual_seed(0))
+    ramp = 4 * torch.arange(32).view(1, 32) + 2 * torch.arange(32).view(32, 1)          # value = 4 x + 2 y
+    images = ramp.to(torch.uint8).view(1, 32, 32, 1).expand(6, 32, 32, 3).contiguous()
+    out = aug(images)[:, 0]                                             # normalised back to 0..255 by std 1/255
+    assert out.shape == (6, 28, 28)
+    inner = out[:, 2:-2, 2:-2]
+    # the same slopes as the image (no rescaling: a crop, not a resized crop) ...
+    assert torch.allclose(inner[:, :, 1:] - inner[:, :, :-1], torch.tensor(4.0), atol=0.05)
+    assert torch.allclose(inner[:, 1:] - inner[:, :-1], torch.tensor(2.0), atol=0.05)
+    # ... and each sample's window starts anywhere in the 4 px of slack: value at (0, 0) = 4 x0 + 2 y0
+    origin = out[:, 2, 2] - 4 * 2 - 2 * 2
+    assert ((origin >= -0.05) & (origin <= 4 * 4 + 2 * 4 + 0.05)).all() and origin.unique().numel() > 1
+    exp, _ = tiny("tl_resnet50_frozen", model={"arch": "cnn", "weights": "none"},
+                  train={"augment": "none", "image_size": 28, "resize_size": 32})
+    assert not use_feature_cache(exp)                                   # a random crop: no cached features

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -298,3 +299,24 @@ def test_checkpoint_records_the_crop_store_data_source(tmp_path, store):
     exp, base = tiny(train={"epochs": 0})
     out, _ = run(tmp_path, synthetic, exp, base, "a")
     assert torch.load(out / "best.pt", weights_only=True)["data_source"] == "synthetic"
+
+
+def test_a_disjoint_store_trains_a_classifier_of_its_train_half_only(tmp_path):
+    """Class-disjoint protocol: train and val hold classes 0-1 of 4, so the head has 2 outputs (ids kept), the
+    checkpoint names those 2 classes."""
+    from dataclasses import replace
+
+    from carbench.data.store import load_meta, write_meta
+    from carbench.data.store import write_store as write_crop_store
+
+    rng = np.random.default_rng(0)
+    splits = {split: (rng.integers(0, 256, (n, STORE_SIZE, STORE_SIZE, 3), dtype=np.uint8),
+                      [f"{split}/{i}.jpg" for i in range(n)], np.arange(n) % 2 + (2 if split == "test" else 0))
+              for split, n in COUNTS.items()}
+    store = tmp_path / "crops"
+    write_crop_store(store, splits, [f"car {i}" for i in range(4)])
+    write_meta(store, replace(load_meta(store), train_classes=2))
+    exp, base = tiny("cnn_basic", train={"epochs": 1})
+    out, _ = run(tmp_path, store, exp, base, "disjoint")
+    model, ckpt = load_classifier(out / "best.pt", "cpu")
+    assert model.num_classes == 2 and ckpt["class_names"] == ["car 0", "car 1"]

@@ -136,3 +136,11 @@ def test_layer_decay_gives_each_backbone_block_its_lr(store):
     assert covered == len(list(trainer.model.parameters()))
     plain = param_groups(trainer.model, dataclasses.replace(exp.model, layer_decay=1.0), exp.train)
     assert {g["name"] for g in plain} == {"head", "head_no_decay", "backbone", "backbone_no_decay"}
+
+
+def test_linear_lr_scaling_multiplies_by_the_batch_over_256():
+    _, groups = groups_by_name({"backbone_lr_mult": 0.5}, {"lr": 0.1, "batch_size": 64, "lr_scaling": "linear"})
+    assert groups["head"]["lr"] == pytest.approx(0.1 * 64 / 256) == groups["head"]["base_lr"]
+    assert groups["backbone"]["lr"] == pytest.approx(0.1 * 64 / 256 * 0.5)
+    _, plain = groups_by_name(None, {"lr": 0.1, "batch_size": 64})
+    assert plain["head"]["lr"] == 0.1                                   # lr_scaling: none leaves lr as set

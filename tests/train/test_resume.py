@@ -1,5 +1,10 @@
-"""carbench.train.resume: a run interrupted with every recipe option on resumes to the uninterrupted result."""
+"""carbench.train.resume: a run interrupted with every recipe option on resumes to the uninterrupted result; a
+Ctrl-C while a resume file (or a checkpoint) is being written stops with one line and leaves a whole file."""
 from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -30,3 +35,53 @@ def test_resume_with_every_recipe_option_equals_an_uninterrupted_run(tmp_path, s
     assert ("resuming the refit" in err) == (after >= 3)
     assert_same_weights(weights_of(out_a), weights_of(out_b))
     assert deterministic_metrics(live_a) == deterministic_metrics(live_b)
+
+
+#: The child: writes a previous file, then a large state with SIGINT sent once the temporary file is being written.
+_STOP_WHILE_WRITING = textwrap.dedent("""
+    import os, pathlib, signal, sys, threading, time
+    import torch
+    from carbench import cli
+    from carbench.model.checkpoint import save_checkpoint
+    from carbench.train.resume import save_resume_file
+
+    path, writer = pathlib.Path(sys.argv[1]), sys.argv[2]
+    save = (lambda state: save_resume_file(path, state)) if writer == "resume" else \\
+        (lambda state: save_checkpoint(state, path))
+
+
+    def stop_while_writing():
+        while True:
+            tmp = [p for p in path.parent.iterdir() if p.name.startswith(f".{path.name}.tmp-")]
+            if tmp and tmp[0].stat().st_size > 0:
+                os.kill(os.getpid(), signal.SIGINT)
+                print("signal sent while writing", flush=True)
+                return
+            time.sleep(0.0002)
+
+
+    def main():
+        save({"epoch": 1, "weights": torch.zeros(10)})           # the previous file
+        state = {"epoch": 2, **{f"t{i}": torch.full((1_000_000,), float(i)) for i in range(16)}}   # 64 MB
+        threading.Thread(target=stop_while_writing, daemon=True).start()
+        save(state)
+        print("not stopped", flush=True)
+
+
+    cli.run_command(main)
+""")
+
+
+@pytest.mark.parametrize("writer", ["resume", "checkpoint"])
+def test_ctrl_c_while_a_file_is_written_is_one_line_and_leaves_it_whole(tmp_path, writer):
+    path = tmp_path / "state.pt"
+    script = tmp_path / "stop.py"
+    script.write_text(_STOP_WHILE_WRITING)
+    done = subprocess.run([sys.executable, str(script), str(path), writer], capture_output=True, text=True,
+                          timeout=300)
+    assert done.stdout == "signal sent while writing\n"                # it landed inside torch.save
+    assert done.returncode == 130 and "Traceback" not in done.stderr
+    assert done.stderr == "interrupted: stop.py stopped by SIGINT; run the same command again to continue\n"
+    saved = torch.load(path, weights_only=True)                       # whole: the write ended before the stop
+    assert saved["epoch"] == 2 and float(saved["t15"][-1]) == 15.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.pt", "stop.py"]   # no temporary file left

@@ -6,7 +6,7 @@ import io
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from carbench.config import CropConfig, DataConfig, SplitConfig, SyntheticConfig
 
@@ -16,19 +16,21 @@ SYNTHETIC_FALLBACK = SyntheticConfig(num_classes=20, train_per_class=10, test_pe
                                      max_size=900, grayscale_fraction=0.05)
 
 
-def _ingest(raw_source: Path, work: Path) -> tuple[Path, Path, str]:
-    """Pack ``raw_source`` (torchvision layout; synthetic large photos when absent) into data/raw + split."""
+def _ingest(raw_source: Optional[Path], work: Path) -> tuple[Path, Path, str]:
+    """Pack ``raw_source`` (torchvision layout; synthetic large photos when None) into data/raw + split."""
     from carbench.data.download import acquire
     from carbench.data.split import write_split
 
-    if raw_source.is_dir():
+    if raw_source is not None:
+        if not raw_source.is_dir():
+            raise SystemExit(f"error: {raw_source} is not a folder of photos (--raw)")
         data = DataConfig(source="local", path=str(raw_source), cache_dir=str(work / "cache"),
                           skip_bad_images=False, timeout_s=1.0, synthetic=SYNTHETIC_FALLBACK)
         label = f"{raw_source.name} (real photos)"
     else:
         data = DataConfig(source="synthetic", path=None, cache_dir=str(work / "cache"), skip_bad_images=False,
                           timeout_s=1.0, synthetic=SYNTHETIC_FALLBACK)
-        label = "synthetic 600-900 px photos (../shared/data absent)"
+        label = "synthetic 600-900 px photos (no --raw folder given)"
     raw, split = work / "raw", work / "split"
     acquire(data, 0, raw, None)
     write_split(SplitConfig(strategy="official", val_fraction=0.2, test_fraction=0.2, allow_missing_classes=True),
@@ -50,7 +52,7 @@ def _plain_decode_rate(raw: Path) -> tuple[float, int]:
     return len(manifest) / (time.perf_counter() - start), len(manifest)
 
 
-def measure_crop(raw_source: Path) -> dict[str, Any]:
+def measure_crop(raw_source: Optional[Path]) -> dict[str, Any]:
     """Crop-stage images/s (whole ``write_crops`` call, pool start-up included) vs plain full decode."""
     from carbench.data.crop import write_crops
 

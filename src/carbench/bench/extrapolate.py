@@ -101,7 +101,9 @@ def expected_stages(params: dict) -> list[str]:
     dag = params["dag"]
     return (["download", "split", "crop", "resolve"] + [f"train@{n}" for n in dag["train"]]
             + [f"embed@{n}" for n in dag["retrieval"]] + [f"knn@{n}" for n in dag["retrieval"]]
-            + [f"evaluate@{n}" for n in params["experiments"]] + ["aggregate"])
+            + [f"{s}_pretrained@{n}" for n in dag.get("pretrained") or {} for s in ("embed", "knn")]
+            + [f"evaluate@{n}" for n in params["experiments"]] + ["aggregate"]
+            + [f"export@{n}" for n in params["experiments"]] + ["cards"])
 
 
 def plan_size(fraction: float, tiny: bool) -> dict:
@@ -112,7 +114,12 @@ def plan_size(fraction: float, tiny: bool) -> dict:
     else:
         data = {**FULL, "train_per_class": max(2, round(FULL["train_per_class"] * fraction)),
                 "test_per_class": max(1, round(FULL["test_per_class"] * fraction))}
-    photos = data["num_classes"] * (data["train_per_class"] + data["test_per_class"])
+    return size_of(data["num_classes"] * (data["train_per_class"] + data["test_per_class"]), data, tiny)
+
+
+def size_of(photos: int, data: Optional[dict] = None, tiny: bool = False) -> dict:
+    """The size record of a run on ``photos`` photos (``data``: the generated data's settings; None for a user's
+    folder) and the ratio of Stanford Cars' full size to it."""
     return {"data": data, "photos": photos, "full_photos": FULL_PHOTOS, "ratio": FULL_PHOTOS / photos,
             "fraction": photos / FULL_PHOTOS, "tiny": tiny}
 

@@ -1,5 +1,6 @@
 """Commands run with their output copied to a log as it comes and stopped at a timeout, and packages (dvc,
-dvclive) installed from wheels where python cannot import them: the device plan's plumbing on a bare GPU machine."""
+dvclive) installed from a folder of wheels where python cannot import them (a GPU machine without network): the
+device plan's plumbing."""
 from __future__ import annotations
 
 import importlib
@@ -69,20 +70,23 @@ def missing_modules(names: tuple[str, ...]) -> list[str]:
     return [n for n in names if importlib.util.find_spec(n) is None]
 
 
-def ensure_packages(wheels: Path, site: Path, names: tuple[str, ...] = ("dvc", "dvclive"),
+def ensure_packages(wheels: Optional[Path], site: Path, names: tuple[str, ...] = ("dvc", "dvclive"),
                     timeout: float = 240.0) -> dict:
     """Make ``names`` importable here and in child processes: as they are, from ``site`` (installed there by an
-    earlier call on the same machine), or by installing every wheel of ``wheels`` into ``site``."""
+    earlier call on the same machine), or by installing every wheel of ``wheels`` (when given) into ``site``."""
     if not missing_modules(names):
         return {"source": "importable", "seconds": 0.0}
     if site.is_dir():
         add_site(site)
         if not missing_modules(names):
             return {"source": f"{site} (installed earlier)", "seconds": 0.0}
-    files = sorted(str(p) for p in wheels.glob("*.whl"))
+    files = sorted(str(p) for p in wheels.glob("*.whl")) if wheels is not None else []
     if not files:
-        raise SystemExit(f"{', '.join(missing_modules(names))} not importable and no wheels in {wheels}: prepare "
-                         f"the payload with `bash ../shared/tools/device-pack.sh` and carry .device/whl")
+        where = f"no wheels in {wheels}" if wheels is not None else "no --wheels folder given"
+        raise SystemExit(f"{', '.join(missing_modules(names))} not importable and {where}: install the project on "
+                         f"this machine (`pip install -r requirements.txt`), or, without network, pass --wheels DIR "
+                         f"with their wheels and dependencies (`pip download -d DIR` of requirements.txt's dvc and "
+                         f"dvclive lines, on a machine with network)")
     print(f"installing {len(files)} wheels from {wheels} into {site}")
     code, seconds, output = run_logged([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
                                         "--no-compile", "--no-cache-dir", "--disable-pip-version-check",

@@ -53,7 +53,8 @@ def run_repro(repo: Path, logs: Path, targets: tuple[str, ...] = (), timeout: Op
     With ``timeout`` (seconds), dvc and its stages are stopped then and :class:`ReproTimeout` is raised.
 
     dvc runs as ``python -m dvc`` and the stages' ``python`` is this interpreter (a ``python`` script first on
-    PATH), so the run needs no ``dvc`` or ``python`` command on PATH (the GPU machine has ``python3`` only)."""
+    PATH), so the run needs no ``dvc`` or ``python`` command on PATH (an environment whose ``bin`` folder is not on
+    PATH, a machine with ``python3`` only)."""
     stage_log, log = logs / f"stages{tag}.jsonl", logs / f"dvc-repro{tag}.log"
     stage_log.unlink(missing_ok=True)
     shim = repo.parent / "bin"

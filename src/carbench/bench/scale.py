@@ -18,6 +18,7 @@ Stanford Cars' size, every stage against the bare compute it needs.
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -29,24 +30,30 @@ from .workspace import make_data, make_workspace, scale_params
 TARGETS = {"total_s": 600.0, "sum_over_floor": 1.25, "first_batch_s": 8.0, "evaluate_s": 8.0}
 
 
-def network_of(params: Any, name: str) -> str:
-    """The trained experiment whose network experiment ``name`` runs its images through: itself, or its embedder."""
+def network_of(params: Any, name: str) -> Optional[str]:
+    """The trained experiment whose network experiment ``name`` runs its images through: itself, or its embedder;
+    None for a retrieval baseline that embeds with pretrained weights (no trained experiment, no bare rate)."""
     exp = params.experiments[name]
-    return name if exp.trained else exp.embedder   # only a retrieval experiment has an embedder
+    if exp.trained:
+        return name
+    return exp.embedder if isinstance(exp.embedder, str) else None   # only a retrieval experiment has an embedder
 
 
 def stage_floor(record: dict, params: Any, bare: dict[str, Bare], blocks: dict[str, int]) -> Optional[float]:
-    """Bare-compute seconds of one stage record; None for the data stages (no model compute)."""
+    """Bare-compute seconds of one stage record; None for the data stages (no model compute) and for a network
+    whose bare rates were not measured."""
     kind, _, name = record["stage"].partition("@")
-    if kind == "train":
+    if kind == "train" and name in bare:
         return train_floor(params.experiments[name], bare[name], record, blocks[name])
-    if kind in ("embed", "evaluate") and "images" in record:
+    if kind in ("embed", "evaluate") and "images" in record and network_of(params, name) in bare:
         return record["images"] / bare[network_of(params, name)].infer
     return None
 
 
-def measure(repo: Path, records: list[dict], samples: list, device_name: str) -> list[dict]:
-    """Per stage: wall, first batch, steady and bare images/s, GPU busy, floor."""
+def measure(repo: Path, records: list[dict], samples: list, device_name: str,
+            deadline: Optional[float] = None) -> list[dict]:
+    """Per stage: wall, first batch, steady and bare images/s, GPU busy, floor. ``deadline`` (a
+    ``time.perf_counter()`` value): no network's bare rates are started after it (their stages get no floor)."""
     from carbench import runtime
     from carbench.config import load_params
     from carbench.data.store import load_meta
@@ -58,7 +65,9 @@ def measure(repo: Path, records: list[dict], samples: list, device_name: str) ->
     bare, blocks = {}, {}
     ran = [r["stage"].partition("@")[2] for r in records if r["stage"].partition("@")[0] in ("train", "embed",
                                                                                           "evaluate")]
-    for name in sorted({network_of(params, n) for n in ran}):
+    for name in sorted({net for net in (network_of(params, n) for n in ran) if net is not None}):
+        if deadline is not None and time.perf_counter() >= deadline:
+            break
         exp = params.experiments[name]
         runtime.seed_everything(params.base.seed)
         bare[name] = bare_rates(exp, params.base, classes, device)
@@ -72,7 +81,11 @@ def measure(repo: Path, records: list[dict], samples: list, device_name: str) ->
                "floor_s": floor, "busy": busy_fraction(samples, record["start"], record["end"]),
                "busy_after_first_batch": busy_fraction(samples, first, record["end"]) if first else None,
                "steady_images_per_second": record.get("steady_images_per_second"), "bare_images_per_second": None}
-        if kind == "train" and bare[name].train:
+        if floor is None and kind in ("train", "embed", "evaluate"):
+            network = network_of(params, name)
+            row["no_floor"] = ("pretrained embedder: no bare rate" if network is None
+                               else "budget" if network not in bare else "no image count")
+        if kind == "train" and name in bare and bare[name].train:
             row["bare_images_per_second"] = bare[name].train[max(bare[name].train)]
         rows.append(row)
     return rows

@@ -14,9 +14,11 @@ from .overrides import deep_merge
 #: Stanford Cars: 8,144 train / 8,041 test photos of 196 classes (median photo ~700 x 480 px).
 SCALE_DATA = {"num_classes": 196, "train_per_class": 42, "test_per_class": 41, "min_size": 300, "max_size": 900,
               "grayscale_fraction": 0.01}
-#: Not copied into the workspace (paths from the repository root): outputs, caches, environments.
-COPY_SKIP = {".git", ".dvc/cache", ".dvc/tmp", ".device", ".venv", "data", "models", "metrics", "plots", ".cache",
-             ".pytest_cache"}
+#: Not copied into the workspace (paths from the repository root): the pipeline's outputs and DVC's cache. Neither
+#: is any hidden entry of the root other than :data:`COPY_HIDDEN` (git, environments, caches, whatever a user keeps
+#: there).
+COPY_SKIP = {".dvc/cache", ".dvc/tmp", "data", "models", "metrics", "plots", "dvc_plots"}
+COPY_HIDDEN = {".dvc", ".dvcignore", ".gitignore"}
 COPY_SKIP_NAMES = {"__pycache__"}
 
 
@@ -31,18 +33,23 @@ def make_data(out: Path, seed: int, workers: int, scale: dict) -> float:
 
 
 def scale_params(raw: dict, data_path: Path, overrides: dict, weights_dir: Path) -> dict:
-    """The repository's params for the scale run: local data, offline, ``overrides`` merged in, and every
+    """The repository's params for the scale run: ``overrides`` merged in, local data, offline, and every
     torchvision weights name replaced by a random-init state_dict file of that architecture written into
     ``weights_dir`` (speed does not depend on the weights; the loading path still runs as with real ones)."""
     from carbench.config import parse_params
 
-    params = deep_merge(deep_merge(raw, {"base": {"offline": True},
-                                         "data": {"source": "local", "path": str(data_path.resolve())}}),
-                       overrides)
+    # The data location last: an overrides file that names a data source (the offline demo's) must not replace
+    # the data whose photo count the figures are scaled by.
+    params = deep_merge(deep_merge(raw, overrides), {"base": {"offline": True},
+                                                     "data": {"source": "local", "path": str(data_path.resolve())}})
     for name, exp in parse_params(params).experiments.items():
         if exp.trained and exp.model.weights != "none" and not Path(exp.model.weights).is_file():
             entry = params["experiments"][name]
             entry.setdefault("model", {})["weights"] = str(random_weights(exp.model.arch, weights_dir))
+    # retrieval baselines that embed with pretrained weights, untrained (dag.pretrained): the same
+    for entry in ((params.get("dag") or {}).get("pretrained") or {}).values():
+        if not Path(entry["weights"]).is_file():
+            entry["weights"] = str(random_weights(entry["arch"], weights_dir))
     return params
 
 
@@ -69,7 +76,8 @@ def make_workspace(root: Path, work: Path, params: dict) -> Path:
 
     def skip(folder: str, names: list[str]) -> set:
         rel = Path(folder).resolve().relative_to(root)
-        return {n for n in names if (rel / n).as_posix() in COPY_SKIP or n in COPY_SKIP_NAMES}
+        hidden = {n for n in names if n.startswith(".") and n not in COPY_HIDDEN} if rel == Path(".") else set()
+        return hidden | {n for n in names if (rel / n).as_posix() in COPY_SKIP or n in COPY_SKIP_NAMES}
 
     shutil.copytree(root, repo, ignore=skip)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -8,7 +8,9 @@ Every section becomes a frozen dataclass; unknown keys, missing keys, wrong type
 * :mod:`.validate`: the one validator that builds them from YAML (:func:`build`), and back (:func:`to_dict`);
 * :mod:`.experiments`: experiments as a tagged union (:class:`TrainedExperiment` | :class:`RetrievalExperiment`,
   whose stages get :class:`EmbedJob` and :class:`KnnJob`) and the rules of ``experiments`` and ``dag``;
-* :mod:`.params`: a whole params file (:func:`load_params`) and look-ups by name.
+* :mod:`.params`: a whole params file (:func:`load_params`) and look-ups by name;
+* :mod:`.reach`: whether a key reaches a stage under the params in force (imported by name, not re-exported here:
+  the stages that never ask do not depend on it in dvc.yaml).
 
 The files the resolve stage writes from it (``data/resolved/``) are :mod:`carbench.resolved`'s. Names that need
 torchvision (``model.arch``, ``model.weights``) are checked by that stage (:mod:`carbench.model.names`): loading
@@ -21,13 +23,14 @@ from .experiments import (CONFIGURATIONS, TRAINED_CONFIGURATIONS, EmbedJob, Expe
                           TrainedExperiment, build_experiment, build_trained, check_configuration, check_dag)
 from .params import Params, experiment, load_params, parse_params, retrieval_experiment, trained_experiment
 from .schema import (MOVED_DATA_KEYS, SECTION_SCHEMAS, SECTIONS, SPLITS, AggregateConfig, BaseConfig, CropConfig,
-                     DataConfig, EmbedConfig, EvaluateConfig, KnnConfig, ModelConfig, SplitConfig, SyntheticConfig,
-                     TrainConfig)
+                     DataConfig, EmbedConfig, EmbedWithConfig, EvaluateConfig, KnnConfig, ModelConfig, SplitConfig,
+                     SyntheticConfig, TrainConfig)
 from .validate import build, build_with_overrides, read_yaml, section, to_dict
 
 __all__ = [
     "CONFIGURATIONS", "MOVED_DATA_KEYS", "SECTIONS", "SECTION_SCHEMAS", "SPLITS", "TRAINED_CONFIGURATIONS",
     "AggregateConfig", "BaseConfig", "ConfigError", "CropConfig", "DataConfig", "EmbedConfig", "EmbedJob",
+    "EmbedWithConfig",
     "EvaluateConfig", "Experiment", "KnnConfig", "KnnJob", "ModelConfig", "Params", "RetrievalExperiment",
     "SplitConfig", "SyntheticConfig", "TrainConfig", "TrainedExperiment", "build", "build_experiment",
     "build_trained", "build_with_overrides", "check_configuration", "check_dag", "experiment", "load_params",

@@ -1,9 +1,11 @@
 """Experiments as a tagged union, and the rules of the ``experiments`` and ``dag`` sections.
 
 An experiment is either a :class:`TrainedExperiment` (``config: transfer | scratch``: a model and how to train it)
-or a :class:`RetrievalExperiment` (``config: retrieval``: the trained experiment that embeds, the embedding and
-the k-NN). Each has only its own sections, with the section defaults of ``params.yaml`` merged in, so code that
-receives one needs no check of what it is: an ``isinstance`` (or the ``trained`` tag) tells the two apart.
+or a :class:`RetrievalExperiment` (``config: retrieval``: what embeds, the embedding and the k-NN). What embeds is
+named in ``dag``: a trained experiment's best checkpoint (``dag.retrieval``), or pretrained weights used untrained
+(``dag.pretrained``: a baseline with no ``train@``). Each has only its own sections, with the section defaults of
+``params.yaml`` merged in, so code that receives one needs no check of what it is: an ``isinstance`` (or the
+``trained`` tag) tells the two apart.
 """
 from __future__ import annotations
 
@@ -11,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from ..errors import ConfigError
-from .schema import EmbedConfig, KnnConfig, ModelConfig, TrainConfig
-from .validate import build_with_overrides, section
+from .schema import EmbedConfig, EmbedWithConfig, KnnConfig, ModelConfig, TrainConfig
+from .validate import build, build_with_overrides, section
 
 CONFIGURATIONS = ("transfer", "scratch", "retrieval")
 TRAINED_CONFIGURATIONS = ("transfer", "scratch")
@@ -37,11 +39,18 @@ class RetrievalExperiment:
     """A retrieval experiment: embed@ with the embedder's best checkpoint, knn@, then evaluate@."""
 
     name: str
-    embedder: str            # the trained experiment whose checkpoint embeds the images (dag.retrieval)
+    #: the trained experiment whose checkpoint embeds the images (dag.retrieval), or the pretrained weights that
+    #: embed them untrained (dag.pretrained)
+    embedder: str | EmbedWithConfig
     embed: EmbedConfig
     knn: KnnConfig
     config: ClassVar[str] = "retrieval"
     trained: ClassVar[bool] = False
+
+    @property
+    def pretrained(self) -> bool:
+        """True for a baseline that embeds with pretrained weights and trains nothing (dag.pretrained)."""
+        return isinstance(self.embedder, EmbedWithConfig)
 
     def embed_job(self) -> EmbedJob:
         return EmbedJob(name=self.name, embedder=self.embedder, embed=self.embed)
@@ -57,7 +66,7 @@ class EmbedJob:
     """What embed@<name> runs on: the retrieval experiment's embedder and ``embed`` section."""
 
     name: str
-    embedder: str
+    embedder: str | EmbedWithConfig
     embed: EmbedConfig
 
 
@@ -108,7 +117,8 @@ def build_trained(name: str, config: str, raw: dict, params: dict) -> TrainedExp
     return TrainedExperiment(name=name, config=config, model=model, train=train)
 
 
-def build_experiment(name: str, raw: Any, params: dict, embedders: dict[str, str]) -> Experiment:
+def build_experiment(name: str, raw: Any, params: dict,
+                     embedders: dict[str, str | EmbedWithConfig]) -> Experiment:
     """Experiment ``name`` from its entry ``raw`` and the section defaults of ``params``; ``embedders`` is
     :func:`check_dag`'s map (it names every retrieval experiment's embedder)."""
     config = check_configuration(name, raw)
@@ -123,21 +133,31 @@ def build_experiment(name: str, raw: Any, params: dict, embedders: dict[str, str
     )
 
 
-def check_dag(params: dict, experiments: dict) -> dict[str, str]:
-    """Check ``dag`` against the experiments; return retrieval name -> embedder."""
+def check_dag(params: dict, experiments: dict) -> dict[str, str | EmbedWithConfig]:
+    """Check ``dag`` against the experiments; return retrieval name -> embedder (a trained experiment's name, or
+    the pretrained weights of ``dag.pretrained``)."""
     dag = section(params, "dag")
-    unknown = sorted(set(dag) - {"train", "retrieval"})
+    unknown = sorted(set(dag) - {"train", "retrieval", "pretrained"})
     if unknown:
-        raise ConfigError(f"unknown key dag.{unknown[0]} (known keys: train, retrieval)")
+        raise ConfigError(f"unknown key dag.{unknown[0]} (known keys: train, retrieval, pretrained)")
     train = dag.get("train") or []
     retrieval = dag.get("retrieval") or {}
+    pretrained = dag.get("pretrained") or {}
     if not isinstance(train, list):
         raise ConfigError("dag.train must be a list of experiment names")
     if not isinstance(retrieval, dict):
         raise ConfigError("dag.retrieval must map each retrieval experiment to its embedder")
+    if not isinstance(pretrained, dict):
+        raise ConfigError("dag.pretrained must map retrieval experiments to the pretrained weights that embed for "
+                          "them, e.g. {arch: mobilenet_v2, weights: IMAGENET1K_V1, image_size: 224}")
     configs = {n: r.get("config") for n, r in experiments.items() if isinstance(r, dict)}
     want_train = {n for n, c in configs.items() if c in TRAINED_CONFIGURATIONS}
     want_retr = {n for n, c in configs.items() if c == "retrieval"}
+    for name in pretrained:
+        if name not in want_retr:
+            raise ConfigError(f"dag.pretrained names {name!r}, which is not a retrieval experiment")
+        if name in retrieval:
+            raise ConfigError(f"dag.retrieval and dag.pretrained both name {name!r}: one embedder each")
     for name in train:
         if name not in want_train:
             raise ConfigError(f"dag.train names {name!r}, which is not a transfer or scratch experiment")
@@ -149,6 +169,9 @@ def check_dag(params: dict, experiments: dict) -> dict[str, str]:
         if embedder not in want_train:
             raise ConfigError(f"dag.retrieval.{name}: embedder {embedder!r} is not a trained experiment "
                               f"(one of: {', '.join(sorted(want_train))})")
-    for name in sorted(want_retr - set(retrieval)):
-        raise ConfigError(f"dag.retrieval must map the retrieval experiment {name!r} to its embedder")
-    return {str(k): str(v) for k, v in retrieval.items()}
+    for name in sorted(want_retr - set(retrieval) - set(pretrained)):
+        raise ConfigError(f"dag.retrieval must map the retrieval experiment {name!r} to its embedder (or "
+                          "dag.pretrained to pretrained weights)")
+    embedders: dict[str, str | EmbedWithConfig] = {str(k): str(v) for k, v in retrieval.items()}
+    embedders.update({str(k): build(EmbedWithConfig, v, f"dag.pretrained.{k}") for k, v in pretrained.items()})
+    return embedders

@@ -3,6 +3,8 @@
 Field metadata carries each key's doc string (``doc``, from which ``python -m carbench.reference`` writes
 docs/params.md) and its constraints: ``choices``, ``min``/``max`` (inclusive) and ``gt``/``lt`` (exclusive), which
 :func:`carbench.config.validate.build` applies. A section's ``check(where)`` holds the rules that span keys.
+``read_when=(key, values)``: the code reads the field only while the sibling ``key`` has one of ``values``
+(:mod:`carbench.config.reach` refuses a ``-S`` that sets it otherwise: it would change nothing).
 Names that need torchvision (``model.arch``, ``model.weights``) are checked by the resolve stage instead
 (:mod:`carbench.model.names`): this module must load without torch.
 """
@@ -17,7 +19,7 @@ from ..errors import ConfigError
 
 def _f(default: Any = dataclasses.MISSING, *, doc: str, factory: Any = dataclasses.MISSING, **meta: Any) -> Any:
     """A dataclass field with its doc string (required: docs/params.md is generated from it, carbench.reference)
-    and validation metadata (choices, min, max, gt, lt); ``factory`` for a mutable default."""
+    and metadata: validation (choices, min, max, gt, lt) and ``read_when``; ``factory`` for a mutable default."""
     if not doc.strip():
         raise TypeError("every schema field needs a doc string")
     return field(default=default, default_factory=factory, metadata={"doc": doc, **meta})
@@ -72,12 +74,12 @@ class DataConfig:
                      doc="auto: try the routes of src/carbench/resources/sources.yaml in order | local: data.path "
                          "| synthetic: the generated dataset")
     path: Optional[str] = _f(doc="local source: torchvision stanford_cars dir, car_ims/ + cars_annos.mat, "
-                                 "archives, parquet, class folders")
+                                 "archives, parquet, class folders", read_when=("source", ("local",)))
     cache_dir: str = _f(doc="where URL downloads land (resumable, outside DVC outputs); kagglehub/HF keep their "
                             "own caches")
     skip_bad_images: bool = _f(doc="true: drop unreadable/invalid images and list them in metrics/data.json")
-    timeout_s: float = _f(gt=0.0, doc="network timeout per request (seconds)")
-    synthetic: SyntheticConfig = _f(doc="the generated dataset")
+    timeout_s: float = _f(gt=0.0, doc="network timeout per request (seconds)", read_when=("source", ("auto",)))
+    synthetic: SyntheticConfig = _f(doc="the generated dataset", read_when=("source", ("synthetic",)))
     extra: Optional[str] = _f(None, doc="a folder of <class name>/*.jpg (+ optional boxes.csv): new classes after "
                                         "the official ones (carbench.data.extra)")
 
@@ -94,16 +96,23 @@ SPLITS = ("train", "val", "test")
 class SplitConfig:
     """How the labelled images become train / val / test (carbench.data.split)."""
 
-    strategy: str = _f(choices=("official", "pooled", "kfold"),
+    strategy: str = _f(choices=("official", "pooled", "kfold", "disjoint"),
                        doc="official: official test set, val from official train | pooled: pool all, "
                            "test_fraction then val | kfold: pool all, per class `folds` seeded folds; fold `fold` "
-                           "is test, val from the rest")
+                           "is test, val from the rest | disjoint: the retrieval papers' class-disjoint protocol, "
+                           "classes 1..disjoint_at (all their photos) train and val, every photo of the later "
+                           "classes test (docs/retrieval_eval.md)")
     val_fraction: float = _f(gt=0.0, lt=1.0, doc="per class, this share of the non-test images becomes val")
-    test_fraction: float = _f(gt=0.0, lt=1.0, doc="pooled only: per class, this share of the images becomes test")
+    test_fraction: float = _f(gt=0.0, lt=1.0, doc="pooled only: per class, this share of the images becomes test",
+                              read_when=("strategy", ("pooled",)))
     allow_missing_classes: bool = _f(doc="true: a class too small to reach every split only warns (small subsets)")
-    folds: int = _f(5, min=2, doc="kfold only: number of folds (per class, seeded by base.seed)")
+    folds: int = _f(5, min=2, doc="kfold only: number of folds (per class, seeded by base.seed)",
+                    read_when=("strategy", ("kfold",)))
     fold: int = _f(0, min=0, doc="kfold only: which fold is the test set (0..folds-1); sweep it with "
-                                 "`dvc exp run --queue`")
+                                 "`dvc exp run --queue`", read_when=("strategy", ("kfold",)))
+    disjoint_at: int = _f(98, min=1, doc="disjoint only: the last official class number of the train half "
+                                         "(98: classes 1-98 train, 99-196 test, as published)",
+                          read_when=("strategy", ("disjoint",)))
 
     def check(self, where: str) -> None:
         if self.fold >= self.folds:
@@ -122,6 +131,10 @@ class CropConfig:
     preview: int = _f(min=0, doc="crops in plots/crops_preview.png")
 
 
+#: The keys of the scratch CNN (carbench.model.scratch): read only for ``arch: cnn``.
+_CNN = ("arch", ("cnn",))
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Defaults for every trained experiment; an experiment's `model:` overrides keys."""
@@ -131,16 +144,18 @@ class ModelConfig:
     freeze: str = _f(choices=("frozen", "partial", "progressive", "full"),
                      doc="frozen: head only | partial: the last trainable_blocks backbone blocks too | "
                          "progressive: one more block every unfreeze_every epochs | full: everything")
-    trainable_blocks: int = _f(min=0, doc="partial: last N backbone blocks trainable")
-    unfreeze_every: int = _f(min=1, doc="progressive: unfreeze one more block (top-down) every N epochs")
+    trainable_blocks: int = _f(min=0, doc="partial: last N backbone blocks trainable",
+                               read_when=("freeze", ("partial",)))
+    unfreeze_every: int = _f(min=1, doc="progressive: unfreeze one more block (top-down) every N epochs",
+                             read_when=("freeze", ("progressive",)))
     backbone_lr_mult: float = _f(min=0.0, doc="backbone lr = train.lr * this")
     head_dropout: float = _f(min=0.0, lt=1.0, doc="dropout on the backbone features, before the head")
     head_hidden: int = _f(min=0, doc="0 = linear head; >0 = hidden layer of this width (ReLU)")
-    cnn_widths: tuple[int, ...] = _f(doc="cnn: channels per block (number of blocks = length)")
-    cnn_convs_per_block: int = _f(min=1, doc="cnn: 3x3 convolutions per block")
-    cnn_batch_norm: bool = _f(doc="cnn: batch norm after each convolution")
-    cnn_dropout: float = _f(min=0.0, lt=1.0, doc="cnn: dropout after each block")
-    cnn_residual: bool = _f(doc="cnn: each block adds a (1x1-projected) shortcut")
+    cnn_widths: tuple[int, ...] = _f(doc="cnn: channels per block (number of blocks = length)", read_when=_CNN)
+    cnn_convs_per_block: int = _f(min=1, doc="cnn: 3x3 convolutions per block", read_when=_CNN)
+    cnn_batch_norm: bool = _f(doc="cnn: batch norm after each convolution", read_when=_CNN)
+    cnn_dropout: float = _f(min=0.0, lt=1.0, doc="cnn: dropout after each block", read_when=_CNN)
+    cnn_residual: bool = _f(doc="cnn: each block adds a (1x1-projected) shortcut", read_when=_CNN)
     init: str = _f(choices=("default", "he"), doc="he: Kaiming normal for conv/linear of scratch models")
     # The defaults of these two are "off" so that older params files keep their meaning.
     layer_decay: float = _f(1.0, gt=0.0, max=1.0, doc="layer-wise lr decay: backbone block i of n gets "
@@ -155,6 +170,10 @@ class ModelConfig:
             raise ConfigError(f"{where}.cnn_widths must be positive, got {list(self.cnn_widths)}")
 
 
+#: The batch size at which ``train.lr_scaling: linear`` uses ``train.lr`` as it is.
+LR_SCALING_BATCH = 256
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Defaults for every trained experiment; an experiment's `train:` overrides keys."""
@@ -163,13 +182,13 @@ class TrainConfig:
     batch_size: int = _f(min=1, doc="training batch (global: split across base.gpus processes)")
     lr: float = _f(gt=0.0, doc="learning rate of the head (the backbone's: times model.backbone_lr_mult)")
     optimizer: str = _f(choices=("sgd", "adam", "adamw", "rmsprop"), doc="the torch optimizer")
-    momentum: float = _f(min=0.0, lt=1.0, doc="sgd and rmsprop momentum")
+    momentum: float = _f(min=0.0, lt=1.0, doc="sgd and rmsprop momentum", read_when=("optimizer", ("sgd", "rmsprop")))
     weight_decay: float = _f(min=0.0, doc="weight decay (not on norm and bias parameters)")
     scheduler: str = _f(choices=("none", "step", "cosine", "plateau"),
                         doc="lr schedule after warm-up (carbench.train.optim); plateau: times gamma after 2 epochs "
                             "without a better val top-1")
-    step_size: int = _f(min=1, doc="step: epochs between decays")
-    gamma: float = _f(gt=0.0, max=1.0, doc="step / plateau decay factor")
+    step_size: int = _f(min=1, doc="step: epochs between decays", read_when=("scheduler", ("step",)))
+    gamma: float = _f(gt=0.0, max=1.0, doc="step / plateau decay factor", read_when=("scheduler", ("step", "plateau")))
     warmup_epochs: int = _f(min=0, doc="linear lr warm-up over this many epochs (per step)")
     label_smoothing: float = _f(min=0.0, lt=1.0, doc="cross-entropy label smoothing")
     focal_gamma: float = _f(min=0.0, doc=">0: focal loss with this gamma")
@@ -198,6 +217,13 @@ class TrainConfig:
                                                "0 = off")
     cudnn_benchmark: bool = _f(True, doc="CUDA: cuDNN autotunes the full-size training batch (one shape); the "
                                          "last partial batch, validation and inference use cuDNN's heuristics")
+    resize_size: int = _f(0, min=0, max=4096, doc="0: images are resized to image_size | N > image_size: resized "
+                                                  "to N, then cropped to image_size (training: a random crop, "
+                                                  "replacing the augment preset's random-resized crop; evaluation: "
+                                                  "the centre crop), as torchvision's Resize(N) + RandomCrop / "
+                                                  "CenterCrop")
+    lr_scaling: str = _f("none", choices=("none", "linear"), doc="linear: the lr used is lr x batch_size / 256 "
+                                                                 "(Goyal et al. 2017, batch_size global)")
 
     def check(self, where: str) -> None:
         for key, hi in (("crop_scale", 1.0), ("crop_ratio", None)):
@@ -207,10 +233,23 @@ class TrainConfig:
             if len(value) != 2 or not 0 < value[0] <= value[1] or (hi is not None and value[1] > hi):
                 bound = f"0 < lo <= hi <= {hi}" if hi is not None else "0 < lo <= hi"
                 raise ConfigError(f"{where}.{key} must be [lo, hi] with {bound}, got {list(value)}")
+        if self.resize_size and self.resize_size <= self.image_size:
+            raise ConfigError(f"{where}.resize_size must be 0 or larger than image_size ({self.image_size}), "
+                              f"got {self.resize_size}")
         if self.refit and self.scheduler == "plateau":
             raise ConfigError(f"{where}.refit cannot use scheduler 'plateau' (the refit has no validation split)")
         if self.focal_gamma > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0):
             raise ConfigError(f"{where}.focal_gamma cannot be combined with mixup_alpha / cutmix_alpha (soft targets)")
+
+    @property
+    def effective_lr(self) -> float:
+        """The head's lr the optimizer starts from: ``lr``, times batch_size / 256 under ``lr_scaling: linear``."""
+        return self.lr * self.batch_size / LR_SCALING_BATCH if self.lr_scaling == "linear" else self.lr
+
+    @property
+    def crop_fraction(self) -> Optional[float]:
+        """Side of the crop as a fraction of the image under ``resize_size`` (image_size / resize_size), else None."""
+        return self.image_size / self.resize_size if self.resize_size else None
 
     @property
     def mixing(self) -> bool:
@@ -231,6 +270,22 @@ class EmbedConfig:
 
 
 @dataclass(frozen=True)
+class EmbedWithConfig:
+    """An entry of `dag.pretrained`: the pretrained weights that embed for a retrieval experiment as they are, with
+    no training (a baseline beside the fine-tuned embedders of `dag.retrieval`; no train@ runs for it)."""
+
+    arch: str = _f(doc="torchvision classification model name")
+    weights: str = _f(doc="its torchvision weights name (IMAGENET1K_V1 ...) or a path to a state_dict file")
+    image_size: int = _f(min=16, max=2048, doc="side of the square model input (pixels)")
+
+    def check(self, where: str) -> None:
+        if self.weights == "none":
+            raise ConfigError(f"{where}.weights must name pretrained weights (an untrained embedder is random)")
+        if self.arch == "cnn":
+            raise ConfigError(f"{where}.arch must be a torchvision model: 'cnn' has no pretrained weights")
+
+
+@dataclass(frozen=True)
 class KnnConfig:
     """Defaults for retrieval experiments; an experiment's `knn:` overrides keys."""
 
@@ -241,11 +296,16 @@ class KnnConfig:
     pca_components: int = _f(min=0, doc="0 = off; PCA fitted on the gallery only")
     backend: str = _f(choices=("auto", "torch", "faiss"),
                       doc="auto = torch; faiss when installed and gallery > faiss_min_gallery")
-    faiss_min_gallery: int = _f(min=0, doc="auto: the gallery size above which faiss is used")
+    faiss_min_gallery: int = _f(min=0, doc="auto: the gallery size above which faiss is used",
+                                read_when=("backend", ("auto",)))
     retrieval_ks: tuple[int, ...] = _f(doc="the k of the recall@k metrics")
-    classical: str = _f(choices=("none", "logreg"),
-                        doc="logreg: also fit a classical classifier on the same embeddings")
+    classical: str = _f(choices=("none", "logreg", "random_forest"),
+                        doc="also fit a classical classifier on the same processed gallery embeddings and score it "
+                            "on the queries (its own summary row, with CIs): logreg | random_forest (seeded from "
+                            "base.seed)")
     whiten: bool = _f(False, doc="true: PCA-whitening (needs pca_components > 0; fitted on the gallery only)")
+    forest_trees: int = _f(100, min=1, doc="random_forest: trees of scikit-learn's RandomForestClassifier",
+                           read_when=("classical", ("random_forest",)))
 
     def check(self, where: str) -> None:
         if not self.retrieval_ks or any(k < 1 for k in self.retrieval_ks):

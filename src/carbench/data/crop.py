@@ -17,9 +17,9 @@ import numpy as np
 
 from ..cli import release_stop_signals, stop_signals_held
 from ..config import CropConfig, Params
-from .crops import DECODE_ERRORS, Box, decode_crop
+from .crops import Box, decode_crop
 from ..errors import DataError
-from .manifest import image_error_reason
+from .images import error_reason
 from ..runtime import configure
 from .store import SPLITS, StoreMeta, allocate_split, compact_split, load_split, split_paths, write_index, write_meta
 
@@ -71,8 +71,8 @@ def _run_task(task: CropTask) -> tuple[int, list[tuple[str, str]]]:
     for row, offset, nbytes, box, image in task.rows:
         try:
             out[row] = decode_crop(data[offset:offset + nbytes], box, margin, size, keep_aspect)
-        except DECODE_ERRORS as exc:
-            failures.append((image, image_error_reason(exc)))
+        except DataError as exc:   # a photo Pillow refuses (ImageError), a box outside it
+            failures.append((image, error_reason(exc)))
     # No flush (msync): the stores are shared file mappings, so the parent sees the pages without a disk
     # round trip, even if this worker is terminated; flushing each chunk cost ~10% of the crop time.
     return len(task.rows), failures
@@ -197,7 +197,7 @@ def write_crops(crop: CropConfig, skip_bad: bool, raw_dir: str | Path, split_dir
 
     from ..io import atomic_dir, write_json
     from .manifest import IMAGES_BIN, read_classes, read_manifest
-    from .split import read_split
+    from .split import read_protocol, read_split
 
     started = time.perf_counter()
     raw_dir = Path(raw_dir)
@@ -217,7 +217,7 @@ def write_crops(crop: CropConfig, skip_bad: bool, raw_dir: str | Path, split_dir
         counts = finish_stores(manifest, splits, tmp, {image for image, _ in failures})
         write_meta(tmp, StoreMeta(size=crop.size, margin=crop.margin, keep_aspect=crop.keep_aspect,
                                   class_names=tuple(class_names), num_classes=len(class_names), counts=counts,
-                                  source=str(classes.get("source", ""))))
+                                  source=str(classes.get("source", "")), train_classes=read_protocol(split_dir)))
     if preview_path is not None:
         write_preview(Path(out_dir), class_names, crop.preview, preview_path)
     rate = len(manifest) / crop_seconds if crop_seconds > 0 else 0.0

@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image, ImageCms, JpegImagePlugin
 
 from ..errors import DataError
+from .images import decoding, open_image
 
 RESAMPLE = Image.Resampling.BILINEAR
 DRAFT_SCALES = (8, 4, 2, 1)            # the DCT scalings libjpeg offers, largest first
@@ -192,10 +193,12 @@ ImageInput = Union[bytes, bytearray, memoryview, Image.Image]
 def decode_crop(data: ImageInput, box: Sequence[int], margin: float, size: int, keep_aspect: bool) -> np.ndarray:
     """Open an image (encoded bytes, or a PIL image) and crop it: uint8 array ``(size, size, 3)``.
 
-    Decoding errors (truncated or corrupt file) propagate as PIL's ``OSError``/``SyntaxError``.
+    A photo Pillow refuses (not an image, truncated, damaged, too large: :mod:`carbench.data.images`) raises
+    :class:`~carbench.errors.ImageError`, a box outside it DataError; both are DataErrors whose message is the reason.
     """
-    img = data if isinstance(data, Image.Image) else Image.open(io.BytesIO(data))
-    return np.asarray(crop_box(img, box, margin, size, keep_aspect), dtype=np.uint8)
+    img = data if isinstance(data, Image.Image) else open_image(data)
+    with decoding(img):
+        return np.asarray(crop_box(img, box, margin, size, keep_aspect), dtype=np.uint8)
 
 
 def crop_batch(images: Sequence[ImageInput], boxes: Sequence[Sequence[int]], margin: float, size: int,
@@ -207,7 +210,3 @@ def crop_batch(images: Sequence[ImageInput], boxes: Sequence[Sequence[int]], mar
     for i, (image, box) in enumerate(zip(images, boxes)):
         out[i] = decode_crop(image, box, margin, size, keep_aspect)
     return out
-
-
-#: What a corrupt image raises while decoding (PIL uses OSError for truncation, SyntaxError for bad headers).
-DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError, DataError)

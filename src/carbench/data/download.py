@@ -21,6 +21,7 @@ fingerprint was checked on the official images only, and listed under ``extra`` 
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -54,6 +55,12 @@ def ways_forward(offline: bool) -> str:
         "(the fingerprint checks what it delivers);",
         "  - data.source: synthetic runs the whole pipeline on generated data.",
     ]
+    stage = os.environ.get("DVC_STAGE")   # DVC sets both for the stage it runs
+    lock = Path(os.environ.get("DVC_ROOT", ".")) / "dvc.lock"
+    if stage and lock.is_file() and f"\n  {stage}:\n" in lock.read_text():   # an earlier run recorded outputs
+        lines.append(f"DVC removed this stage's previous outputs before it ran (it does so for every stage it "
+                     f"reruns): `dvc checkout {stage}` brings back the ones dvc.lock records (the offline demo's, "
+                     "say), without a network.")
     return "\n".join(lines)
 
 

@@ -5,26 +5,24 @@ concatenated, never re-encoded), ``manifest.csv`` (one row per image: label, box
 ``classes.json``. Only image *headers* are read here (width/height); decoding happens once, in the crop stage.
 
 Checks, each a :class:`DataError` naming the file (and the annotation row), or — with
-``data.skip_bad_images`` — a skipped image listed in the metrics: class out of range, missing image,
-zero-byte or unidentifiable file, empty box (x1 > x2 or y1 > y2), box entirely outside the image. A box that
+``data.skip_bad_images`` — a skipped image listed in the metrics: class out of range, missing or unreadable file,
+a header Pillow refuses for any reason (zero bytes, no known format, damaged header, too many pixels, no pixels:
+:mod:`carbench.data.images`), empty box (x1 > x2 or y1 > y2), box entirely outside the image. A box that
 only overhangs the image is clamped to it (listed under ``boxes_clamped``). Duplicate image names are
 always an error: which label is right cannot be guessed.
 """
 from __future__ import annotations
 
 import csv
-import io
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Optional
 
-from PIL import Image, UnidentifiedImageError
-
-from ..errors import DataError, DataWarning
+from ..errors import DataError, DataWarning, ImageError
 from .fingerprint import canonical_order
 from ..io import atomic_dir, read_json, write_json
+from .images import read_header
 from .layouts import Source, SourceImage
 
 OFFICIAL_NUM_CLASSES = 196
@@ -33,8 +31,6 @@ IMAGES_BIN = "images.bin"
 CLASSES_JSON = "classes.json"
 #: The way forward named by every image the download refuses.
 SKIP_HINT = "data.skip_bad_images: true to skip bad images"
-#: The repr PIL puts in its messages when it reads from memory (``<_io.BytesIO object at 0x7f...>``).
-_OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
 MANIFEST_COLUMNS = ("image", "class_id", "official_class", "class_name", "x1", "y1", "x2", "y2",
                     "official_split", "width", "height", "offset", "nbytes")
 
@@ -53,32 +49,6 @@ class PackedImage:
 
 class BadImage(Exception):
     """An image that fails a check; turned into a DataError or a skip by the caller."""
-
-
-def image_error_reason(exc: BaseException) -> str:
-    """A decoding error as a short reason for a user: no Python object reprs (the caller names the file)."""
-    if isinstance(exc, UnidentifiedImageError):
-        return "no known image format"
-    text = _OBJECT_REPR.sub("", str(exc)).strip()
-    return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
-
-
-def read_header(data: bytes) -> tuple[int, int, str]:
-    """``(width, height, format)`` from an image's header only (no pixel decoding).
-
-    The format comes from the content, not the file name, so a PNG named ``.jpg`` is fine.
-    """
-    if not data:
-        raise BadImage("zero-byte file")
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            width, height = img.size
-            fmt = img.format or "unknown"
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise BadImage(f"not a readable image: {image_error_reason(exc)}") from None
-    if width < 1 or height < 1:
-        raise BadImage(f"image has no pixels ({width}x{height})")
-    return width, height, fmt
 
 
 def check_box(box: Optional[tuple[int, int, int, int]], width: int, height: int) -> tuple[tuple[int, ...], bool]:
@@ -114,8 +84,14 @@ def _pack_one(item: SourceImage, out: BinaryIO, offset: int, num_names: int,
         raise BadImage(f"class {item.official_class} is out of range 1..{limit}")
     if not item.path.is_file():
         raise BadImage(f"image file not found: {item.path}")
-    data = item.path.read_bytes()
-    width, height, fmt = read_header(data)
+    try:
+        data = item.path.read_bytes()
+    except OSError as exc:     # no permission, an I/O error of the disk
+        raise BadImage(f"cannot read the file: {exc.strerror or exc}") from None
+    try:
+        width, height, fmt = read_header(data)   # the format comes from the content, not the file name
+    except ImageError as exc:
+        raise BadImage(f"not a readable image: {exc}") from None
     box, clamped = check_box(item.box, width, height)
     out.write(data)
     return PackedImage(item, box, width, height, offset, len(data)), clamped, fmt  # type: ignore[arg-type]

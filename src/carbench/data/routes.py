@@ -13,14 +13,22 @@ Kinds of route (``routes[].kind`` there), each with the field's own client:
   the pinned ``revision`` (md5 when given); the hub's cache is linked into ``<cache_dir>/<route name>/``.
 - ``hf_parquet``: ``huggingface_hub.snapshot_download`` of the repo's parquet files at the pinned revision.
 
+The hub's own log lines (a warning per retry) are off while a route runs: the stage reports one line per route.
+When the hub's host name does not resolve and no proxy is set (no network), its routes fail at once instead of
+retrying for about 25 s.
+
 A route that cannot deliver (no network, refused, a missing client package) raises :class:`RouteFailed`
 with the reason; whether what it delivered *is* Stanford Cars is decided afterwards, by the fingerprint.
 No credential is ever printed: messages only say whether the variables are set.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Optional
 
@@ -98,9 +106,35 @@ def _fetch_files(route: Route, cache_dir: Path, timeout: float) -> Path:
 def _hub():
     try:
         import huggingface_hub
+        from huggingface_hub import constants
     except ImportError:
         raise RouteFailed("the huggingface_hub package is not installed (pip install huggingface_hub)") from None
+    _check_reachable(constants.ENDPOINT)
     return huggingface_hub
+
+
+def _check_reachable(endpoint: str) -> None:
+    """Fail at once when ``endpoint``'s host name does not resolve: the hub would retry a connection that cannot
+    work, for about 25 s and a warning a try. Behind a proxy the proxy resolves names, so nothing is checked."""
+    host = urllib.parse.urlsplit(endpoint).hostname
+    proxies = {k for k in urllib.request.getproxies() if k != "no"}
+    if not host or (proxies and not urllib.request.proxy_bypass(host)):
+        return
+    try:
+        socket.getaddrinfo(host, None)
+    except OSError as exc:
+        raise RouteFailed(f"cannot resolve {host} (no network?): {exc.strerror or exc}") from None
+
+
+@contextlib.contextmanager
+def _quiet(hub):
+    """The hub's warnings off (a line per retry), restored afterwards: a failed route is reported in one line."""
+    level = hub.logging.get_verbosity()
+    hub.logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hub.logging.set_verbosity(level)
 
 
 def _check_md5(path: Path, entry: RouteFile, label: str) -> None:
@@ -119,8 +153,9 @@ def _huggingface_files(route: Route, cache_dir: Path) -> Path:
     folder.mkdir(parents=True)
     for name, entry in route.files.items():
         try:
-            path = Path(hub.hf_hub_download(repo_id=str(route.ref), filename=name, repo_type="dataset",
-                                            revision=route.revision))
+            with _quiet(hub):
+                path = Path(hub.hf_hub_download(repo_id=str(route.ref), filename=name, repo_type="dataset",
+                                                revision=route.revision))
         except Exception as exc:  # HTTP, offline, missing revision or file: all mean "not delivered"
             raise RouteFailed(f"hf_hub_download({route.ref}, {name}, revision={route.revision}) failed: "
                               f"{_one_line(exc)}") from None
@@ -132,8 +167,9 @@ def _huggingface_files(route: Route, cache_dir: Path) -> Path:
 def _huggingface_parquet(route: Route) -> Path:
     hub = _hub()
     try:
-        return Path(hub.snapshot_download(repo_id=str(route.ref), repo_type="dataset", revision=route.revision,
-                                          allow_patterns=list(route.patterns)))
+        with _quiet(hub):
+            return Path(hub.snapshot_download(repo_id=str(route.ref), repo_type="dataset", revision=route.revision,
+                                              allow_patterns=list(route.patterns)))
     except Exception as exc:
         raise RouteFailed(f"snapshot_download({route.ref}, revision={route.revision}) failed: "
                           f"{_one_line(exc)}") from None

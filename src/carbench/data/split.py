@@ -13,6 +13,12 @@ Strategies (``split.strategy``):
   early stopping) still uses a separate ``val`` set and never sees the test fold. The fold assignment
   depends only on the seed and the class sizes, never on ``split.fold``, so the folds of one sweep are
   disjoint.
+- ``disjoint``: the class-disjoint protocol of the retrieval papers. Classes split by id: official class numbers
+  1..``disjoint_at`` form the train half (all their photos, official train and test pooled; per class
+  ``round(val_fraction * n)`` become ``val``, the rest ``train``), every photo of the later classes is ``test``.
+  Trained models never see a test class, so test-set classification is undefined; the test photos are scored by
+  leave-one-out retrieval among themselves (:mod:`carbench.retrieval.loo`). ``protocol.json`` records the split
+  point for the later stages (:func:`read_protocol`).
 
 Per-class stratification is our own (works for classes of 1-3 images): deterministic for a seed (classes are
 visited in class-id order, each shuffled by one ``numpy.random.default_rng(seed)`` stream). Every class must
@@ -33,8 +39,11 @@ from ..errors import DataError, DataWarning
 from ..io import atomic_dir, write_json
 from ..runtime import configure
 from .manifest import read_classes, read_manifest
+from .store import CLASSIFICATION, DISJOINT
 
 SPLIT_CSV = "split.csv"
+#: The evaluation protocol of the split (:func:`write_protocol`): which classes training learns.
+PROTOCOL_JSON = "protocol.json"
 MAX_NAMED_CLASSES = 8  # in messages; the metrics list them all
 
 
@@ -59,6 +68,12 @@ def assign_splits(class_ids: np.ndarray, official_split: np.ndarray, cfg: SplitC
     """
     rng = np.random.default_rng(seed)
     out = np.full(len(class_ids), "train", dtype=object)
+    if cfg.strategy == DISJOINT:
+        out[class_ids >= cfg.disjoint_at] = "test"     # ids are 0-based: official class disjoint_at + 1 onwards
+        for c in np.unique(class_ids[class_ids < cfg.disjoint_at]):
+            _, val = _hold_out(np.flatnonzero(class_ids == c), cfg.val_fraction, rng)
+            out[val] = "val"
+        return out
     if cfg.strategy == "kfold":
         folds = fold_ids(class_ids, cfg.folds, rng)      # first, so the val draws cannot shift the folds
         out[folds == cfg.fold] = "test"
@@ -89,12 +104,17 @@ def fold_ids(class_ids: np.ndarray, folds: int, rng: np.random.Generator) -> np.
     return out
 
 
-def missing_classes(class_ids: np.ndarray, splits: np.ndarray, class_names: list[str]) -> dict[str, list[str]]:
-    """For each split, the classes (as ``"<id> <name>"``) with no image there."""
+def missing_classes(class_ids: np.ndarray, splits: np.ndarray, class_names: list[str],
+                    train_classes: int = 0) -> dict[str, list[str]]:
+    """For each split, the classes (as ``"<id> <name>"``) with no image there; with ``train_classes`` (disjoint)
+    only the classes that split should hold: ids below it in train and val, the others in test."""
     missing = {}
     for split in SPLITS:
         present = set(np.unique(class_ids[splits == split]).tolist())
-        absent = [f"{c} {class_names[c]}" for c in range(len(class_names)) if c not in present]
+        expected = range(len(class_names))
+        if train_classes:
+            expected = range(train_classes, len(class_names)) if split == "test" else range(train_classes)
+        absent = [f"{c} {class_names[c]}" for c in expected if c not in present]
         if absent:
             missing[split] = absent
     return missing
@@ -129,25 +149,62 @@ def write_split(cfg: SplitConfig, seed: int, raw_dir: str | Path, out_dir: str |
     class_ids = manifest["class_id"].to_numpy(dtype=np.int64)
     if class_ids.size and (class_ids.min() < 0 or class_ids.max() >= len(names)):
         raise DataError(f"{Path(raw_dir) / 'manifest.csv'}: class_id outside 0..{len(names) - 1}")
+    train_classes = check_disjoint_at(cfg, len(names), Path(raw_dir) / "classes.json")
     splits = assign_splits(class_ids, manifest["official_split"].to_numpy(), cfg, seed)
-    missing = missing_classes(class_ids, splits, names)
+    missing = missing_classes(class_ids, splits, names, train_classes)
     _check_missing(missing, cfg.allow_missing_classes, Path(raw_dir) / "manifest.csv")
     with atomic_dir(out_dir) as tmp:
         frame = manifest[["image", "class_id"]].assign(split=splits)
         frame.to_csv(tmp / SPLIT_CSV, index=False)
+        write_protocol(tmp, train_classes)
     per_class = split_counts(class_ids, splits, len(names))
     if plot_path is not None:
         from .plots import plot_class_distribution
 
         plot_class_distribution(per_class, names, plot_path)
     metrics = {"strategy": cfg.strategy, "seed": seed,
-               **({"folds": cfg.folds, "fold": cfg.fold} if cfg.strategy == "kfold" else {}), "counts": {s: int(per_class[s].sum()) for s in SPLITS},
+               **({"folds": cfg.folds, "fold": cfg.fold} if cfg.strategy == "kfold" else {}),
+               **({"disjoint_at": cfg.disjoint_at} if train_classes else {}),
+               "counts": {s: int(per_class[s].sum()) for s in SPLITS},
                "classes": {s: int((per_class[s] > 0).sum()) for s in SPLITS}, "num_classes": len(names),
                "missing_classes": missing, "seconds": round(time.perf_counter() - started, 3)}
     if metrics_path is not None:
         write_json(metrics_path, metrics)
     print(f"split ({cfg.strategy}): " + ", ".join(f"{s} {metrics['counts'][s]}" for s in SPLITS) + f" -> {out_dir}")
     return metrics
+
+
+def check_disjoint_at(cfg: SplitConfig, num_classes: int, where: Path) -> int:
+    """How many leading class ids the train half holds: ``split.disjoint_at`` under ``disjoint``, else 0 (all
+    classes are trained and tested). DataError when the split point leaves a half empty."""
+    if cfg.strategy != DISJOINT:
+        return 0
+    if cfg.disjoint_at >= num_classes:
+        raise DataError(f"split.disjoint_at ({cfg.disjoint_at}) leaves no test class: {where} lists {num_classes} "
+                        f"classes; set it below {num_classes} (e.g. {num_classes // 2})")
+    return cfg.disjoint_at
+
+
+def write_protocol(split_dir: str | Path, train_classes: int) -> None:
+    """``protocol.json``: ``{"protocol": "classification"}``, or ``disjoint`` with ``train_classes`` (class ids
+    0..train_classes-1 are the train half). The crop stage copies it into the crop store's meta."""
+    protocol = {"protocol": DISJOINT, "train_classes": int(train_classes)} if train_classes else \
+        {"protocol": CLASSIFICATION}
+    write_json(Path(split_dir) / PROTOCOL_JSON, protocol)
+
+
+def read_protocol(split_dir: str | Path) -> int:
+    """The train half's class count of a disjoint split, 0 for the classification protocol (also for a split
+    directory written before ``protocol.json`` existed)."""
+    from ..io import read_json
+
+    path = Path(split_dir) / PROTOCOL_JSON
+    if not path.is_file():
+        return 0
+    protocol = read_json(path)
+    if protocol.get("protocol") == DISJOINT:
+        return int(protocol["train_classes"])
+    return 0
 
 
 def read_split(split_dir: str | Path, manifest=None):

@@ -2,7 +2,8 @@
 
 Layout: ``{train,val,test}.npy`` uint8 ``(N, S, S, 3)`` RGB crops; ``{split}.csv`` with ``image`` and
 ``class_id`` row-aligned to the array; ``meta.json`` with ``size, margin, keep_aspect, class_names,
-num_classes, counts`` and, when known, ``source`` (:class:`StoreMeta`). Arrays are memory-mapped by default,
+num_classes, counts`` and, when known, ``source`` and (class-disjoint protocol) ``train_classes``
+(:class:`StoreMeta`). Arrays are memory-mapped by default,
 so opening a split costs nothing and ``images[i]`` reads one crop from disk.
 
 Writers: the crop stage allocates each split (:func:`allocate_split`), fills it from its workers, compacts
@@ -12,7 +13,7 @@ away skipped images (:func:`compact_split`) and writes the index and meta (:func
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -24,6 +25,8 @@ from ..errors import DataError
 META_FILE = "meta.json"
 META_KEYS = ("size", "margin", "keep_aspect", "class_names", "num_classes", "counts")
 INDEX_COLUMNS = ("image", "class_id")
+#: The evaluation protocols (:attr:`StoreMeta.protocol`): the test classes are the trained ones, or none of them.
+CLASSIFICATION, DISJOINT = "classification", "disjoint"
 #: Rows per block when compacting a split after skipped images.
 COPY_BLOCK_ROWS = 256
 
@@ -41,11 +44,33 @@ class StoreMeta:
     #: Where the images came from (``data/raw/classes.json``'s ``source``, e.g. ``synthetic``); "" when unknown,
     #: as in stores written before it was recorded. Training copies it into the checkpoint.
     source: str = ""
+    #: Under the class-disjoint protocol (``split.strategy: disjoint``): how many leading class ids form the train
+    #: half, the classes a model learns; 0 = every class is trained and tested (the classification protocol).
+    train_classes: int = 0
 
     def to_json(self) -> dict[str, Any]:
         out = {"size": self.size, "margin": self.margin, "keep_aspect": self.keep_aspect,
                "class_names": list(self.class_names), "num_classes": self.num_classes, "counts": dict(self.counts)}
-        return {**out, "source": self.source} if self.source else out
+        out = {**out, "source": self.source} if self.source else out
+        return {**out, "train_classes": self.train_classes} if self.train_classes else out
+
+    @property
+    def disjoint(self) -> bool:
+        """The test classes are none of the trained ones (``split.strategy: disjoint``)."""
+        return self.train_classes > 0
+
+    @property
+    def protocol(self) -> str:
+        """``disjoint`` (retrieval papers: test classes unseen) or ``classification`` (test classes trained)."""
+        return DISJOINT if self.disjoint else CLASSIFICATION
+
+    def trained(self) -> StoreMeta:
+        """The store as training sees it: under the disjoint protocol only the train half's classes (ids
+        0..train_classes-1 keep their ids, so labels need no mapping); otherwise the store itself."""
+        if not self.disjoint:
+            return self
+        names = self.class_names[:self.train_classes]
+        return replace(self, class_names=names, num_classes=len(names), train_classes=0)
 
 
 def store_files(splits: Sequence[str] = SPLITS) -> tuple[str, ...]:
@@ -154,11 +179,13 @@ def load_meta(store_dir: str | Path) -> StoreMeta:
         meta = StoreMeta(size=int(raw["size"]), margin=float(raw["margin"]), keep_aspect=bool(raw["keep_aspect"]),
                          class_names=tuple(str(n) for n in raw["class_names"]), num_classes=int(raw["num_classes"]),
                          counts={str(k): int(v) for k, v in dict(raw["counts"]).items()},
-                         source=str(raw.get("source", "")))
+                         source=str(raw.get("source", "")), train_classes=int(raw.get("train_classes", 0)))
     except (TypeError, ValueError) as exc:
         raise DataError(f"{path}: a value has the wrong type ({exc})") from None
     if meta.num_classes != len(meta.class_names):
         raise DataError(f"{path}: num_classes {meta.num_classes} but {len(meta.class_names)} class names")
+    if not 0 <= meta.train_classes < max(meta.num_classes, 1):
+        raise DataError(f"{path}: train_classes {meta.train_classes} is not below num_classes {meta.num_classes}")
     return meta
 
 

@@ -71,3 +71,12 @@ def build_model(model_cfg: ModelConfig, num_classes: int, pretrained: bool, offl
         # Pretrained backbones keep their weights; only freshly initialised parts get Kaiming init.
         init_he(model.head if spec is not None and spec.pretrained else model)
     return model
+
+
+def build_pretrained(arch: str, weights: str, offline: bool = False) -> CarNet:
+    """The torchvision ``arch`` with pretrained ``weights`` as they are, for embedding only (a retrieval
+    experiment of ``dag.pretrained``: nothing is trained); its head is a one-output placeholder that nothing reads."""
+    spec = resolve_weights(arch, weights, "dag.pretrained")
+    backbone, dim = build_torchvision_backbone(arch, spec, offline)
+    mean, std = normalization(spec)
+    return CarNet(backbone, dim, 1, 0, 0.0, block_starts(backbone), mean, std).eval()

@@ -17,7 +17,7 @@ import torch
 
 from ..config import ConfigError, ModelConfig, TrainConfig, build, to_dict
 from ..errors import UserError
-from ..io import atomic_file
+from ..io import atomic_torch_save
 from .build import build_model
 from .carnet import CarNet
 
@@ -72,9 +72,9 @@ def cpu_state(state: Any) -> Any:
 
 
 def save_checkpoint(ckpt: dict, path: Union[str, Path]) -> None:
-    """Write ``ckpt`` atomically with torch.save."""
-    with atomic_file(path, "wb") as handle:
-        torch.save(ckpt, handle)
+    """Write ``ckpt`` atomically with torch.save (a stop meanwhile takes effect once it is whole:
+    :func:`carbench.io.atomic_torch_save`)."""
+    atomic_torch_save(ckpt, path)
 
 
 def load_checkpoint(path: Union[str, Path]) -> dict:

@@ -68,7 +68,21 @@ def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float])
     return (images.float().contiguous() * scale).sub_(shift)
 
 
+def centre_crop(images: torch.Tensor, fraction: float) -> torch.Tensor:
+    """The central square of side ``round(S * fraction)`` of (B, 3, S, S) images (a view)."""
+    side = images.shape[-1]
+    keep = max(1, round(side * fraction))
+    start = (side - keep) // 2
+    return images[..., start:start + keep, start:start + keep]
+
+
 def eval_preprocess(images: torch.Tensor, image_size: int, mean: Sequence[float],
-                    std: Sequence[float]) -> torch.Tensor:
-    """uint8 (B, S, S, 3) | (B, 3, S, S) -> float32 (B, 3, image_size, image_size), normalised."""
-    return normalize(resize(to_nchw(images), image_size), mean, std)
+                    std: Sequence[float], resize_size: int = 0) -> torch.Tensor:
+    """uint8 (B, S, S, 3) | (B, 3, S, S) -> float32 (B, 3, image_size, image_size), normalised.
+
+    ``resize_size`` > 0 (``train.resize_size``): first the centre crop of image_size / resize_size of the side,
+    i.e. torchvision's Resize(resize_size) + CenterCrop(image_size) (exactly, on images stored at resize_size)."""
+    x = to_nchw(images)
+    if resize_size:
+        x = centre_crop(x, image_size / resize_size)
+    return normalize(resize(x, image_size), mean, std)

@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 import pandas as pd
 
+from . import anchors
 from . import plots
 from . import stats
 from ..config import CONFIGURATIONS, AggregateConfig, Params, RetrievalExperiment, TrainedExperiment
@@ -28,7 +29,10 @@ EVAL_COLUMNS = ("top1", "top5", "loss", "f1_macro", "f1_weighted", "precision_ma
 #: From the trainer's dvclive summary (trained experiments; empty for retrieval).
 TRAIN_COLUMNS = ("best_val_top1",)
 #: From metrics/knn/<name>.json (retrieval experiments; empty for trained); recall_at_K follow.
-KNN_COLUMNS = ("k", "precision_at_k", "map_at_r", "query_ms_per_image", "logreg_top1")
+KNN_COLUMNS = ("k", "precision_at_k", "map_at_r", "query_ms_per_image", "logreg_top1", "random_forest_top1")
+#: knn@'s per-query predictions of its classical classifier (``knn.classical``; carbench.retrieval.knn writes them)
+#: in ``metrics/knn/<name>/``: the classifier's own row, ``<name>+<classifier>``, after its experiment.
+CLASSICAL_CSV = "classical_predictions.csv"
 #: Uncertainty columns (carbench.report.stats), after the eval columns: the bootstrap interval of top-1 and macro-F1
 #: and the McNemar p-value against the best experiment.
 STATS_COLUMNS = ("top1_ci_low", "top1_ci_high", "f1_macro_ci_low", "f1_macro_ci_high", "p_vs_best")
@@ -71,16 +75,39 @@ def collect_row(params: Params, name: str, eval_dir: Path, train_dir: Path, knn_
 
 def build_table(params: Params, eval_dir: Path, train_dir: Path, knn_dir: Path) -> pd.DataFrame:
     """Exactly one row per experiment in params, grouped by configuration (transfer, scratch,
-    retrieval; params order within a group), with the columns of :func:`summary_columns`."""
+    retrieval; params order within a group), each retrieval experiment's classical classifier (``knn.classical``)
+    in its own row after it, with the columns of :func:`summary_columns`."""
     rank = {c: i for i, c in enumerate(CONFIGURATIONS)}
     names = sorted(params.experiments, key=lambda n: rank[params.experiments[n].config])
     rows = [collect_row(params, n, Path(eval_dir), Path(train_dir), Path(knn_dir)) for n in names]
-    table = pd.DataFrame(rows).reindex(columns=summary_columns(params))
     predictions = {n: stats.read_predictions(Path(eval_dir) / n / stats.PREDICTIONS_CSV) for n in names}
+    for name in names:
+        classical = (read_json(Path(knn_dir) / f"{name}.json").get("classical")
+                     if isinstance(params.experiments[name], RetrievalExperiment) else None)
+        if classical:   # knn@ scored knn.classical's classifier on the test images
+            row, frame = classical_row(name, classical, predictions[name], Path(knn_dir))
+            rows.insert([r["experiment"] for r in rows].index(name) + 1, row)
+            predictions[row["experiment"]] = frame
+    table = pd.DataFrame(rows).reindex(columns=summary_columns(params))
     add_uncertainty(table, predictions, params.aggregate)
     for col in INTEGER_COLUMNS:
         table[col] = pd.to_numeric(table[col]).round().astype("Int64")
     return table
+
+
+def classical_row(name: str, classical: str, evaluated: pd.DataFrame, knn_dir: Path) -> tuple[dict, pd.DataFrame]:
+    """The row of retrieval experiment ``name``'s classical classifier and its per-image predictions, named by
+    the test images of ``name``'s own evaluation (``evaluated``: the same test split, in the same order)."""
+    path = knn_dir / name / CLASSICAL_CSV
+    if not path.is_file():
+        raise UserError(f"missing predictions of {name!r}'s knn.classical {classical}: {path} (rerun knn@{name})")
+    frame = stats.read_predictions(path)
+    if len(frame) != len(evaluated) or (frame["true"].to_numpy() != evaluated["true"].to_numpy()).any():
+        raise UserError(f"{path}: its queries are not the test images evaluate@{name} scored; rerun knn@{name}")
+    frame = frame.assign(image=evaluated["image"].to_numpy())
+    labels, preds = frame["true"].to_numpy(), frame["predicted"].to_numpy()
+    return ({"experiment": f"{name}+{classical}", "config": "retrieval", "top1": float((labels == preds).mean()),
+             "f1_macro": stats.macro_f1(labels, preds)}, frame)
 
 
 def add_uncertainty(table: pd.DataFrame, predictions: dict[str, pd.DataFrame], cfg: AggregateConfig) -> None:
@@ -202,10 +229,18 @@ def write_summary_plots(params: Params, table: pd.DataFrame, train_dir: str | Pa
 
 def build_summary(params: Params, eval_dir: str | Path, train_dir: str | Path, knn_dir: str | Path,
                   out_dir: str | Path, plots_dir: str | Path) -> pd.DataFrame:
-    """The aggregate stage's work: read every metrics file, write the summary table and plots."""
-    table = build_table(params, Path(eval_dir), Path(train_dir), Path(knn_dir))
-    write_summary_plots(params, table, train_dir, plots_dir)
-    write_summary(table, out_dir, params.aggregate)
+    """The aggregate stage's work: read every metrics file, write the summary table and plots (under the
+    class-disjoint protocol: :mod:`carbench.report.disjoint`'s)."""
+    from . import disjoint
+
+    if disjoint.protocol_of(params, Path(eval_dir)) == disjoint.DISJOINT:
+        table = disjoint.build_summary(params, eval_dir, train_dir, out_dir, plots_dir)
+    else:
+        table = build_table(params, Path(eval_dir), Path(train_dir), Path(knn_dir))
+        write_summary_plots(params, table, train_dir, plots_dir)
+        write_summary(table, out_dir, params.aggregate)
+    anchors.append_to_summary(table["experiment"].tolist(), Path(eval_dir), params.split.strategy,
+                              Path(out_dir) / "summary.md")
     return table
 
 

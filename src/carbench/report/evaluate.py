@@ -4,6 +4,14 @@ Outputs (docs/ARCHITECTURE.md §8): ``metrics/eval/<name>.json`` (flat numbers),
 ``metrics/eval/<name>/`` (``per_class.csv``, ``confused_pairs.csv``, ``predictions.csv``: per test image) and the plots dir
 ``plots/eval/<name>/`` (``confusion.csv`` for DVC's confusion template, ``confusion.png``,
 ``misclassified.png``).
+
+Under the class-disjoint protocol (a crop store with ``train_classes``, ``split.strategy: disjoint``) the test classes
+were never trained, so no classification number is written (:data:`carbench.retrieval.loo.UNDEFINED_LINE` stands
+in its place): every experiment is scored by leave-one-out retrieval among the test photos
+(:mod:`carbench.retrieval.loo`): a retrieval experiment on its stored embeddings, a trained one on its L2-normalised
+backbone features. The tables dir then holds ``retrieval.csv`` (per query image: Recall@K hits, AP@R, the nearest
+photo's class), and the plots show the nearest-neighbour confusion and the queries whose nearest photo has another
+class.
 """
 from __future__ import annotations
 
@@ -21,8 +29,11 @@ from . import plots
 from ..config import Params, experiment
 from ..errors import UserError
 from ..io import atomic_dir, write_json
-from ..retrieval.predictor import Predictor, load_predictor
-from ..data.store import load_split
+from ..retrieval import loo
+from ..retrieval.embeddings import as_stored
+from ..retrieval.predictor import KnnPredictor, Predictor, load_predictor
+from ..data.store import DISJOINT, load_meta, load_split
+from .stats import RETRIEVAL_CSV
 from ..runtime import configure, select_device
 
 TEST_SPLIT = "test"
@@ -101,18 +112,22 @@ def write_confusion_csv(labels: np.ndarray, preds: np.ndarray, class_names: list
 
 
 def write_plots(name: str, images: np.ndarray, labels: np.ndarray, probs: np.ndarray, class_names: list[str],
-                n_misclassified: int, plots_dir: str | Path) -> None:
-    """confusion.csv / confusion.png / misclassified.png into ``plots_dir`` (replaced atomically)."""
+                n_misclassified: int, plots_dir: str | Path, nearest: bool = False) -> None:
+    """confusion.csv / confusion.png / misclassified.png into ``plots_dir`` (replaced atomically). ``nearest``:
+    ``probs`` is one-hot on the class of each query's nearest other photo (leave-one-out retrieval)."""
     preds = probs.argmax(axis=1)
     cm = M.confusion_matrix(labels, preds, len(class_names))
     wrong = misclassified_indices(probs, labels, n_misclassified)
-    captions = [f"true: {class_names[labels[i]]}\npred: {class_names[preds[i]]} ({probs[i, preds[i]]:.2f})"
+    captions = [f"true: {class_names[labels[i]]}\n" + (f"nearest: {class_names[preds[i]]}" if nearest else
+                                                       f"pred: {class_names[preds[i]]} ({probs[i, preds[i]]:.2f})")
                 for i in wrong]
+    titles = ((f"Nearest-photo confusion (leave-one-out): {name}", f"{name}: {len(wrong)} queries whose nearest "
+               "photo has another class") if nearest else
+              (f"Confusion matrix: {name}", f"{name}: {len(wrong)} most confident mistakes"))
     with atomic_dir(plots_dir) as tmp:
         write_confusion_csv(labels, preds, class_names, tmp / "confusion.csv")
-        plots.plot_confusion(cm, class_names, tmp / "confusion.png", f"Confusion matrix: {name}")
-        plots.image_grid(np.asarray(images[wrong]), captions, tmp / "misclassified.png",
-                         f"{name}: {len(wrong)} most confident mistakes")
+        plots.plot_confusion(cm, class_names, tmp / "confusion.png", titles[0])
+        plots.image_grid(np.asarray(images[wrong]), captions, tmp / "misclassified.png", titles[1])
 
 
 def write_predictions(images: list[str], labels: np.ndarray, preds: np.ndarray, path: Path) -> None:
@@ -140,12 +155,72 @@ def write_tables(labels: np.ndarray, probs: np.ndarray, class_names: list[str], 
 #: `dvc metrics diff` print what a reviewer compares, a row per experiment, within 120 columns. Rounded, and no
 #: timings: those differ between identical runs.
 HEADLINE_METRICS = ("top1", "f1_macro")
+#: The headline under the class-disjoint protocol, where no classification number exists.
+DISJOINT_HEADLINE = ("recall_at_1", "map_at_r")
 HEADLINE_DIGITS = 4
 
 
 def headline(result: dict[str, Any]) -> dict[str, float]:
     """The headline numbers of one evaluation result."""
-    return {key: round(float(result[key]), HEADLINE_DIGITS) for key in HEADLINE_METRICS}
+    keys = DISJOINT_HEADLINE if result.get("protocol") == DISJOINT else HEADLINE_METRICS
+    return {key: round(float(result[key]), HEADLINE_DIGITS) for key in keys}
+
+
+def test_embeddings(predictor: Predictor, test: Any, batch_size: int) -> tuple[np.ndarray, str, str]:
+    """The test photos in a retrieval space, for leave-one-out scoring: (vectors, metric, what they are).
+
+    A k-NN model's gallery is the test split's stored embeddings under this protocol (checked row for row); a
+    classifier embeds them now with its backbone features, L2-normalised (the embed stage's defaults)."""
+    if isinstance(predictor, KnnPredictor):
+        knn = predictor.knn
+        if len(knn.gallery_labels) != len(test.labels) or not np.array_equal(knn.gallery_labels, test.labels):
+            raise UserError("the k-NN model's gallery is not the test split of the crop store (it was fitted under "
+                            "the classification protocol?); re-run embed and knn (dvc repro)")
+        return knn.gallery, knn.config.metric, f"its k-NN space ({knn.info.get('layer')} features)"
+    parts = [as_stored(predictor.embed(np.ascontiguousarray(test.images[i:i + batch_size]), "backbone"), True)
+             for i in range(0, len(test.labels), batch_size)]
+    return np.concatenate(parts), "euclidean", "backbone features, L2-normalised"
+
+
+def write_retrieval_table(images: list[str], labels: np.ndarray, scores: dict[str, np.ndarray], path: Path) -> None:
+    """:data:`carbench.report.stats.RETRIEVAL_CSV`: per query image its class and leave-one-out scores, which
+    aggregate bootstraps (carbench.report.stats)."""
+    import pandas as pd
+
+    pd.DataFrame({"image": images, "true": labels, **scores}).to_csv(path, index=False)
+
+
+def evaluate_disjoint(name: str, exp: Any, cfg: Any, predictor: Predictor, test: Any, crops_dir: str | Path,
+                      tables_dir: str | Path, plots_dir: str | Path, device: Any) -> dict[str, Any]:
+    """The class-disjoint protocol's evaluation: leave-one-out retrieval among the test photos; no classification
+    number (the test classes were never trained)."""
+    from ..data.store import load_meta
+
+    labels = np.asarray(test.labels, dtype=np.int64)
+    start = time.perf_counter()
+    vectors, metric, space = test_embeddings(predictor, test, cfg.batch_size)
+    seconds = time.perf_counter() - start
+    ks = (predictor.knn.config.retrieval_ks if isinstance(predictor, KnnPredictor) else loo.DEFAULT_KS)
+    scores = loo.loo_scores(vectors, labels, metric, ks, device=device)
+    result: dict[str, Any] = {"config": exp.config, "kind": predictor.kind, "protocol": DISJOINT,
+                              "classification": loo.UNDEFINED_LINE, "retrieval_space": space,
+                              "num_test": int(len(labels)), "num_classes": int(len(np.unique(labels))),
+                              "train_classes": load_meta(crops_dir).train_classes, "device": str(device)}
+    result.update(loo.loo_means(scores))
+    result.update({"params_count": predictor.num_parameters, "size_mb": predictor.size_bytes / BYTES_PER_MB,
+                   "latency_ms": measure_latency_ms(predictor, np.ascontiguousarray(test.images[:1]),
+                                                    cfg.latency_warmup, cfg.latency_runs, cfg.latency_budget_s)})
+    if not isinstance(predictor, KnnPredictor):     # a k-NN model's stored gallery is read, not embedded
+        result["images_per_second"] = len(labels) / max(seconds, 1e-9)
+    nearest = scores.pop(loo.NEAREST_COLUMN)
+    class_names = list(load_meta(crops_dir).class_names)
+    with atomic_dir(tables_dir) as tmp:
+        write_retrieval_table(test.names, labels, {**scores, loo.NEAREST_COLUMN: nearest}, tmp / RETRIEVAL_CSV)
+    onehot = np.eye(len(class_names), dtype=np.float32)[nearest]
+    write_plots(name, test.images, labels, onehot, class_names, cfg.misclassified, plots_dir, nearest=True)
+    print(f"evaluate@{name}: {loo.UNDEFINED_LINE}; leave-one-out over {len(labels)} test photos: "
+          + ", ".join(f"{k} {v:.4f}" for k, v in loo.loo_means({**scores}).items()))
+    return result
 
 
 def evaluate_experiment(params: Params, name: str, crops_dir: str | Path, models_root: str | Path,
@@ -158,11 +233,19 @@ def evaluate_experiment(params: Params, name: str, crops_dir: str | Path, models
     if len(test.labels) == 0:
         raise UserError(f"{crops_dir}: the test split is empty; nothing to evaluate")
     _check_classes(predictor, crops_dir, name)
+    if load_meta(crops_dir).disjoint:
+        timing.record(images=int(len(test.labels)))
+        result = evaluate_disjoint(name, exp, cfg, predictor, test, crops_dir, tables_dir, plots_dir, device)
+        result.update(predictor.model_facts)      # what the summary's published anchors are compared on
+        write_json(metrics_path, result)
+        write_json(headline_path, headline(result))
+        return result
     probs, seconds = predict_batches(predictor, test.images, cfg.batch_size, cfg.tta)
     labels = np.asarray(test.labels, dtype=np.int64)
     timing.record(images=int(len(labels)))
     result: dict[str, Any] = {"config": exp.config, "kind": predictor.kind, "num_test": int(len(labels)),
-                              "num_classes": len(predictor.class_names), "tta": cfg.tta, "device": str(device)}
+                              "num_classes": len(predictor.class_names), "tta": cfg.tta, "device": str(device),
+                              **predictor.model_facts}
     result.update(classification_metrics(probs, labels))
     result.update({"params_count": predictor.num_parameters, "size_mb": predictor.size_bytes / BYTES_PER_MB,
                    "latency_ms": measure_latency_ms(predictor, np.ascontiguousarray(test.images[:1]),
@@ -176,10 +259,10 @@ def evaluate_experiment(params: Params, name: str, crops_dir: str | Path, models
 
 
 def _check_classes(predictor: Predictor, crops_dir: str | Path, name: str) -> None:
-    """The model must predict the crop store's classes, in the same order."""
-    from ..data.store import load_meta
-
-    stored = list(load_meta(crops_dir).class_names)
+    """The model must predict the crop store's classes, in the same order (a classifier under the disjoint
+    protocol: the train half's)."""
+    meta = load_meta(crops_dir)
+    stored = list((meta if isinstance(predictor, KnnPredictor) else meta.trained()).class_names)
     if list(predictor.class_names) != stored:
         raise UserError(f"models/{name} was trained on classes that differ from {crops_dir}/meta.json "
                         f"({len(predictor.class_names)} vs {len(stored)} classes); re-run its training")

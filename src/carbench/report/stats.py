@@ -11,6 +11,9 @@ Everything works on per-test-image predictions (``metrics/eval/<name>/prediction
   exactly one of them is right (``b`` only A right, ``c`` only B right), is the split compatible with 50/50?
   Two-sided exact binomial p-value (``scipy.stats.binomtest``); ``p = 1`` when they never disagree
   (identical predictions give p = 1).
+- :func:`bootstrap_mean_ci`: the same percentile bootstrap for means of per-query scores (the class-disjoint
+  protocol's leave-one-out Recall@K and MAP@R, ``metrics/eval/<name>/retrieval.csv``); NaN scores (AP@R of a
+  photo alone in its class) are left out of each resample's mean.
 """
 from __future__ import annotations
 
@@ -25,6 +28,9 @@ from ..errors import UserError
 
 PREDICTIONS_CSV = "predictions.csv"
 PREDICTION_COLUMNS = ("image", "true", "predicted", "correct")
+#: Per query image of the class-disjoint protocol: ``image``, ``true``, ``recall_at_<K>`` (0/1), ``ap_at_r``,
+#: ``nearest`` (written by evaluate, carbench.retrieval.loo).
+RETRIEVAL_CSV = "retrieval.csv"
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,39 @@ def bootstrap_ci(labels: Sequence[int], preds: Sequence[int], samples: int, conf
         low, high = np.quantile(values, [alpha, 1.0 - alpha])
         out[key] = Interval(float(low), float(high))
     return out
+
+
+def bootstrap_mean_ci(scores: pd.DataFrame, samples: int, confidence: float, seed: int) -> dict[str, Interval]:
+    """Percentile bootstrap intervals of each column's mean over the rows (queries), NaN cells left out."""
+    values = scores.to_numpy(dtype=float)
+    n = len(values)
+    if n == 0 or samples <= 0:
+        return {col: Interval(float("nan"), float("nan")) for col in scores.columns}
+    rng = np.random.default_rng(seed)
+    weights = rng.multinomial(n, np.full(n, 1.0 / n), size=samples).astype(float)      # (B, N)
+    present = np.isfinite(values)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = (weights @ np.where(present, values, 0.0)) / (weights @ present)     # (B, M)
+    alpha = (1.0 - confidence) / 2
+    out = {}
+    for j, col in enumerate(scores.columns):
+        finite = means[:, j][np.isfinite(means[:, j])]
+        low, high = np.quantile(finite, [alpha, 1.0 - alpha]) if finite.size else (float("nan"), float("nan"))
+        out[col] = Interval(float(low), float(high))
+    return out
+
+
+def read_retrieval(path: str | Path) -> pd.DataFrame:
+    """A ``retrieval.csv`` (image, true, recall_at_K..., ap_at_r), columns checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"missing per-query retrieval scores: {path} (written by the evaluate stage under "
+                        "split.strategy: disjoint; rerun it)")
+    frame = pd.read_csv(path, dtype={"image": str}, keep_default_na=False, na_values=[""])
+    missing = [c for c in ("image", "true", "ap_at_r", "recall_at_1") if c not in frame.columns]
+    if missing:
+        raise UserError(f"{path}: missing column(s) {', '.join(missing)}")
+    return frame
 
 
 def mcnemar(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> float:

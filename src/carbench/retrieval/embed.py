@@ -1,10 +1,13 @@
 """The embed stage: embeddings of the gallery and query crops from a trained experiment's checkpoint.
 
-The embedder is ``models/<dag.retrieval[name]>/best.pt``. ``embed.layer: backbone`` takes the head
+The embedder is ``models/<dag.retrieval[name]>/best.pt``, or for a baseline of ``dag.pretrained``
+the pretrained torchvision weights it names, untrained. ``embed.layer: backbone`` takes the head
 input (for a frozen-backbone transfer experiment these are exactly the pretrained ImageNet
 features, since training never changed the backbone); ``penultimate`` takes the output of the head's
 hidden layer (= backbone when ``model.head_hidden`` is 0). Gallery = train (+ val with
-``embed.gallery: train+val``), queries = test. Stored as float16 (docs/ARCHITECTURE.md §5).
+``embed.gallery: train+val``), queries = test. Under the class-disjoint protocol (a crop store with
+``train_classes``) every test photo is embedded once and is both gallery and query: knn@ and evaluate@ score it
+leave-one-out (:mod:`carbench.retrieval.loo`). Stored as float16 (docs/ARCHITECTURE.md §5).
 """
 from __future__ import annotations
 
@@ -14,12 +17,13 @@ from typing import Any
 import numpy as np
 
 from .. import timing
-from ..config import BaseConfig, EmbedConfig, EmbedJob, RetrievalExperiment
+from ..config import BaseConfig, EmbedConfig, EmbedJob, EmbedWithConfig, RetrievalExperiment
 from ..errors import UserError
 from ..io import atomic_dir
 from ..io import file_md5
-from .predictor import CHECKPOINT, ClassifierPredictor, load_classifier_predictor
+from .predictor import CHECKPOINT, ClassifierPredictor, load_classifier_predictor, load_pretrained_embedder
 from .embeddings import Embeddings, as_stored, save_embeddings
+from ..config import to_dict
 from ..data.store import load_meta, load_split
 from ..runtime import configure, select_device
 
@@ -42,8 +46,15 @@ def embed_images(predictor: ClassifierPredictor, images: np.ndarray, cfg: EmbedC
     return np.concatenate(out)
 
 
-def build_embeddings(predictor: ClassifierPredictor, crops_dir: str | Path, cfg: EmbedConfig) -> Embeddings:
-    """Embed the gallery splits and the test split; gallery rows remember (split, row in that split)."""
+def build_embeddings(predictor: ClassifierPredictor, crops_dir: str | Path, cfg: EmbedConfig,
+                     disjoint: bool = False) -> Embeddings:
+    """Embed the gallery splits and the test split; gallery rows remember (split, row in that split).
+    ``disjoint``: the test split alone, as gallery and queries both (scored leave-one-out)."""
+    if disjoint:
+        test = load_split(crops_dir, QUERY_SPLIT, mmap=True)
+        vectors, labels = embed_images(predictor, test.images, cfg), np.asarray(test.labels, np.int64)
+        return Embeddings(gallery=vectors, gallery_labels=labels, gallery_split=np.full(len(labels), QUERY_SPLIT),
+                          gallery_row=np.arange(len(labels), dtype=np.int64), query=vectors, query_labels=labels)
     parts, labels, splits, rows = [], [], [], []
     for split in gallery_splits(cfg.gallery):
         data = load_split(crops_dir, split, mmap=True)
@@ -59,22 +70,29 @@ def build_embeddings(predictor: ClassifierPredictor, crops_dir: str | Path, cfg:
 
 
 def embed_experiment(exp: RetrievalExperiment | EmbedJob, crops_dir: str | Path, models_root: str | Path,
-                     out_dir: str | Path, device: Any) -> dict:
+                     out_dir: str | Path, device: Any, offline: bool = False) -> dict:
     """Embed gallery and query crops for retrieval experiment ``exp`` (the whole experiment, or the part
-    embed@ gets: only ``name``, ``embedder`` and ``embed`` are read); returns the written meta.json content."""
+    embed@ gets: only ``name``, ``embedder`` and ``embed`` are read); returns the written meta.json content.
+    ``offline`` (``base.offline``): pretrained weights of ``dag.pretrained`` missing from the cache are not
+    downloaded."""
     name = exp.name
-    ckpt_path = Path(models_root) / exp.embedder / CHECKPOINT
-    predictor = load_classifier_predictor(ckpt_path, device)
     crop_meta = load_meta(crops_dir)
     class_names = list(crop_meta.class_names)
-    if predictor.class_names != class_names:
-        raise UserError(f"{ckpt_path} was trained on other classes than {crops_dir}/meta.json lists; retrain "
-                        f"{exp.embedder!r}")
-    emb = build_embeddings(predictor, crops_dir, exp.embed)
-    timing.record(images=int(len(emb.gallery) + len(emb.query)))
-    emb.meta = {"experiment": name, "embedder": exp.embedder, "checkpoint": ckpt_path.as_posix(),
+    if isinstance(exp.embedder, EmbedWithConfig):
+        predictor, ckpt_path = load_pretrained_embedder(exp.embedder, device, offline)
+        embedder: Any = to_dict(exp.embedder)
+    else:
+        ckpt_path, embedder = Path(models_root) / exp.embedder / CHECKPOINT, exp.embedder
+        predictor = load_classifier_predictor(ckpt_path, device)
+        if predictor.class_names != list(crop_meta.trained().class_names):
+            raise UserError(f"{ckpt_path} was trained on other classes than {crops_dir}/meta.json lists; retrain "
+                            f"{exp.embedder!r}")
+    emb = build_embeddings(predictor, crops_dir, exp.embed, crop_meta.disjoint)
+    timing.record(images=int(len(emb.query) if crop_meta.disjoint else len(emb.gallery) + len(emb.query)))
+    emb.meta = {"experiment": name, "embedder": embedder, "checkpoint": ckpt_path.as_posix(),
                 "checkpoint_md5": file_md5(ckpt_path), "layer": exp.embed.layer,
-                "l2_normalize": exp.embed.l2_normalize, "gallery": exp.embed.gallery, "class_names": class_names,
+                "l2_normalize": exp.embed.l2_normalize, "protocol": crop_meta.protocol,
+                "gallery": QUERY_SPLIT if crop_meta.disjoint else exp.embed.gallery, "class_names": class_names,
                 "num_classes": len(class_names), "dim": int(emb.gallery.shape[1]),
                 "image_size": predictor.image_size, "crop_size": crop_meta.size,
                 "counts": {"gallery": int(len(emb.gallery)), "query": int(len(emb.query))}}
@@ -87,4 +105,4 @@ def run(base: BaseConfig, exp: EmbedJob, crops_dir: str | Path, models_root: str
         out_dir: str | Path) -> dict:
     """Stage entry point (stages/embed.py): seed, pick the device, then :func:`embed_experiment`."""
     configure(base.seed, base.threads)
-    return embed_experiment(exp, crops_dir, models_root, out_dir, select_device(base.device))
+    return embed_experiment(exp, crops_dir, models_root, out_dir, select_device(base.device), base.offline)

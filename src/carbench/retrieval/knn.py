@@ -22,6 +22,7 @@ from .. import metrics as M
 from ..config import BaseConfig, KnnConfig, KnnJob, build, to_dict
 from .embeddings import Embeddings, l2_normalize, load_embeddings, read_checked_meta
 from ..errors import UserError
+from . import loo
 from .index import ExactIndex, faiss_available, resolve_backend
 from ..io import atomic_dir, write_json
 from ..runtime import configure, select_device
@@ -35,6 +36,10 @@ KNN_META = "knn.json"
 TIE_BREAK = 1e-6
 #: Iteration cap for the optional logistic-regression baseline (lbfgs converges well before).
 LOGREG_MAX_ITER = 1000
+#: The classical classifier's per-query predictions (``knn.classical``) in the stage's tables dir
+#: (``metrics/knn/<name>/``), in the columns of evaluate's ``predictions.csv`` (carbench.report.stats) with
+#: ``image`` = the query's row in the test split: aggregate gives the classifier its own row and bootstrap CIs.
+CLASSICAL_CSV = "classical_predictions.csv"
 
 
 # ----------------------------------------------------------------------------- preprocessing
@@ -253,24 +258,49 @@ def retrieval_metrics(model: KnnModel, query: np.ndarray, query_labels: np.ndarr
     return out
 
 
-def logreg_top1(model: KnnModel, query: np.ndarray, query_labels: np.ndarray, seed: int) -> float:
-    """Test top-1 of a LogisticRegression fitted on the same processed gallery embeddings."""
-    from sklearn.linear_model import LogisticRegression
+def classical_predictions(model: KnnModel, query: np.ndarray, seed: int, jobs: int = 1) -> np.ndarray:
+    """Class ids ``(Nq,)`` predicted for raw query embeddings by ``knn.classical`` (scikit-learn's
+    LogisticRegression or RandomForestClassifier, seeded), fitted on the same processed gallery embeddings as the
+    k-NN; ``jobs``: the forest's processes (-1 = all cores)."""
+    cfg = model.config
+    if cfg.classical == "logreg":
+        from sklearn.linear_model import LogisticRegression
 
-    clf = LogisticRegression(max_iter=LOGREG_MAX_ITER, random_state=seed)
+        clf = LogisticRegression(max_iter=LOGREG_MAX_ITER, random_state=seed)
+    elif cfg.classical == "random_forest":
+        from sklearn.ensemble import RandomForestClassifier
+
+        clf = RandomForestClassifier(n_estimators=cfg.forest_trees, random_state=seed, n_jobs=jobs)
+    else:
+        raise ValueError(f"knn.classical {cfg.classical!r} names no classifier")
     clf.fit(model.gallery, model.gallery_labels)
-    return float((clf.predict(model.prep.apply(query)) == query_labels).mean())
+    return clf.predict(model.prep.apply(query)).astype(np.int64)
+
+
+def write_classical(labels: np.ndarray, preds: np.ndarray, path: Path) -> None:
+    """:data:`CLASSICAL_CSV`: one row per query (``image`` = its row in the test split)."""
+    rows = [f"{i},{int(t)},{int(p)},{int(t == p)}" for i, (t, p) in enumerate(zip(labels, preds))]
+    path.write_text("\n".join(["image,true,predicted,correct", *rows]) + "\n")
 
 
 def fit_and_save(cfg: KnnConfig, embeddings_dir: str | Path, out_dir: str | Path, metrics_path: str | Path,
-                 seed: int, device: Any = "cpu") -> dict:
-    """The knn stage's work: fit on the gallery, score the queries, write ``out_dir`` (§6) and the retrieval
-    metrics JSON; returns the metrics."""
+                 seed: int, device: Any = "cpu", tables_dir: Optional[str | Path] = None, jobs: int = 1) -> dict:
+    """The knn stage's work: fit on the gallery, score the queries, write ``out_dir`` (§6), the retrieval
+    metrics JSON and (``tables_dir``) the classical classifier's predictions; returns the metrics."""
     emb = load_embeddings(embeddings_dir)
     model = fit_knn(emb, cfg, seed)
-    result = retrieval_metrics(model, emb.query, emb.query_labels, device)
-    if cfg.classical == "logreg":
-        result["logreg_top1"] = logreg_top1(model, emb.query, emb.query_labels, seed)
+    disjoint = emb.meta.get("protocol") == "disjoint"   # the test photos alone, scored leave-one-out
+    result = loo.knn_loo_metrics(model, device) if disjoint else retrieval_metrics(model, emb.query, emb.query_labels,
+                                                                                     device)
+    classical = None
+    if cfg.classical != "none" and not disjoint:   # a classifier fitted on the queries themselves means nothing
+        classical = classical_predictions(model, emb.query, seed, jobs)
+        result[f"{cfg.classical}_top1"] = float((classical == emb.query_labels).mean())
+        result["classical"] = cfg.classical      # aggregate: the classifier's own summary row
+    if tables_dir is not None:
+        with atomic_dir(tables_dir) as tmp:   # empty without knn.classical
+            if classical is not None:
+                write_classical(emb.query_labels, classical, tmp / CLASSICAL_CSV)
     # JSON has no NaN (e.g. MAP@R when no query class occurs in the gallery): write null instead.
     result = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in result.items()}
     with atomic_dir(out_dir) as tmp:
@@ -280,8 +310,9 @@ def fit_and_save(cfg: KnnConfig, embeddings_dir: str | Path, out_dir: str | Path
 
 
 def run(base: BaseConfig, exp: KnnJob, embeddings_dir: str | Path, out_dir: str | Path,
-        metrics_path: str | Path) -> dict:
+        metrics_path: str | Path, tables_dir: Optional[str | Path] = None) -> dict:
     """Stage entry point (stages/knn.py): seed, pick the device, then :func:`fit_and_save` with retrieval
     experiment ``exp``'s ``knn`` section."""
     configure(base.seed, base.threads)
-    return fit_and_save(exp.knn, embeddings_dir, out_dir, metrics_path, base.seed, select_device(base.device))
+    return fit_and_save(exp.knn, embeddings_dir, out_dir, metrics_path, base.seed, select_device(base.device),
+                        tables_dir, base.threads or -1)

@@ -17,6 +17,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from ..config import EmbedWithConfig, build
 from ..errors import UserError
 from .embeddings import as_stored
 from ..io import file_md5
@@ -66,6 +67,12 @@ class ClassifierPredictor(Predictor):
         self.model = model.eval()
         self.data_source = str(ckpt.get("data_source", ""))
         self.image_size = int(ckpt["image_size"])
+        self.resize_size = int(ckpt.get("train", {}).get("resize_size", 0))   # train.resize_size: centre crop
+        model_cfg = ckpt.get("model", {})
+        #: What a published figure is compared on (carbench.report.anchors), as evaluate records it.
+        self.model_facts = {"model_arch": model_cfg.get("arch"), "model_freeze": model_cfg.get("freeze", "frozen"),
+                            "model_image_size": self.image_size, "model_resize_size": self.resize_size,
+                            "model_data_source": self.data_source}
         self.mean, self.std = tuple(ckpt["mean"]), tuple(ckpt["std"])
         self.model.to(memory_format=torch.channels_last)
         self.amp = None   # autocast on CUDA when the model trained with it (``train.amp`` in the checkpoint)
@@ -85,7 +92,7 @@ class ClassifierPredictor(Predictor):
         from ..model.preprocess import eval_preprocess
 
         x = as_tensor(images).to(self.device, non_blocking=True)
-        return eval_preprocess(x, self.image_size, self.mean, self.std)
+        return eval_preprocess(x, self.image_size, self.mean, self.std, self.resize_size)
 
     @torch.inference_mode()
     def logits(self, images: Any) -> torch.Tensor:
@@ -110,6 +117,7 @@ class KnnPredictor(Predictor):
         super().__init__(knn.class_names, embedder.num_parameters + knn.prep.num_parameters, size_bytes,
                          embedder.device)
         self.embedder, self.knn = embedder, knn
+        self.model_facts = embedder.model_facts
         self.data_source = embedder.data_source   # the gallery comes from the same crop store
 
     def embed(self, images: Any) -> np.ndarray:
@@ -136,19 +144,39 @@ def load_classifier_predictor(path: str | Path, device: Any) -> ClassifierPredic
     return ClassifierPredictor(model, ckpt, device, path.stat().st_size)
 
 
+def load_pretrained_embedder(spec: EmbedWithConfig, device: Any,
+                             offline: bool = False) -> tuple[ClassifierPredictor, Path]:
+    """The embedder of a ``dag.pretrained`` experiment (pretrained weights, untrained) and its weights file
+    (fetched into the cache as for training, :mod:`carbench.model.weights`)."""
+    from ..model.build import build_pretrained
+    from ..model.weights import resolve_weights, weights_path
+
+    model = build_pretrained(spec.arch, spec.weights, offline).to(device)
+    path = weights_path(resolve_weights(spec.arch, spec.weights, "dag.pretrained"))
+    info = {"class_names": [], "image_size": spec.image_size, "mean": list(model.mean), "std": list(model.std),
+            "model": {"arch": spec.arch, "freeze": "frozen"}}      # untrained: its model_facts say so
+    return ClassifierPredictor(model, info, device, path.stat().st_size), path
+
+
 def load_knn_predictor(model_dir: Path, device: Any, models_root: Path) -> KnnPredictor:
-    """A :class:`KnnPredictor`; its embedder checkpoint must still have the md5 it was fitted with."""
+    """A :class:`KnnPredictor`; its embedder (checkpoint, or pretrained weights file) must still have the md5 it
+    was fitted with."""
     knn = load_knn(model_dir)
     embedder = knn.info.get("embedder")
-    ckpt_path = models_root / str(embedder) / CHECKPOINT
-    if not ckpt_path.is_file():
-        raise UserError(f"{model_dir / KNN_META} needs the embedder checkpoint {ckpt_path}, which does not exist")
+    if isinstance(embedder, dict):     # dag.pretrained: pretrained weights used untrained
+        predictor, ckpt_path = load_pretrained_embedder(build(EmbedWithConfig, embedder, f"{model_dir / KNN_META}:"
+                                                              "embedder"), device)
+    else:
+        ckpt_path = models_root / str(embedder) / CHECKPOINT
+        if not ckpt_path.is_file():
+            raise UserError(f"{model_dir / KNN_META} needs the embedder checkpoint {ckpt_path}, which does not exist")
+        predictor = None
     actual, expected = file_md5(ckpt_path), knn.info.get("checkpoint_md5")
     if actual != expected:
         raise UserError(f"{model_dir} is stale: it was fitted on embeddings of {ckpt_path} with md5 {expected}, "
                         f"but that file now has md5 {actual}; re-run embed and knn (dvc repro)")
     size = sum((model_dir / f).stat().st_size for f in (KNN_ARRAYS, KNN_META)) + ckpt_path.stat().st_size
-    return KnnPredictor(load_classifier_predictor(ckpt_path, device), knn, size)
+    return KnnPredictor(predictor or load_classifier_predictor(ckpt_path, device), knn, size)
 
 
 def load_predictor(model_dir: str | Path, device: Any, models_root: str | Path) -> Predictor:

@@ -91,12 +91,16 @@ PRESETS: dict[str, AugmentPolicy] = {
 
 # ----------------------------------------------------------------------------- policies and sizes
 def train_policy(augment: str, crop_scale: Optional[Sequence[float]] = None,
-                 crop_ratio: Optional[Sequence[float]] = None) -> AugmentPolicy:
+                 crop_ratio: Optional[Sequence[float]] = None, crop_fraction: Optional[float] = None) -> AugmentPolicy:
     """The ``train.augment`` preset with ``train.crop_scale`` / ``train.crop_ratio`` (when set) replacing its
-    random-resized-crop ranges; ``augment: none`` with a crop range is a random resized crop alone."""
+    random-resized-crop ranges; ``augment: none`` with a crop range is a random resized crop alone.
+    ``crop_fraction`` (``train.resize_size``: image_size / resize_size) first makes the crop a fixed-size square
+    of that side at a random place, torchvision's Resize + RandomCrop (the explicit ranges still win)."""
     if augment not in PRESETS:
         raise ValueError(f"train.augment must be one of {list(PRESETS)}, got {augment!r}")
     policy = PRESETS[augment]
+    if crop_fraction is not None:
+        policy = dataclasses.replace(policy, scale=(crop_fraction ** 2,) * 2, ratio=(1.0, 1.0))
     if crop_scale is not None:
         policy = dataclasses.replace(policy, scale=(float(crop_scale[0]), float(crop_scale[1])))
     if crop_ratio is not None:

@@ -217,15 +217,15 @@ def load_split_data(crops_dir: Path, split: str, device: torch.device, num_class
 # ----------------------------------------------------------------------------- feature cache
 @torch.no_grad()  # not inference_mode: the cached tensors are later inputs of autograd (head training)
 def compute_features(model: CarNet, data: SplitData, image_size: int, batch_size: int,
-                     device: torch.device, amp: Optional[torch.dtype]) -> FeatureData:
-    """Backbone features (N, D) float32 of a split, in eval mode, batched."""
+                     device: torch.device, amp: Optional[torch.dtype], resize_size: int = 0) -> FeatureData:
+    """Backbone features (N, D) float32 of a split, in eval mode, batched (``resize_size``: as eval_preprocess)."""
     model.eval()
     timing.first_batch()
     out = torch.empty(len(data), model.feature_dim, device=device)
     order = Order.make(torch.arange(len(data)), device)
     for start, (raw, _) in zip(range(0, len(data), batch_size), batches(data, order, batch_size)):
         stop = start + len(raw)
-        x = eval_preprocess(raw, image_size, model.mean, model.std)
+        x = eval_preprocess(raw, image_size, model.mean, model.std, resize_size)
         with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
             out[start:stop] = model.features(x).float()
     return FeatureData(out, data.labels)

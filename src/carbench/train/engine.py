@@ -84,11 +84,11 @@ def setup_trainer(exp: Experiment, base: BaseConfig, crops_dir: PathLike, device
     """The fit phase's trainer: read the store, plan the run (``device``: instead of ``base.device``), build the
     model, optionally cache features; -> (trainer, meta)."""
     crops_dir = Path(crops_dir)
-    meta = load_meta(crops_dir)
+    meta = load_meta(crops_dir).trained()   # disjoint protocol: the train half's classes only
     plan = make_plan(exp, base, meta, ddp, device)
     device, cfg = plan.device, exp.train
     train = load_split_data(crops_dir, "train", device, meta.num_classes, size=plan.train_size)
-    val = load_split_data(crops_dir, "val", device, meta.num_classes, size=cfg.image_size)
+    val = load_split_data(crops_dir, "val", device, meta.num_classes, size=cfg.resize_size or cfg.image_size)
     model = phase_model(plan, plan.fit, meta.num_classes)
     weights = plan.weights_record
     placement = (f"resident on the device at {train.images.shape[1]}px" if train.resident
@@ -100,8 +100,8 @@ def setup_trainer(exp: Experiment, base: BaseConfig, crops_dir: PathLike, device
     if plan.feature_mode:
         say(f"[{exp.name}] feature cache: frozen backbone and no augmentation, so backbone features are computed "
             f"once and only the head is trained on them ({model.feature_dim}-d features)")
-        train = compute_features(model, train, cfg.image_size, cfg.eval_batch_size, device, plan.amp)
-        val = compute_features(model, val, cfg.image_size, cfg.eval_batch_size, device, plan.amp)
+        train = compute_features(model, train, cfg.image_size, cfg.eval_batch_size, device, plan.amp, cfg.resize_size)
+        val = compute_features(model, val, cfg.image_size, cfg.eval_batch_size, device, plan.amp, cfg.resize_size)
     if ddp.enabled:
         say(f"[{exp.name}] DDP: {ddp.world} rank(s), batch {plan.batch_size} per rank (global {cfg.batch_size})")
     return Trainer(plan, model, train, val), meta

@@ -1,6 +1,7 @@
 """Optimizer and learning-rate schedule.
 
-Parameter groups: head and backbone (backbone lr = ``train.lr * model.backbone_lr_mult``), each split
+Parameter groups: head (lr = ``train.lr``, times batch_size / 256 under ``train.lr_scaling: linear``) and backbone
+(backbone lr = the head's * ``model.backbone_lr_mult``), each split
 into weights with weight decay and norm/bias parameters (1-d tensors) without it. Which backbone
 parameters are included follows ``model.freeze``: none for ``frozen``, the top
 ``model.trainable_blocks`` blocks for ``partial``, all for ``progressive`` (still-frozen ones simply get
@@ -64,8 +65,8 @@ def param_groups(model: Any, model_cfg: ModelConfig, train_cfg: TrainConfig) -> 
     (its lr before scheduling) and a ``name`` for logs.
     """
     groups = []
-    backbone_lr = train_cfg.lr * model_cfg.backbone_lr_mult
-    parts = [("head", list(model.head.parameters()), train_cfg.lr)]
+    backbone_lr = train_cfg.effective_lr * model_cfg.backbone_lr_mult
+    parts = [("head", list(model.head.parameters()), train_cfg.effective_lr)]
     if model_cfg.layer_decay < 1.0:
         included = {id(p) for p in backbone_parameters(model, model_cfg)}
         for i in range(model.num_blocks):

@@ -103,7 +103,8 @@ class RunPlan:
 def use_feature_cache(exp: Experiment) -> bool:
     """Frozen backbone, no augmentation (no crop range, mixup or cutmix either) and ``train.feature_cache``: train
     the head on cached features."""
-    return _feature_mode(exp, train_policy(exp.train.augment, exp.train.crop_scale, exp.train.crop_ratio))
+    t = exp.train
+    return _feature_mode(exp, train_policy(t.augment, t.crop_scale, t.crop_ratio, t.crop_fraction))
 
 
 def _feature_mode(exp: Experiment, policy: AugmentPolicy) -> bool:
@@ -139,7 +140,7 @@ def make_plan(exp: Experiment, base: BaseConfig, meta: StoreMeta, ddp: Ddp = SIN
     choice (tests, benchmarks). Ensures a torchvision weights file is in the cache (downloaded unless
     ``base.offline``; under DDP by rank 0 first) and hashes it."""
     device = pick_device(base.device, ddp) if device is None else device
-    policy = train_policy(exp.train.augment, exp.train.crop_scale, exp.train.crop_ratio)
+    policy = train_policy(exp.train.augment, exp.train.crop_scale, exp.train.crop_ratio, exp.train.crop_fraction)
     spec = resolve_weights(exp.model.arch, exp.model.weights)
     if spec.enum is not None:
         with ddp.main_first():  # DDP: rank 0 alone downloads the weights into the shared cache
@@ -152,7 +153,7 @@ def make_plan(exp: Experiment, base: BaseConfig, meta: StoreMeta, ddp: Ddp = SIN
 
 def step_plan(exp: Experiment, base: BaseConfig, device: torch.device) -> RunPlan:
     """A plan for timing training steps alone (benchmarks): no store and no weights file (random init)."""
-    policy = train_policy(exp.train.augment, exp.train.crop_scale, exp.train.crop_ratio)
+    policy = train_policy(exp.train.augment, exp.train.crop_scale, exp.train.crop_ratio, exp.train.crop_fraction)
     none = WeightsSpec(exp.model.arch)
     return RunPlan(exp, base.offline, device, SINGLE, phases(exp, base.seed), False, policy, exp.train.image_size,
                    exp.train.batch_size, amp_dtype(device, exp.train.amp), none, spec_record(none))

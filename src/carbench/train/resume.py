@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..config import BaseConfig, Experiment, to_dict
-from ..io import atomic_file
+from ..io import atomic_torch_save
 from ..data.store import StoreMeta, store_files
 from .train_log import say
 
@@ -168,9 +168,9 @@ def load_resume_file(path: Path, key: str) -> Optional[dict]:
 
 
 def save_resume_file(path: Path, state: dict) -> None:
-    """Write the resume state atomically (an interrupted write never corrupts the previous one)."""
-    with atomic_file(path, "wb") as handle:
-        torch.save(state, handle)
+    """Write the resume state atomically; a Ctrl-C or SIGTERM meanwhile stops the run once the file is whole
+    (:func:`carbench.io.atomic_torch_save`), so the file is always the previous state or the new one, complete."""
+    atomic_torch_save(state, path)
 
 
 def load_resume(path: Path, key: str) -> Optional[ResumeState]:

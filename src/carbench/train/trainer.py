@@ -134,7 +134,7 @@ class Trainer:
         if self.feature_mode:
             return raw
         x = self.augment(raw) if train else eval_preprocess(raw, self.cfg.image_size, self.model.mean,
-                                                            self.model.std)
+                                                            self.model.std, self.cfg.resize_size)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     # ------------------------------------------------------------------ one epoch
@@ -247,10 +247,10 @@ class Trainer:
         """(softmax probabilities (N, C) float32, labels (N,)) of the whole ``module`` on an image split (e.g.
         test), on the CPU, preprocessed as for inference (NCHW input, as the predictor feeds it)."""
         module.eval()
-        size, mean, std = self.cfg.image_size, module.mean, module.std
+        size, mean, std, resize_size = self.cfg.image_size, module.mean, module.std, self.cfg.resize_size
         chunks, labels = [], []
         for logits, y in self.logits(module, data, Order.make(torch.arange(len(data)), self.device),
-                                     lambda raw: eval_preprocess(raw, size, mean, std)):
+                                     lambda raw: eval_preprocess(raw, size, mean, std, resize_size)):
             chunks.append(torch.softmax(logits.float(), 1).cpu())
             labels.append(y.cpu())
         return torch.cat(chunks), torch.cat(labels)
