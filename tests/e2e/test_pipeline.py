@@ -189,7 +189,8 @@ def test_aggregate_knob_reruns_only_aggregate(project):
     path, environ, _ = project
     _write_params(path, {"aggregate": {"bootstrap": 200, "confidence": 0.9}})
     try:
-        assert status_stages(path, environ) == {"aggregate"}
+        # cards print the interval level (aggregate.confidence); nothing before aggregate reruns
+        assert status_stages(path, environ) == {"aggregate", "cards"}
         summary = json.loads((path / "metrics" / "summary" / "summary.json").read_text())["experiments"]
         for name in ALL:      # every experiment has its interval and (but for the best) its paired test
             assert summary[name]["top1_ci_low"] <= summary[name]["top1"] <= summary[name]["top1_ci_high"]

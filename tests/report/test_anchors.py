@@ -65,6 +65,10 @@ def test_rows_are_read_against_the_anchor_their_settings_call_for():
     assert against.startswith("91.8-93.0 top-1") and "a pooled re-split here" in diffs
     assert "384 px input here, 448 px in the source" in diffs
     assert N.row_anchor(data, N.row_facts(evaluated(freeze="frozen"), "official"))[1] == "none"
+    _, _, diffs = N.row_anchor(data, N.row_facts(evaluated("retrieval", freeze="frozen"), "official"))
+    assert "ImageNet embeddings not trained on cars" in diffs and "fine-tuned embeddings" not in diffs
+    _, _, diffs = N.row_anchor(data, N.row_facts(evaluated("retrieval"), "official"))
+    assert "a k-NN vote on fine-tuned embeddings" in diffs
     _, against, diffs = N.row_anchor(data, N.row_facts(evaluated("retrieval", arch="resnet50"), "official",
                                                        "random_forest"))
     assert against.startswith("89.0 top-1") and "stands in" not in diffs

@@ -194,3 +194,15 @@ def test_stage_user_error_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 1 and len(err.splitlines()) == 1
     assert err.startswith("error:") and "not a retrieval" in err
+
+
+def test_a_model_that_records_no_training_data_takes_the_scored_photos_source(tmp_path):
+    """An untrained embedder (dag.pretrained) has no checkpoint saying what it learnt from: the row's facts for the
+    published anchors name the crop store's source, so a demo row says its photos are generated."""
+    world = make_world(tmp_path)
+    fit_retrieval(world, RETRIEVAL)
+    meta_path = world.crops / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "source": "synthetic"}))
+    result, _ = run_evaluate(world, RETRIEVAL)
+    assert result["model_data_source"] == "synthetic"

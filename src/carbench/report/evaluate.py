@@ -32,7 +32,7 @@ from ..io import atomic_dir, write_json
 from ..retrieval import loo
 from ..retrieval.embeddings import as_stored
 from ..retrieval.predictor import KnnPredictor, Predictor, load_predictor
-from ..data.store import DISJOINT, load_meta, load_split
+from ..data.store import DISJOINT, StoreMeta, load_meta, load_split
 from .stats import RETRIEVAL_CSV
 from ..runtime import configure, select_device
 
@@ -232,11 +232,16 @@ def evaluate_experiment(params: Params, name: str, crops_dir: str | Path, models
     test = load_split(crops_dir, TEST_SPLIT, mmap=True)
     if len(test.labels) == 0:
         raise UserError(f"{crops_dir}: the test split is empty; nothing to evaluate")
-    _check_classes(predictor, crops_dir, name)
-    if load_meta(crops_dir).disjoint:
+    meta = load_meta(crops_dir)
+    _check_classes(predictor, meta, crops_dir, name)
+    # What the summary's published anchors are compared on; an untrained embedder (dag.pretrained) records no
+    # training data, so the row's photos are those of the crop store it is scored on.
+    facts = {**predictor.model_facts,
+             "model_data_source": predictor.model_facts.get("model_data_source") or meta.source}
+    if meta.disjoint:
         timing.record(images=int(len(test.labels)))
         result = evaluate_disjoint(name, exp, cfg, predictor, test, crops_dir, tables_dir, plots_dir, device)
-        result.update(predictor.model_facts)      # what the summary's published anchors are compared on
+        result.update(facts)
         write_json(metrics_path, result)
         write_json(headline_path, headline(result))
         return result
@@ -245,7 +250,7 @@ def evaluate_experiment(params: Params, name: str, crops_dir: str | Path, models
     timing.record(images=int(len(labels)))
     result: dict[str, Any] = {"config": exp.config, "kind": predictor.kind, "num_test": int(len(labels)),
                               "num_classes": len(predictor.class_names), "tta": cfg.tta, "device": str(device),
-                              **predictor.model_facts}
+                              **facts}
     result.update(classification_metrics(probs, labels))
     result.update({"params_count": predictor.num_parameters, "size_mb": predictor.size_bytes / BYTES_PER_MB,
                    "latency_ms": measure_latency_ms(predictor, np.ascontiguousarray(test.images[:1]),
@@ -258,10 +263,9 @@ def evaluate_experiment(params: Params, name: str, crops_dir: str | Path, models
     return result
 
 
-def _check_classes(predictor: Predictor, crops_dir: str | Path, name: str) -> None:
+def _check_classes(predictor: Predictor, meta: StoreMeta, crops_dir: str | Path, name: str) -> None:
     """The model must predict the crop store's classes, in the same order (a classifier under the disjoint
     protocol: the train half's)."""
-    meta = load_meta(crops_dir)
     stored = list((meta if isinstance(predictor, KnnPredictor) else meta.trained()).class_names)
     if list(predictor.class_names) != stored:
         raise UserError(f"models/{name} was trained on classes that differ from {crops_dir}/meta.json "
