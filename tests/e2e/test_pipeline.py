@@ -208,10 +208,11 @@ def test_one_experiment_key_reruns_only_that_experiment(project):
     path, environ, _ = project
     _write_params(path, {"experiments": {"cnn_basic": {"train": {"epochs": 3}}, "knn_resnet50_k3": {"knn": {"k": 2}}}})
     try:
-        # params reach train@/knn@ through their resolved config files: first resolve, then exactly those two
+        # params reach train@/knn@ through their resolved config files: first resolve, then exactly those two (and
+        # the model cards, which print each recipe from those files)
         assert status_stages(path, environ) == {"resolve"}
         run(["dvc", "repro", "resolve"], path, environ)
-        assert status_stages(path, environ) == {"train@cnn_basic", "knn@knn_resnet50_k3"}
+        assert status_stages(path, environ) == {"train@cnn_basic", "knn@knn_resnet50_k3", "cards"}
         ran = ran_stages(run(["dvc", "repro"], path, environ).stdout)
         assert ran == {"train@cnn_basic", "evaluate@cnn_basic", "export@cnn_basic", "knn@knn_resnet50_k3",
                        "evaluate@knn_resnet50_k3", "export@knn_resnet50_k3", "aggregate", "cards"}
@@ -244,7 +245,7 @@ def test_lr_knob_marks_only_the_experiments_that_take_it(project):
     try:
         assert status_stages(path, environ) == {"resolve"}
         run(["dvc", "repro", "resolve"], path, environ)
-        assert status_stages(path, environ) == {f"train@{n}" for n in TAKE_SECTION_LR}
+        assert status_stages(path, environ) == {f"train@{n}" for n in TAKE_SECTION_LR} | {"cards"}   # the recipe
     finally:
         _restore(path, environ)
         run(["dvc", "repro", "resolve"], path, environ)
