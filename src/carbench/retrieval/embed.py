@@ -89,7 +89,10 @@ def embed_experiment(exp: RetrievalExperiment | EmbedJob, crops_dir: str | Path,
                             f"{exp.embedder!r}")
     emb = build_embeddings(predictor, crops_dir, exp.embed, crop_meta.disjoint)
     timing.record(images=int(len(emb.query) if crop_meta.disjoint else len(emb.gallery) + len(emb.query)))
-    emb.meta = {"experiment": name, "embedder": embedder, "checkpoint": ckpt_path.as_posix(),
+    # A pretrained weights file lives in a per-machine cache: its name (its md5 pins the content) keeps the outputs
+    # identical across machines and clones.
+    recorded = ckpt_path.name if isinstance(exp.embedder, EmbedWithConfig) else ckpt_path.as_posix()
+    emb.meta = {"experiment": name, "embedder": embedder, "checkpoint": recorded,
                 "checkpoint_md5": file_md5(ckpt_path), "layer": exp.embed.layer,
                 "l2_normalize": exp.embed.l2_normalize, "protocol": crop_meta.protocol,
                 "gallery": QUERY_SPLIT if crop_meta.disjoint else exp.embed.gallery, "class_names": class_names,
