@@ -138,3 +138,17 @@ def test_the_committed_doc_passes_the_check(tmp_path):
     (root / "docs").mkdir()
     shutil.copy(ROOT / reference.DOC, root / "docs" / "params.md")
     assert reference.main(["--root", str(root), "--check"]) == 0
+
+
+def test_the_results_page_gets_the_published_figures_from_the_anchors_file(tmp_path, capsys):
+    root = _project(tmp_path, None)
+    (root / "docs").mkdir()
+    shutil.copy(ROOT / reference.DOC, root / "docs" / "params.md")
+    (root / "docs" / "results.md").write_text("# Results\n<!-- anchors:start -->\nold\n<!-- anchors:end -->\nrest\n")
+    assert reference.main(["--root", str(root), "--check"]) == 1
+    assert "docs/results.md is stale" in capsys.readouterr().err
+    assert reference.main(["--root", str(root)]) == 0
+    page = (root / "docs" / "results.md").read_text()
+    assert "old" not in page and page.endswith("<!-- anchors:end -->\nrest\n")
+    assert "| class-disjoint retrieval | 87.7 R@1 (R@8 97.3): ResNet-50, 224 px; Proxy Anchor Loss" in page
+    assert reference.main(["--root", str(root), "--check"]) == 0

@@ -26,6 +26,7 @@ from .data.sources import ExpectedData, Route, RouteFile, Sources
 
 DOC = Path("docs") / "params.md"
 README = Path("README.md")
+RESULTS = Path("docs") / "results.md"   # holds the published figures' table
 DVC_YAML = Path("dvc.yaml")
 PARAMS = Path("params.yaml")
 START, END = "<!-- experiments:start -->", "<!-- experiments:end -->"
@@ -216,7 +217,7 @@ ANCHORS_START, ANCHORS_END = "<!-- anchors:start -->", "<!-- anchors:end -->"
 
 
 def anchors_table() -> str:
-    """The published figures of src/carbench/resources/anchors.yaml, as the README lists them."""
+    """The published figures of src/carbench/resources/anchors.yaml, as docs/results.md lists them."""
     from .report.anchors import describe, load_anchors
 
     data = load_anchors()
@@ -226,7 +227,7 @@ def anchors_table() -> str:
 
 
 def with_anchors_block(readme: str) -> str:
-    """``readme`` with the anchors block replaced by :func:`anchors_table` (unchanged without both markers)."""
+    """``readme`` (any markdown page) with the anchors block replaced by :func:`anchors_table` (unchanged without both markers)."""
     start, end = readme.find(ANCHORS_START), readme.find(ANCHORS_END)
     if start < 0 or end < start:
         return readme
@@ -250,8 +251,10 @@ def outputs(root: Path, params: Path) -> dict[Path, str]:
     text = readme.read_text() if readme.is_file() else ""
     if START in text and END in text:
         wanted[readme] = with_readme_block(text, experiments_table(raw))
+    results = root / RESULTS
+    text = results.read_text() if results.is_file() else ""
     if ANCHORS_START in text and ANCHORS_END in text:
-        wanted[readme] = with_anchors_block(wanted.get(readme, text))
+        wanted[results] = with_anchors_block(text)
     dvc_yaml = root / DVC_YAML
     if dvc_yaml.is_file():
         wanted[dvc_yaml] = artifacts.with_section(dvc_yaml.read_text(), raw)

@@ -324,8 +324,9 @@ def test_demo_models_leave_as_checked_exports_cards_and_artifacts(demo, tmp_path
     assert (tmp_path / "got" / "model.onnx").read_bytes() == (path / "exports/cnn_basic/model.onnx").read_bytes()
 
     remote, clone = tmp_path / "remote", tmp_path / "clone"
-    run(["dvc", "remote", "modify", "--local", "shared", "url", str(remote)], path, environ)
-    run(["dvc", "push", "--all-tags"], path, environ)   # the registered versions' files
+    # A remote of this test's own: the demo's default remote stays as committed for the other tests.
+    run(["dvc", "remote", "add", "--local", "artifacts_test", str(remote)], path, environ)
+    run(["dvc", "push", "-r", "artifacts_test", "--all-tags"], path, environ)   # the registered versions' files
     run(["git", "clone", "-q", str(path), str(clone)], tmp_path, environ)
     run(["dvc", "remote", "modify", "--local", "shared", "url", str(remote)], clone, environ)
     run(["dvc", "artifacts", "get", ".", "knn_resnet50_k3", "-o", str(tmp_path / "fetched")], clone, environ)
@@ -445,8 +446,9 @@ def test_after_the_readme_s_runs_dvc_push_leaves_no_remote_or_cache_for_git(demo
     """The committed default remote is a folder beside the clone: `dvc push` fills it, and `git status` lists only
     what README says a user commits, never the remote or DVC's cache."""
     path, environ, _, _, _ = demo
-    run(["dvc", "push"], path, environ)
-    assert any(p.is_file() for p in (path.parent / "carbench-dvc-remote").rglob("*")), "nothing was pushed"
+    pushed = run(["dvc", "push"], path, environ).stdout
+    remotes = run(["dvc", "remote", "list"], path, environ).stdout
+    assert any(p.is_file() for p in (path.parent / "carbench-dvc-remote").rglob("*")), (pushed, remotes)
     status = run(["git", "status", "--porcelain", "--untracked-files=all"], path, environ).stdout
     changed = [line[3:] for line in status.splitlines()]
     assert not [p for p in changed if p.startswith(("carbench-dvc-remote", ".dvc/cache", ".dvc/tmp"))], status
