@@ -31,7 +31,8 @@ PAPER_TINY = merge(TINY_DATA, {"crop": {"size": 32, "preview": 4}, "experiments"
     "model": STAND_IN, "train": {"epochs": 2, "batch_size": 8, "image_size": 28, "resize_size": 32}}}})
 LAPTOP_TINY = merge(TINY_DATA, {"crop": {"size": 32, "preview": 4}, "experiments": {
     name: {"train": {"epochs": 1, "image_size": 32}} for name in
-    ("tl_resnet50_frozen", "tl_resnet50_finetune")}})
+    ("tl_resnet50_frozen", "tl_resnet50_finetune")},
+    "dag": {"pretrained": {"knn_imagenet_baseline": {"image_size": 32}}}})
 
 
 def preset_params(preset: str, tiny: dict) -> dict:
@@ -65,10 +66,13 @@ def test_laptop_preset_runs_its_cached_and_retrieval_experiments(tmp_path):
     parse_params(raw)
     path = make_project(tmp_path / "project", raw)
     environ = env(tmp_path / "torch_home")
-    done = run(["dvc", "repro", "evaluate@tl_resnet50_frozen", "evaluate@knn_resnet50_k3"], path, environ)
+    done = run(["dvc", "repro", "evaluate@tl_resnet50_frozen", "evaluate@knn_resnet50_k3",
+                "evaluate@knn_imagenet_baseline"], path, environ)
     assert "feature cache" in done.stdout + done.stderr     # the frozen backbone runs once
-    for name in ("tl_resnet50_frozen", "knn_resnet50_k3"):
+    for name in ("tl_resnet50_frozen", "knn_resnet50_k3", "knn_imagenet_baseline"):
         evaluated = json.loads((path / f"metrics/eval/{name}.json").read_text())
         assert 0.0 <= evaluated["top1"] <= 1.0
     frozen = json.loads((path / "metrics/eval/tl_resnet50_frozen.json").read_text())
     assert (frozen["model_arch"], frozen["model_freeze"]) == ("mobilenet_v2", "frozen")
+    baseline = json.loads((path / "metrics/eval/knn_imagenet_baseline.json").read_text())
+    assert (baseline["model_arch"], baseline["model_image_size"]) == ("mobilenet_v2", 32)   # offline weights
