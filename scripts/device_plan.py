@@ -169,7 +169,7 @@ def prepare(phase: Phase, args: argparse.Namespace, extra: Optional[dict] = None
 def photo_size(phase: Phase, repo: Path) -> Optional[dict]:
     """The size record of the photos the run read (the download stage's manifest: what the figures are scaled
     by), saved into the phase's JSON; None when the download stage did not end."""
-    from carbench.data.manifest import read_manifest
+    from carbench.data.raw import read_manifest
 
     if not (repo / "data" / "raw" / "manifest.csv").is_file():
         return phase.result.get("size")

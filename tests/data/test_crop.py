@@ -31,7 +31,8 @@ from carbench.data.crops import (
     to_rgb,
 )
 from carbench.data.layouts import open_local
-from carbench.data.manifest import build_raw, read_manifest
+from carbench.data.manifest import build_raw
+from carbench.data.raw import read_manifest
 from carbench.data.split import write_split
 from carbench.data.store import load_meta, load_split
 from carbench.errors import DataError

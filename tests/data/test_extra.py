@@ -33,7 +33,7 @@ def _data_cfg(tmp_path, extra):
 def test_extra_class_becomes_class_13_in_every_data_stage(tmp_path):
     from carbench.data.crop import write_crops
     from carbench.data.download import acquire
-    from carbench.data.manifest import read_classes, read_manifest
+    from carbench.data.raw import read_classes, read_manifest
     from carbench.data.split import write_split
     from carbench.data.store import load_meta, load_split
 

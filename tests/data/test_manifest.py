@@ -18,12 +18,8 @@ from support.data import (
 )
 
 from carbench.data.layouts import open_local
-from carbench.data.manifest import (
-    MANIFEST_COLUMNS,
-    build_raw,
-    read_classes,
-    read_manifest,
-)
+from carbench.data.manifest import build_raw
+from carbench.data.raw import MANIFEST_COLUMNS, read_classes, read_manifest
 from carbench.data.matfiles import MatAnnotation, read_annotations, write_annotations
 from carbench.errors import DataError
 

@@ -42,7 +42,7 @@ def _plain_decode_rate(raw: Path) -> tuple[float, int]:
     """Images/s of a sequential full decode (``Image.open(...).convert('RGB')``) of every image in data/raw."""
     from PIL import Image
 
-    from carbench.data.manifest import IMAGES_BIN, read_manifest
+    from carbench.data.raw import IMAGES_BIN, read_manifest
 
     manifest = read_manifest(raw)
     blob = (raw / IMAGES_BIN).read_bytes()

@@ -196,7 +196,7 @@ def write_crops(crop: CropConfig, skip_bad: bool, raw_dir: str | Path, split_dir
     import time
 
     from ..io import atomic_dir, write_json
-    from .manifest import IMAGES_BIN, read_classes, read_manifest
+    from .raw import IMAGES_BIN, read_classes, read_manifest
     from .split import read_protocol, read_split
 
     started = time.perf_counter()

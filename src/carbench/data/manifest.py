@@ -1,8 +1,8 @@
 """Validate a :class:`~carbench.data.layouts.Source` and pack it into ``data/raw`` (see docs/ARCHITECTURE.md §1).
 
-``data/raw`` holds three files instead of 16k small ones: ``images.bin`` (the original image bytes,
-concatenated, never re-encoded), ``manifest.csv`` (one row per image: label, box, size and byte slice) and
-``classes.json``. Only image *headers* are read here (width/height); decoding happens once, in the crop stage.
+``data/raw`` holds three files instead of 16k small ones (their format and its readers and writers:
+:mod:`carbench.data.raw`); the image bytes are concatenated, never re-encoded. Only image *headers* are read here
+(width/height); decoding happens once, in the crop stage.
 
 Checks, each a :class:`DataError` naming the file (and the annotation row), or — with
 ``data.skip_bad_images`` — a skipped image listed in the metrics: class out of range, missing or unreadable file,
@@ -13,7 +13,6 @@ always an error: which label is right cannot be guessed.
 """
 from __future__ import annotations
 
-import csv
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,18 +20,14 @@ from typing import Any, BinaryIO, Optional
 
 from ..errors import DataError, DataWarning, ImageError
 from .fingerprint import canonical_order
-from ..io import atomic_dir, read_json, write_json
+from ..io import atomic_dir
 from .images import read_header
 from .layouts import Source, SourceImage
+from .raw import IMAGES_BIN, write_classes, write_manifest
 
 OFFICIAL_NUM_CLASSES = 196
-MANIFEST = "manifest.csv"
-IMAGES_BIN = "images.bin"
-CLASSES_JSON = "classes.json"
 #: The way forward named by every image the download refuses.
 SKIP_HINT = "data.skip_bad_images: true to skip bad images"
-MANIFEST_COLUMNS = ("image", "class_id", "official_class", "class_name", "x1", "y1", "x2", "y2",
-                    "official_split", "width", "height", "offset", "nbytes")
 
 
 @dataclass(frozen=True)
@@ -124,21 +119,17 @@ def pack_images(source: Source, out_path: Path, skip_bad: bool) -> tuple[list[Pa
     return packed, report
 
 
-def write_manifest(path: Path, packed: list[PackedImage], class_names: list[str]) -> list[int]:
-    """Write ``manifest.csv``; class ids are contiguous over the official classes that occur.
-
-    Returns the official class numbers in class-id order.
-    """
+def manifest_rows(packed: list[PackedImage], class_names: list[str]) -> tuple[list[list[Any]], list[int]]:
+    """The rows of ``manifest.csv`` (:data:`carbench.data.raw.MANIFEST_COLUMNS` order); class ids are contiguous
+    over the official classes that occur. Returns (rows, the official class numbers in class-id order)."""
     officials = sorted({p.source.official_class for p in packed})
     class_id = {official: i for i, official in enumerate(officials)}
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(MANIFEST_COLUMNS)
-        for p in packed:
-            c = p.source.official_class
-            writer.writerow([p.source.image, class_id[c], c, class_names[c - 1], *p.box, p.source.split,
-                             p.width, p.height, p.offset, p.nbytes])
-    return officials
+    rows = []
+    for p in packed:
+        c = p.source.official_class
+        rows.append([p.source.image, class_id[c], c, class_names[c - 1], *p.box, p.source.split, p.width, p.height,
+                     p.offset, p.nbytes])
+    return rows, officials
 
 
 def build_raw(source: Source, out_dir: str | Path, skip_bad: bool) -> dict[str, Any]:
@@ -155,11 +146,12 @@ def build_raw(source: Source, out_dir: str | Path, skip_bad: bool) -> dict[str, 
         packed, report = pack_images(ordered, tmp / IMAGES_BIN, skip_bad)
         if not packed:
             raise DataError(f"{source.root}: no usable images (skipped {len(report['skipped'])})")
-        officials = write_manifest(tmp / MANIFEST, packed, source.class_names)
+        rows, officials = manifest_rows(packed, source.class_names)
+        write_manifest(tmp, rows)
         names = [source.class_names[c - 1] for c in officials]
         extra = [n for c, n in zip(officials, names) if c > len(source.class_names) - source.extra]
-        write_json(tmp / CLASSES_JSON, {"class_names": names, "official_classes": officials,
-                                        "source": source.kind, **({"extra_classes": extra} if extra else {})})
+        write_classes(tmp, {"class_names": names, "official_classes": officials, "source": source.kind,
+                            **({"extra_classes": extra} if extra else {})})
     if report["skipped"]:
         warnings.warn(f"skipped {len(report['skipped'])} bad image(s); see metrics", DataWarning, stacklevel=2)
     counts = {split: sum(p.source.split == split for p in packed) for split in ("train", "test")}
@@ -167,26 +159,3 @@ def build_raw(source: Source, out_dir: str | Path, skip_bad: bool) -> dict[str, 
             "num_classes": len(officials),
             "bytes": sum(p.nbytes for p in packed), "num_skipped": len(report["skipped"]), **report,
             "num_boxes_clamped": len(report["boxes_clamped"])}
-
-
-def read_manifest(raw_dir: str | Path):
-    """``manifest.csv`` of ``raw_dir`` as a pandas DataFrame, with its columns checked."""
-    import pandas as pd
-
-    path = Path(raw_dir) / MANIFEST
-    if not path.is_file():
-        raise DataError(f"{path} not found: run the download stage first")
-    frame = pd.read_csv(path, dtype={"image": str, "class_name": str, "official_split": str},
-                        keep_default_na=False)
-    missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
-    return frame
-
-
-def read_classes(raw_dir: str | Path) -> dict[str, Any]:
-    """``classes.json`` of ``raw_dir``: class_names, official_classes, source."""
-    path = Path(raw_dir) / CLASSES_JSON
-    if not path.is_file():
-        raise DataError(f"{path} not found: run the download stage first")
-    return read_json(path)

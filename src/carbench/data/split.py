@@ -38,7 +38,7 @@ from ..config import SPLITS, Params, SplitConfig
 from ..errors import DataError, DataWarning
 from ..io import atomic_dir, write_json
 from ..runtime import configure
-from .manifest import read_classes, read_manifest
+from .raw import read_classes, read_manifest
 from .store import CLASSIFICATION, DISJOINT
 
 SPLIT_CSV = "split.csv"
