@@ -4,7 +4,9 @@ Writes ``docs/params.md`` from the schema (the section dataclasses of :mod:`carb
 with its doc string and constraints in its metadata) and the values of ``params.yaml``: one table per section (key,
 type, allowed values, default, value, description), the experiments table (from ``experiments`` and ``dag``) and the
 schema of the sources file (:mod:`carbench.data.sources`). The same experiments table replaces the block between
-:data:`START` and :data:`END` in README.md when both markers are there (nothing else of README.md is touched).
+:data:`START` and :data:`END` in README.md when both markers are there (nothing else of README.md is touched), and
+the published figures of ``resources/anchors.yaml`` the block between :data:`ANCHORS_START` and :data:`ANCHORS_END` in
+docs/results.md.
 dvc.yaml's ``artifacts:`` section, one DVC artifact per experiment, is generated too (:mod:`carbench.artifacts`).
 
 ``--check`` writes nothing: it exits 1 naming each stale file, 0 when all are up to date.
@@ -226,12 +228,12 @@ def anchors_table() -> str:
     return "\n".join(_table(["protocol", "published figure (backbone, input, source)", "pretraining", "notes"], rows))
 
 
-def with_anchors_block(readme: str) -> str:
-    """``readme`` (any markdown page) with the anchors block replaced by :func:`anchors_table` (unchanged without both markers)."""
-    start, end = readme.find(ANCHORS_START), readme.find(ANCHORS_END)
+def with_anchors_block(page: str) -> str:
+    """Markdown ``page`` with the anchors block replaced by :func:`anchors_table` (unchanged without both markers)."""
+    start, end = page.find(ANCHORS_START), page.find(ANCHORS_END)
     if start < 0 or end < start:
-        return readme
-    return readme[:start + len(ANCHORS_START)] + "\n" + anchors_table() + "\n" + readme[end:]
+        return page
+    return page[:start + len(ANCHORS_START)] + "\n" + anchors_table() + "\n" + page[end:]
 
 
 def with_readme_block(readme: str, table: str) -> str:
