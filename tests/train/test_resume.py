@@ -37,9 +37,10 @@ def test_resume_with_every_recipe_option_equals_an_uninterrupted_run(tmp_path, s
     assert deterministic_metrics(live_a) == deterministic_metrics(live_b)
 
 
-#: The child: writes a previous file, then a large state with SIGINT sent once the temporary file is being written.
+#: The child: writes a previous file, then a large state, sending itself SIGINT from inside torch.save (its third
+#: write to the file, from the main thread: the stop lands mid-write however busy the machine is).
 _STOP_WHILE_WRITING = textwrap.dedent("""
-    import os, pathlib, signal, sys, threading, time
+    import os, pathlib, signal, sys
     import torch
     from carbench import cli
     from carbench.model.checkpoint import save_checkpoint
@@ -48,22 +49,36 @@ _STOP_WHILE_WRITING = textwrap.dedent("""
     path, writer = pathlib.Path(sys.argv[1]), sys.argv[2]
     save = (lambda state: save_resume_file(path, state)) if writer == "resume" else \\
         (lambda state: save_checkpoint(state, path))
+    armed = []
+    real_save = torch.save
 
 
-    def stop_while_writing():
-        while True:
-            tmp = [p for p in path.parent.iterdir() if p.name.startswith(f".{path.name}.tmp-")]
-            if tmp and tmp[0].stat().st_size > 0:
-                os.kill(os.getpid(), signal.SIGINT)
+    class StopWhileWriting:
+        \"\"\"The file torch.save writes to, sending SIGINT at its third write.\"\"\"
+
+        def __init__(self, handle):
+            self.handle, self.writes = handle, 0
+
+        def write(self, data):
+            self.writes += 1
+            if self.writes == 3:
                 print("signal sent while writing", flush=True)
-                return
-            time.sleep(0.0002)
+                os.kill(os.getpid(), signal.SIGINT)
+            return self.handle.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+
+
+    def save_and_stop(obj, f, *args, **kwargs):
+        return real_save(obj, StopWhileWriting(f) if armed else f, *args, **kwargs)
 
 
     def main():
         save({"epoch": 1, "weights": torch.zeros(10)})           # the previous file
         state = {"epoch": 2, **{f"t{i}": torch.full((1_000_000,), float(i)) for i in range(16)}}   # 64 MB
-        threading.Thread(target=stop_while_writing, daemon=True).start()
+        armed.append(True)
+        torch.save = save_and_stop
         save(state)
         print("not stopped", flush=True)
 
