@@ -97,11 +97,12 @@ def full_checks(ext: dict, rows: list[dict]) -> dict:
 
 
 def expected_stages(params: dict) -> list[str]:
-    """Every stage of ``dvc repro`` for these params (dvc.yaml's DAG)."""
+    """Every stage of ``dvc repro`` for these params (dvc.yaml's DAG), as the stage log names them: a pretrained
+    baseline's ``embed_pretrained@``/``knn_pretrained@`` run embed.py/knn.py, so they log as ``embed@``/``knn@``."""
     dag = params["dag"]
+    retrieval = [*dag["retrieval"], *(dag.get("pretrained") or {})]
     return (["download", "split", "crop", "resolve"] + [f"train@{n}" for n in dag["train"]]
-            + [f"embed@{n}" for n in dag["retrieval"]] + [f"knn@{n}" for n in dag["retrieval"]]
-            + [f"{s}_pretrained@{n}" for n in dag.get("pretrained") or {} for s in ("embed", "knn")]
+            + [f"embed@{n}" for n in retrieval] + [f"knn@{n}" for n in retrieval]
             + [f"evaluate@{n}" for n in params["experiments"]] + ["aggregate"]
             + [f"export@{n}" for n in params["experiments"]] + ["cards"])
 
