@@ -2,6 +2,7 @@
 Ctrl-C while a resume file (or a checkpoint) is being written stops with one line and leaves a whole file."""
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import textwrap
@@ -92,8 +93,9 @@ def test_ctrl_c_while_a_file_is_written_is_one_line_and_leaves_it_whole(tmp_path
     path = tmp_path / "state.pt"
     script = tmp_path / "stop.py"
     script.write_text(_STOP_WHILE_WRITING)
+    # SIGINT at its default, as a terminal starts a command (a shell's background job would inherit it ignored)
     done = subprocess.run([sys.executable, str(script), str(path), writer], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert done.stdout == "signal sent while writing\n"                # it landed inside torch.save
     assert done.returncode == 130 and "Traceback" not in done.stderr
     assert done.stderr == "interrupted: stop.py stopped by SIGINT; run the same command again to continue\n"
