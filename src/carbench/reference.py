@@ -228,20 +228,17 @@ def anchors_table() -> str:
     return "\n".join(_table(["protocol", "published figure (backbone, input, source)", "pretraining", "notes"], rows))
 
 
-def with_anchors_block(page: str) -> str:
-    """Markdown ``page`` with the anchors block replaced by :func:`anchors_table` (unchanged without both markers)."""
-    start, end = page.find(ANCHORS_START), page.find(ANCHORS_END)
+def with_block(page: str, table: str, start_marker: str = START, end_marker: str = END) -> str:
+    """Markdown ``page`` with the block between the two markers replaced by ``table`` (unchanged without both)."""
+    start, end = page.find(start_marker), page.find(end_marker)
     if start < 0 or end < start:
         return page
-    return page[:start + len(ANCHORS_START)] + "\n" + anchors_table() + "\n" + page[end:]
+    return page[:start + len(start_marker)] + "\n" + table + "\n" + page[end:]
 
 
 def with_readme_block(readme: str, table: str) -> str:
-    """``readme`` with the block between the markers replaced by ``table`` (unchanged without both markers)."""
-    start, end = readme.find(START), readme.find(END)
-    if start < 0 or end < start:
-        return readme
-    return readme[:start + len(START)] + "\n" + table + "\n" + readme[end:]
+    """``readme`` with the experiments block replaced by ``table`` (unchanged without both markers)."""
+    return with_block(readme, table)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -256,7 +253,7 @@ def outputs(root: Path, params: Path) -> dict[Path, str]:
     results = root / RESULTS
     text = results.read_text() if results.is_file() else ""
     if ANCHORS_START in text and ANCHORS_END in text:
-        wanted[results] = with_anchors_block(text)
+        wanted[results] = with_block(text, anchors_table(), ANCHORS_START, ANCHORS_END)
     dvc_yaml = root / DVC_YAML
     if dvc_yaml.is_file():
         wanted[dvc_yaml] = artifacts.with_section(dvc_yaml.read_text(), raw)
