@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from carbench import artifacts, cli
+from carbench.workshop import artifacts
+from carbench.core import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 

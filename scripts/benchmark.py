@@ -8,7 +8,7 @@
 
 `pipeline` clones the committed repository into a temporary directory and runs `python scripts/offline.py`
 there (a fresh clone, as a user would), with every stage logging its wall time and peak RSS. `scale`
-(carbench.bench.scale) is meant for a GPU: `dvc repro` of the real defaults on 16k generated photos (or on your
+(carbench.workshop.bench.scale) is meant for a GPU: `dvc repro` of the real defaults on 16k generated photos (or on your
 copy of Stanford Cars: `--data`).
 """
 from __future__ import annotations
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import yaml
 
-from carbench.bench import crop, scale, train
-from carbench.bench.overrides import deep_merge, dotted
-from carbench.bench.workspace import SCALE_DATA
+from carbench.workshop.bench import crop_pool, scale, train_loop
+from carbench.workshop.bench.overrides import deep_merge, dotted
+from carbench.workshop.bench.workspace import SCALE_DATA
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -103,9 +103,9 @@ def main() -> None:
             Path(args.report).write_text(json.dumps(report, indent=2))
         return
     if args.what in ("crop", "all"):
-        crop.print_crop(crop.measure_crop(Path(args.raw) if args.raw else None))
+        crop_pool.print_crop(crop_pool.measure_crop(Path(args.raw) if args.raw else None))
     if args.what in ("train", "all"):
-        train.print_train(train.measure_train(ROOT / "params.yaml", args.device))
+        train_loop.print_train(train_loop.measure_train(ROOT / "params.yaml", args.device))
     if args.what in ("pipeline", "all"):
         print_pipeline(run_pipeline_benchmark())
 

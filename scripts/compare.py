@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from carbench import cli
+from carbench.core import cli
 from carbench.report import aggregate, stats
 from carbench.config import AggregateConfig
-from carbench.errors import UserError
+from carbench.core.errors import UserError
 
 
 def experiment_config(path: Path) -> str:

@@ -42,7 +42,7 @@ def experiment(args: argparse.Namespace):
 
 def train(args: argparse.Namespace, out: Path) -> dict:
     """Train once (in a process group when run under torchrun); rank 0 writes ``out/summary.json``."""
-    from carbench.runtime import configure
+    from carbench.core.runtime import configure
     from carbench.train import distributed
     from carbench.train.engine import train_experiment
 

@@ -3,11 +3,11 @@
 Each phase stops at the time budget you give it (``--budget``) and writes its log and JSON results into ``--out`` as
 it goes.
 
-    phase 1  the scale benchmark (carbench.bench.scale) of the nine defaults, on your copy of Stanford Cars or a
+    phase 1  the scale benchmark (carbench.workshop.bench.scale) of the nine defaults, on your copy of Stanford Cars or a
              subset of it (``--data``), or on generated photos at the real photo sizes (``--fraction`` of Stanford
              Cars' size), with random-init weights of the real architectures: per stage the wall time, time to
              first batch, steady and bare img/s, GPU busy fraction and bare-compute floor, and the full-scale total
-             extrapolated from each stage's fixed cost and rate (:func:`carbench.bench.extrapolate.extrapolate`).
+             extrapolated from each stage's fixed cost and rate (:func:`carbench.workshop.bench.extrapolate.extrapolate`).
     phase 2  scripts/ddp_check.py on one GPU (torchrun x1 against plain), and one fine-tune
              (tl_resnet50_finetune) end to end through ``dvc repro`` with ``train.compile`` off, then on,
              on the same data.
@@ -42,13 +42,13 @@ from typing import Any, Optional
 
 import yaml
 
-from carbench.bench import bare, gpu, scale
-from carbench.bench.extrapolate import (FULL_PHOTOS, expected_stages, extrapolate, flags, full_checks, plan_size,
+from carbench.workshop.bench import bare, gpu, scale
+from carbench.workshop.bench.extrapolate import (FULL_PHOTOS, expected_stages, extrapolate, flags, full_checks, plan_size,
                                         print_extrapolation, size_of)
-from carbench.bench.overrides import deep_merge, dotted
-from carbench.bench.processes import Tee, dvc_version, ensure_packages, run_logged
-from carbench.bench.repro import ReproTimeout, run_repro
-from carbench.bench.workspace import make_data, make_workspace, scale_params
+from carbench.workshop.bench.overrides import deep_merge, dotted
+from carbench.workshop.bench.processes import Tee, dvc_version, ensure_packages, run_logged
+from carbench.workshop.bench.repro import ReproTimeout, run_repro
+from carbench.workshop.bench.workspace import make_data, make_workspace, scale_params
 
 ROOT = Path(__file__).resolve().parents[1]
 FINETUNE = "tl_resnet50_finetune"
@@ -56,7 +56,7 @@ FINETUNE = "tl_resnet50_finetune"
 #: enough (--reserve) for the bare rates.
 DEFAULT_BUDGET_S = {1: 400.0, 2: 300.0}
 DEFAULT_FRACTION = 0.125      # 196 classes x 5 + 5 photos: the nine defaults' fixed costs alone are ~150 s
-GPU_BARE_SECONDS = "1.0"      # each bare rate timed this long on the GPU (carbench.bench.bare's default: 2 s)
+GPU_BARE_SECONDS = "1.0"      # each bare rate timed this long on the GPU (carbench.workshop.bench.bare's default: 2 s)
 #: --tiny: the offline demo's CPU settings, one epoch per trained experiment (two for the fine-tune: it then has a
 #: steady rate), a small evaluation.
 TINY_SETS = ["base.threads=1", "split.allow_missing_classes=true", "evaluate.latency_runs=2",
@@ -70,7 +70,7 @@ CPU_COMPILE_NOTE = ("train.compile has no effect on CPU (src/carbench/train/engi
 def startup_seconds() -> float:
     """Wall seconds of a stage-like process that only imports (python, torch, carbench); the second of two runs."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-c", "import torch, numpy, yaml, carbench.cli, carbench.config, carbench.timing"]
+    cmd = [sys.executable, "-c", "import torch, numpy, yaml, carbench.core.cli, carbench.config, carbench.core.timing"]
     seconds = 0.0
     for _ in range(2):
         start = time.perf_counter()
@@ -123,7 +123,7 @@ class Phase:
 def environment(device_name: str) -> dict:
     import torch
 
-    from carbench import runtime
+    from carbench.core import runtime
 
     device = runtime.select_device(device_name)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()

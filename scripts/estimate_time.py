@@ -1,4 +1,4 @@
-"""Estimated wall times of the presets on the full dataset (carbench.bench.estimate; docs/performance.md).
+"""Estimated wall times of the presets on the full dataset (carbench.workshop.bench.estimate; docs/performance.md).
 
     python scripts/estimate_time.py laptop --stage-log STAGES.jsonl [--cores 4] [--efficiency 0.75]
     python scripts/estimate_time.py paper --rate IMAGES_PER_S
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from carbench.bench import estimate as E
-from carbench.bench.extrapolate import expected_stages
+from carbench.workshop.bench import estimate as E
+from carbench.workshop.bench.extrapolate import expected_stages
 
 
 def laptop(args: argparse.Namespace) -> None:

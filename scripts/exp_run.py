@@ -15,22 +15,23 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from carbench import cli, exprun
+from carbench.core import cli
+from carbench.workshop import runner
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     usage=f"%(prog)s [-h] [{exprun.ALLOW_UNUSED}] [dvc exp run arguments ...]",
+                                     usage=f"%(prog)s [-h] [{runner.ALLOW_UNUSED}] [dvc exp run arguments ...]",
                                      epilog="every other argument passes through to `dvc exp run` (see `dvc exp run "
                                             "--help`)")
-    parser.add_argument(exprun.ALLOW_UNUSED, action="store_true",
+    parser.add_argument(runner.ALLOW_UNUSED, action="store_true",
                         help="run even when a -S sets a key no stage reads (a warning instead)")
     args, extra = parser.parse_known_args()
     cmd = ["dvc", "exp", "run", *extra]
-    exprun.check_params(ROOT, exprun.set_params(extra), allow_unused=args.allow_unused)
-    return exprun.run_guarded(cmd, ROOT)
+    runner.check_params(ROOT, runner.set_params(extra), allow_unused=args.allow_unused)
+    return runner.run_guarded(cmd, ROOT)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import yaml
 
-from carbench import cli, exprun
-from carbench.errors import UserError
+from carbench.core import cli
+from carbench.workshop import runner
+from carbench.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,7 +71,7 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--overrides", metavar="FILE", default=str(ROOT / "configs" / "overrides" / "offline.yaml"),
                         help="YAML of params overrides, passed as `-S` (default: configs/overrides/offline.yaml)")
-    parser.add_argument(exprun.ALLOW_UNUSED, action="store_true",
+    parser.add_argument(runner.ALLOW_UNUSED, action="store_true",
                         help="run even when one of your -S sets a key no stage reads (a warning instead)")
     args, extra = parser.parse_known_args()
     path = Path(args.overrides)
@@ -82,7 +83,7 @@ def main() -> int:
     # Refused here, bad params never reach DVC, which would write them into params.yaml and delete the outputs
     # of the first stage before that stage refuses them. Only the user's own -S must each reach a stage: the
     # file is a setting as a whole (its section defaults also serve experiments that do not set a key).
-    exprun.check_params(ROOT, exprun.set_params(cmd), knobs=exprun.set_params(extra), allow_unused=args.allow_unused)
+    runner.check_params(ROOT, runner.set_params(cmd), knobs=runner.set_params(extra), allow_unused=args.allow_unused)
     return run_keeping_params(cmd, ROOT, shown=echo(extra, len(overrides), path))
 
 
@@ -98,9 +99,9 @@ def echo(extra: list[str], count: int, path: Path) -> str:
 
 def run_keeping_params(cmd: list[str], cwd: Path, shown: str | None = None) -> int:
     """Run ``cmd`` in ``cwd``; then put params.yaml (byte for byte), HEAD and the git index back as they were
-    before the run, whatever happened (carbench.exprun.run_guarded). An experiment of the same name on this commit
+    before the run, whatever happened (carbench.workshop.runner.run_guarded). An experiment of the same name on this commit
     is replaced."""
-    return exprun.run_guarded(cmd, cwd, shown=shown, replace=True)
+    return runner.run_guarded(cmd, cwd, shown=shown, replace=True)
 
 
 if __name__ == "__main__":

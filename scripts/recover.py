@@ -15,14 +15,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from carbench import cli, exp_queue, exprun
+from carbench.core import cli
+from carbench.workshop import queue_recovery, runner
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
     argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
-    done = exprun.recover(ROOT) + exp_queue.clear_dead_tasks(ROOT)
+    done = runner.recover(ROOT) + queue_recovery.clear_dead_tasks(ROOT)
     for line in done or ["nothing to clear: no trace of an interrupted `dvc exp run` or a killed queue worker"]:
         print(line)
 

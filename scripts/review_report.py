@@ -20,8 +20,9 @@ import argparse
 import re
 from pathlib import Path
 
-from carbench import cli
-from carbench.errors import UserError
+from carbench.core import cli
+from carbench.workshop.dvc import run_dvc, tool_error
+from carbench.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,9 +33,9 @@ CHANGED = re.compile(r"metrics/headline/([\w.-]+)\.json")
 
 def dvc(args: list[str], cwd: Path) -> str:
     """stdout of one dvc command; a failure stops the report with DVC's own error line."""
-    result = cli.run_dvc(args, cwd)
+    result = run_dvc(args, cwd)
     if result.returncode != 0:
-        raise UserError(f"dvc {' '.join(args[:2])} exited {result.returncode}: {cli.tool_error(result.stderr)}")
+        raise UserError(f"dvc {' '.join(args[:2])} exited {result.returncode}: {tool_error(result.stderr)}")
     return result.stdout.strip()
 
 

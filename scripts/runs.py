@@ -15,19 +15,19 @@ from __future__ import annotations
 import argparse
 import sys
 
-from carbench import cli
-from carbench.errors import UserError
-from carbench.report import runs as R
-from carbench.report import sweep
+from carbench.core import cli
+from carbench.core.errors import UserError
+from carbench.workshop import runs as R
+from carbench.workshop import sweep_report
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", help="experiment names (default: every experiment of HEAD)")
-    parser.add_argument("--metric", default="top1", choices=sweep.METRICS, help="headline metric to show")
+    parser.add_argument("--metric", default="top1", choices=sweep_report.METRICS, help="headline metric to show")
     parser.add_argument("--exp-show", default="", help="extra `dvc exp show` arguments, e.g. '-A'")
     args = parser.parse_args()
-    every = sweep.runs_from_exp_show(sweep.exp_show(args.exp_show.split()))
+    every = sweep_report.runs_from_exp_show(sweep_report.exp_show(args.exp_show.split()))
     if args.names:
         by_name = {run["name"]: run for run in every}
         unknown = [name for name in args.names if name not in by_name]

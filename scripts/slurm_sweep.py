@@ -21,9 +21,10 @@ import json
 import sys
 from pathlib import Path
 
-from carbench import cli, exprun
-from carbench.cluster import slurm
-from carbench.report import sweep
+from carbench.core import cli
+from carbench.workshop import runner
+from carbench.workshop.cluster import slurm
+from carbench.workshop import sweep_report
 
 
 def add_submit(sub: argparse._SubParsersAction) -> None:
@@ -51,7 +52,7 @@ def add_submit(sub: argparse._SubParsersAction) -> None:
                    help=f"seconds before the time limit at which a job stops and requeues itself (default {r.grace_s})")
     p.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
                    help="any other sbatch option, e.g. --sbatch-arg=--qos=long; repeatable")
-    p.add_argument(exprun.ALLOW_UNUSED, action="store_true",
+    p.add_argument(runner.ALLOW_UNUSED, action="store_true",
                    help="submit even when a -S sets a key no stage reads (a warning instead)")
     p.add_argument("--dry-run", action="store_true", help="print the runs and exit")
     p.add_argument("--wait", action="store_true", help="wait for the jobs; exit 1 unless all completed")
@@ -64,7 +65,7 @@ def submit(args: argparse.Namespace) -> int:
     name = args.name or slurm.default_sweep_name()
     runs = slurm.plan(args.overrides, name, resources)
     for run in runs:    # here, not after each job cloned the commit and started DVC on the cluster
-        exprun.check_params_at(Path.cwd(), args.rev, list(run.overrides), allow_unused=args.allow_unused)
+        runner.check_params_at(Path.cwd(), args.rev, list(run.overrides), allow_unused=args.allow_unused)
     if args.dry_run:
         for run in runs:
             print(f"{run.name}: -S {' -S '.join(run.overrides) or '(none)'}")
@@ -90,8 +91,8 @@ def submit(args: argparse.Namespace) -> int:
 
 def collect(args: argparse.Namespace) -> int:
     runs = slurm.collect(args.name, git_remote=args.git_remote, rev=args.rev)
-    rows = sweep.summarize(runs)
-    print(json.dumps(rows, indent=2) if args.json else sweep.to_markdown(rows, runs), end="")
+    rows = sweep_report.summarize(runs)
+    print(json.dumps(rows, indent=2) if args.json else sweep_report.to_markdown(rows, runs), end="")
     return 0
 
 

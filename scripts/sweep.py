@@ -15,9 +15,9 @@ import argparse
 import json
 import sys
 
-from carbench import cli
-from carbench.errors import UserError
-from carbench.report import sweep
+from carbench.core import cli
+from carbench.core.errors import UserError
+from carbench.workshop import sweep_report
 
 
 def parse_where(items: list[str]) -> dict[str, str]:
@@ -37,12 +37,12 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of markdown")
     args = parser.parse_args()
     where = parse_where(args.where)
-    runs = sweep.ordered(sweep.select(sweep.runs_from_exp_show(sweep.exp_show(args.exp_show.split())), args.names, where))
+    runs = sweep_report.ordered(sweep_report.select(sweep_report.runs_from_exp_show(sweep_report.exp_show(args.exp_show.split())), args.names, where))
     if not runs:
         print("error: no experiment matches (dvc exp show lists the experiments of HEAD)", file=sys.stderr)
         return 1
-    rows = sweep.summarize(runs)
-    print(json.dumps(rows, indent=2) if args.json else sweep.to_markdown(rows, runs), end="")
+    rows = sweep_report.summarize(runs)
+    print(json.dumps(rows, indent=2) if args.json else sweep_report.to_markdown(rows, runs), end="")
     return 0
 
 

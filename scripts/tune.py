@@ -32,8 +32,8 @@ from pathlib import Path
 
 import yaml
 
-from carbench import cli
-from carbench.tuning import expand, load_raw, run_one, validate
+from carbench.core import cli
+from carbench.workshop.tuning import expand, load_raw, run_one, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,7 +48,7 @@ def main() -> int:
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once, one process each")
     p.add_argument("--out", default=None, help="also append the JSON lines to this file")
     p.add_argument("--test", action="store_true",
-                   help="after tuning is over: also score each run's final model on test (see carbench.tuning.final_test)")
+                   help="after tuning is over: also score each run's final model on test (see carbench.workshop.tuning.final_test)")
     args = p.parse_args()
     raw = load_raw(Path(args.params), Path(args.overrides) if args.overrides else None)
     runs = expand(yaml.safe_load(Path(args.grid).read_text()) or {}, {s for s in args.only.split(",") if s})

@@ -28,11 +28,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from carbench import cli  # noqa: E402
+from carbench.core import cli  # noqa: E402
 from carbench.config import experiment, parse_params  # noqa: E402
-from carbench.retrieval.embeddings import as_stored  # noqa: E402
+from carbench.retrieval.embedding_store import as_stored  # noqa: E402
 from carbench.train.engine import RunIO, run_phase, setup_trainer, variant_trainer  # noqa: E402
-from carbench.tuning import knn_scores, load_raw  # noqa: E402
+from carbench.workshop.tuning import knn_scores, load_raw  # noqa: E402
 
 
 def floats(text: str) -> list[float]:

@@ -1,7 +1,8 @@
 """aggregate: one table of every experiment's metrics (md/csv/json) plus summary plots; collects only."""
 from __future__ import annotations
 
-from carbench import cli, config
+from carbench.core import cli
+from carbench import config
 from carbench.report import aggregate
 
 

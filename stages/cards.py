@@ -1,7 +1,8 @@
 """cards: one model card per experiment (cards/<name>.md) from the data, recipe, metrics and export outputs."""
 from __future__ import annotations
 
-from carbench import cli, config
+from carbench.core import cli
+from carbench import config
 from carbench.report import card
 
 

@@ -1,7 +1,8 @@
 """crop: crop every image to its box once and store uint8 crops per split in data/crops."""
 from __future__ import annotations
 
-from carbench import cli, config
+from carbench.core import cli
+from carbench import config
 from carbench.data import crop
 
 

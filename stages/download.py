@@ -1,8 +1,9 @@
 """download: get Stanford Cars (routes | local | synthetic), check its fingerprint, pack it into data/raw."""
 from __future__ import annotations
 
-from carbench import cli, config
-from carbench.data import download
+from carbench.core import cli
+from carbench import config
+from carbench.download import acquire
 
 
 def main() -> None:
@@ -10,7 +11,7 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="output folder (data/raw: images.bin, manifest.csv, classes.json)")
     parser.add_argument("--metrics", required=True, help="metrics JSON (metrics/data.json)")
     args = parser.parse_args()
-    download.run(config.load_params(args.params), args.out, args.metrics)
+    acquire.run(config.load_params(args.params), args.out, args.metrics)
 
 
 if __name__ == "__main__":

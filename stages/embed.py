@@ -1,7 +1,8 @@
 """embed@<name>: embed the gallery (train[+val]) and query (test) crops with the embedder's best checkpoint."""
 from __future__ import annotations
 
-from carbench import cli, resolved
+from carbench.core import cli
+from carbench.config import resolved
 from carbench.retrieval import embed
 
 

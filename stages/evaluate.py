@@ -1,7 +1,8 @@
 """evaluate@<name>: test-set metrics, confusion matrix, per-class table and timings of one experiment."""
 from __future__ import annotations
 
-from carbench import cli, config
+from carbench.core import cli
+from carbench import config
 from carbench.report import evaluate
 
 

@@ -2,7 +2,8 @@
 against PyTorch on the test crops."""
 from __future__ import annotations
 
-from carbench import cli, config
+from carbench.core import cli
+from carbench import config
 from carbench.export import export
 
 

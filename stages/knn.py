@@ -1,7 +1,8 @@
 """knn@<name>: fit the k-NN model on the gallery embeddings and write its retrieval metrics."""
 from __future__ import annotations
 
-from carbench import cli, resolved
+from carbench.core import cli
+from carbench.config import resolved
 from carbench.retrieval import knn
 
 

@@ -1,7 +1,8 @@
-"""resolve: write the effective config of every train@/embed@/knn@ stage (see carbench.resolve)."""
+"""resolve: write the effective config of every train@/embed@/knn@ stage (see carbench.preflight)."""
 from __future__ import annotations
 
-from carbench import cli, config, resolve
+from carbench.core import cli
+from carbench import config, preflight as resolve
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
 """split: stratified train/val/test assignment of every image in data/raw."""
 from __future__ import annotations
 
-from carbench import cli, config
+from carbench.core import cli
+from carbench import config
 from carbench.data import split
 
 

@@ -1,8 +1,9 @@
 """train@<name>: train one transfer/scratch experiment on the crop store (see docs/train.md)."""
 from __future__ import annotations
 
-from carbench import cli, resolved
-from carbench.train import train
+from carbench.core import cli
+from carbench.config import resolved
+from carbench.train import experiment
 
 
 def main() -> None:
@@ -17,7 +18,7 @@ def main() -> None:
                                            "--params when given")
     args = parser.parse_args()
     base, exp = resolved.train_stage(args.params, args.resolved, args.name)
-    train.run(base, exp, args.crops, args.out, args.live, args.curves, args.resume_dir)
+    experiment.run(base, exp, args.crops, args.out, args.live, args.curves, args.resume_dir)
 
 
 if __name__ == "__main__":

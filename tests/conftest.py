@@ -43,7 +43,7 @@ def params_path(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_source(tmp_path_factory) -> Path:
     """A tiny synthetic dataset in torchvision's ``stanford_cars`` layout (read-only)."""
-    from carbench.data.synthetic import generate
+    from carbench.download.synthetic import generate
 
     root = tmp_path_factory.mktemp("synthetic") / "stanford_cars"
     generate(root, synthetic_config(), SEED)
@@ -53,8 +53,8 @@ def synthetic_source(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_raw(synthetic_source, tmp_path_factory) -> Path:
     """``data/raw`` built from ``synthetic_source`` (read-only)."""
-    from carbench.data.layouts import open_local
-    from carbench.data.manifest import build_raw
+    from carbench.download.layouts import open_local
+    from carbench.download.manifest import build_raw
 
     out = tmp_path_factory.mktemp("pipeline") / "raw"
     with open_local(synthetic_source, out.parent / "scratch") as source:

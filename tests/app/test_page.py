@@ -10,7 +10,7 @@ import pytest
 from support.app import BOX_TEXT, EVALUATED, RETRIEVAL, WRONG_ROWS
 
 from carbench.app import page as G
-from carbench.errors import UserError
+from carbench.core.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

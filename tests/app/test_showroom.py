@@ -10,7 +10,7 @@ from support.app import BOX, BOX_TEXT, EVALUATED, PHOTO_H, PHOTO_W, RETRIEVAL, W
 from support.retrieval import CLASS_NAMES
 
 from carbench.app.showroom import MISTAKES_PER_PAGE, Showroom, top5_rows
-from carbench.errors import UserError
+from carbench.core.errors import UserError
 from carbench.predict import predict as P
 
 pytestmark = pytest.mark.usefixtures("one_thread")

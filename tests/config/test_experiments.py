@@ -46,7 +46,7 @@ def test_experiments_are_a_tagged_union_each_with_only_its_own_sections(raw):
 
 def test_looking_up_an_experiment_of_the_wrong_kind_names_it(raw):
     from carbench.config import retrieval_experiment, trained_experiment
-    from carbench.errors import UserError
+    from carbench.core.errors import UserError
 
     params = parse_params(raw)
     assert trained_experiment(params, "cnn_basic").model.arch == "cnn"

@@ -1,4 +1,4 @@
-"""carbench.data.crop and carbench.data.crops: crop geometry on images with a known coloured rectangle, colour modes
+"""carbench.data.crop and carbench.data.crop_geometry: crop geometry on images with a known coloured rectangle, colour modes
 (PNG, CMYK, 16-bit decoded by content), JPEG draft, the crop stage and its bad images."""
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from support.data import (
 from support.params import ROOT
 
 from carbench.data.crop import write_crops
-from carbench.data.crops import (
+from carbench.data.crop_geometry import (
     apply_draft,
     crop_batch,
     crop_box,
@@ -30,12 +30,12 @@ from carbench.data.crops import (
     plan_crop,
     to_rgb,
 )
-from carbench.data.layouts import open_local
-from carbench.data.manifest import build_raw
+from carbench.download.layouts import open_local
+from carbench.download.manifest import build_raw
 from carbench.data.raw import read_manifest
 from carbench.data.split import write_split
 from carbench.data.store import load_meta, load_split
-from carbench.errors import DataError
+from carbench.core.errors import DataError
 
 RED, BLUE = (220, 20, 30), (20, 40, 200)
 #: Mean absolute difference (0..255) allowed between a draft-decoded crop and a full-decode crop: per image,
@@ -349,7 +349,7 @@ def test_a_worker_pool_stopped_as_soon_as_it_started_never_hangs(tmp_path):
     images.write_bytes(bytes(16))
     script = tmp_path / "pools.py"
     script.write_text(textwrap.dedent(f"""
-        from carbench.cli import run
+        from carbench.core.cli import run
         from carbench.data.crop import _task_runner
 
         def main():

@@ -17,9 +17,9 @@ from support.params import ROOT
 
 from carbench.data import images
 from carbench.data.crop import write_crops
-from carbench.data.crops import decode_crop
+from carbench.data.crop_geometry import decode_crop
 from carbench.data.split import write_split
-from carbench.errors import DataError, DataWarning, ImageError
+from carbench.core.errors import DataError, DataWarning, ImageError
 
 HEADER = sorted(name for name, (_, where) in REFUSED.items() if where == "header")
 DECODE = sorted(name for name, (_, where) in REFUSED.items() if where == "decode")

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from carbench.data import raw
-from carbench.errors import DataError
+from carbench.core.errors import DataError
 from support.params import ROOT
 
 ROW = ["cars_train/00001.jpg", 0, 14, "Audi TTS Coupe 2012", 39, 116, 569, 375, "train", 600, 400, 0, 1234]

@@ -16,7 +16,7 @@ from carbench.data.split import (
     read_split,
     write_split,
 )
-from carbench.errors import DataError, DataWarning
+from carbench.core.errors import DataError, DataWarning
 
 CLASSES = 7
 PER_CLASS = (1, 2, 3, 5, 10, 20, 41)  # includes tiny classes

@@ -16,7 +16,7 @@ from carbench.data.store import (
     store_files,
     write_store,
 )
-from carbench.errors import DataError
+from carbench.core.errors import DataError
 
 
 def test_meta(synthetic_crops):

@@ -1,4 +1,4 @@
-"""Sweeps as SLURM jobs (scripts/slurm_sweep.py, carbench.cluster) on a real one-node SLURM cluster started here
+"""Sweeps as SLURM jobs (scripts/slurm_sweep.py, carbench.workshop.cluster) on a real one-node SLURM cluster started here
 (tests/support/slurm.py; skipped with the reason where it cannot start).
 
 The tiny project's commit is pushed to a bare git repository (``origin``); the DVC remote is a local folder. A
@@ -30,8 +30,8 @@ from support.project import (
 )
 from support.slurm import LocalSlurm, Unavailable
 
-from carbench.cluster import slurm
-from carbench.report import sweep as report
+from carbench.workshop.cluster import slurm
+from carbench.workshop import sweep_report as report
 
 pytestmark = pytest.mark.e2e
 

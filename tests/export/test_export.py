@@ -8,7 +8,7 @@ import pytest
 from support.exports import EXPORTED, RETRIEVAL, export_world
 from support.retrieval import CLASS_NAMES, IMAGE_SIZE, PER_CLASS
 
-from carbench.errors import UserError
+from carbench.core.errors import UserError
 from carbench.export import contract as C
 from carbench.export import export as E
 from carbench.export.runtime import load_exported

@@ -8,7 +8,7 @@ import pytest
 from support.exports import export_world
 from support.retrieval import IMAGE_SIZE
 
-from carbench.errors import UserError
+from carbench.core.errors import UserError
 from carbench.export import contract as C
 from carbench.export.runtime import load_exported
 

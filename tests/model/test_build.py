@@ -7,7 +7,7 @@ import torch
 from support.models import NUM_CLASSES, SIZE, cfg
 from torch import nn
 
-from carbench.errors import UserError
+from carbench.core.errors import UserError
 from carbench.model.build import build_model
 from carbench.model.carnet import count_parameters
 
@@ -77,5 +77,5 @@ def test_model_without_final_linear_is_rejected():
 
 
 def test_unknown_arch_names_the_key():
-    with pytest.raises(UserError, match=r"model\.arch: 'resnet5' is neither 'cnn' nor a torchvision"):
+    with pytest.raises(UserError, match=r"model\.arch: 'resnet5' is built by no backbone family \(did you mean"):
         build_model(cfg(arch="resnet5", weights="none"), NUM_CLASSES, pretrained=False)

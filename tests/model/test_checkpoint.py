@@ -9,7 +9,7 @@ import torch
 from support.params import repo_params
 
 from carbench.config import parse_params
-from carbench.errors import UserError
+from carbench.core.errors import UserError
 from carbench.model.build import build_model
 from carbench.model.checkpoint import (
     FORMAT,

@@ -13,10 +13,10 @@ import torch
 from support.params import repo_params
 
 from carbench.config import parse_params
-from carbench.errors import WeightsError
+from carbench.core.errors import WeightsError
 from carbench.model import weights as W
 from carbench.model.build import build_model
-from carbench.runtime import OFFLINE_ENV
+from carbench.core.runtime import OFFLINE_ENV
 
 NUM_CLASSES = 5
 

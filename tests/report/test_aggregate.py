@@ -12,7 +12,7 @@ import pytest
 from support.params import ROOT, repo_params
 
 from carbench.config import parse_params
-from carbench.errors import UserError
+from carbench.core.errors import UserError
 from carbench.report import aggregate as A
 
 EPOCHS = 3

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from carbench.errors import UserError
+from carbench.core.errors import UserError
 from carbench.report import aggregate as A
 from carbench.report import anchors as N
 from report.test_aggregate import inputs  # noqa: F401  (fixture: fake outputs of the nine experiments)

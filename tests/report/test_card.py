@@ -10,7 +10,7 @@ from support.params import repo_params
 from carbench.config import parse_params
 from carbench.export.contract import build_contract, write_contract
 from carbench.report import card as K
-from carbench.resolve import run as resolve
+from carbench.preflight import run as resolve
 
 NUM_TEST = 60
 

@@ -10,7 +10,7 @@ import pytest
 from support.params import repo_params
 
 from carbench.config import parse_params
-from carbench.errors import UserError
+from carbench.core.errors import UserError
 from carbench.report import aggregate as A
 from carbench.report import disjoint as D
 from carbench.retrieval.loo import UNDEFINED_LINE

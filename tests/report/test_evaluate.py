@@ -13,8 +13,8 @@ import pytest
 from support.params import ROOT
 from support.retrieval import CLASS_NAMES, PER_CLASS, fit_retrieval, make_world
 
-from carbench.errors import UserError
-from carbench.metrics import PAIR_COLUMNS, PER_CLASS_COLUMNS
+from carbench.core.errors import UserError
+from carbench.core.metrics import PAIR_COLUMNS, PER_CLASS_COLUMNS
 from carbench.report import evaluate as E
 
 pytestmark = pytest.mark.usefixtures("one_thread")

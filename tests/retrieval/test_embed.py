@@ -29,9 +29,9 @@ RETRIEVAL = "knn_resnet50_k3"      # embedder: tl_resnet50_finetune
 
 def test_embed_writes_the_store_format(tmp_path):
     from carbench.config import experiment
-    from carbench.io import file_md5
+    from carbench.core.io import file_md5
     from carbench.retrieval.embed import embed_experiment
-    from carbench.retrieval.embeddings import load_embeddings
+    from carbench.retrieval.embedding_store import load_embeddings
 
     world = make_world(tmp_path)
     out = tmp_path / "emb"
@@ -57,7 +57,7 @@ def test_embed_matches_the_model_features(tmp_path):
     from carbench.model.checkpoint import load_classifier
     from carbench.model.preprocess import eval_preprocess
     from carbench.retrieval.embed import embed_experiment
-    from carbench.retrieval.embeddings import load_embeddings
+    from carbench.retrieval.embedding_store import load_embeddings
 
     world = make_world(tmp_path)
     embed_experiment(experiment(world.params, RETRIEVAL), world.crops, world.models, tmp_path / "emb", "cpu")
@@ -73,7 +73,7 @@ def test_embed_matches_the_model_features(tmp_path):
 def test_penultimate_layer_and_train_only_gallery(tmp_path):
     from carbench.config import experiment
     from carbench.retrieval.embed import embed_experiment
-    from carbench.retrieval.embeddings import load_embeddings
+    from carbench.retrieval.embedding_store import load_embeddings
 
     raw = raw_params()
     raw["experiments"][RETRIEVAL]["embed"] = {"layer": "penultimate", "gallery": "train", "l2_normalize": False}
@@ -87,7 +87,7 @@ def test_penultimate_layer_and_train_only_gallery(tmp_path):
 
 def test_embed_errors_name_the_problem(tmp_path):
     from carbench.config import experiment, retrieval_experiment
-    from carbench.errors import UserError
+    from carbench.core.errors import UserError
     from carbench.retrieval.embed import embed_experiment
 
     world = make_world(tmp_path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from carbench.retrieval import embeddings as E
+from carbench.retrieval import embedding_store as E
 from carbench.retrieval import index as X
 
 

@@ -1,4 +1,4 @@
-"""carbench.retrieval.knn (with carbench.retrieval.embeddings): votes, preprocessing fitted on the gallery only,
+"""carbench.retrieval.knn (with carbench.retrieval.embedding_store): votes, preprocessing fitted on the gallery only,
 whitening, the saved model, the knn stage function."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from support.params import params_with
 
 from carbench.config import ConfigError, KnnConfig
-from carbench.errors import UserError
-from carbench.retrieval import embeddings as E
+from carbench.core.errors import UserError
+from carbench.retrieval import embedding_store as E
 from carbench.retrieval import knn as K
 from carbench.retrieval.knn import fit_preprocessing
 

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from carbench.retrieval import embeddings as E
+from carbench.retrieval import embedding_store as E
 from carbench.retrieval import knn as K
 from carbench.retrieval import loo
 from carbench.retrieval.index import ExactIndex

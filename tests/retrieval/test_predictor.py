@@ -6,8 +6,8 @@ import pytest
 import torch
 from support.retrieval import CLASS_NAMES, fit_retrieval, make_world, write_checkpoint
 
-from carbench.errors import UserError
-from carbench.retrieval.embeddings import load_embeddings
+from carbench.core.errors import UserError
+from carbench.retrieval.embedding_store import load_embeddings
 from carbench.retrieval.knn import load_knn
 from carbench.retrieval.predictor import (
     ClassifierPredictor,

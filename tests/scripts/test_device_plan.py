@@ -1,5 +1,5 @@
 """scripts/device_plan.py, the two-phase GPU plan (docs/gpu_plan.md): its full-scale extrapolation on made-up
-figures (carbench.bench.extrapolate), its budget and wheel plumbing (carbench.bench.processes, .repro), and both
+figures (carbench.workshop.bench.extrapolate), its budget and wheel plumbing (carbench.workshop.bench.processes, .repro), and both
 phases run on CPU at the tiny size without a `dvc` command."""
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from support.data import SYNTHETIC_TOTAL
 from support.params import ROOT
 from support.scripts import load_script
 
-from carbench.bench import extrapolate as X
-from carbench.bench import processes, repro
+from carbench.workshop.bench import extrapolate as X
+from carbench.workshop.bench import processes, repro
 
 HAS_DVC = importlib.util.find_spec("dvc") is not None and shutil.which("git") is not None
 
@@ -126,7 +126,7 @@ def test_missing_packages_come_from_the_wheels(tmp_path, monkeypatch):
 
 def test_overrides_files_then_sets(tmp_path):
     """--overrides FILE (a recipe, timed on its own target) merges over the defaults, --set over both; the data
-    location stays the plan's (carbench.bench.workspace.scale_params)."""
+    location stays the plan's (carbench.workshop.bench.workspace.scale_params)."""
     plan = load_script("device_plan")
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("crop: {size: 512}\nexperiments:\n  tl_resnet50_finetune:\n    train: {image_size: 448, lr: 0.1}\n")

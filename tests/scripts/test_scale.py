@@ -1,4 +1,4 @@
-"""The scale benchmark (carbench.bench, `scripts/benchmark.py scale`): params of the scale workspace, GPU samples,
+"""The scale benchmark (carbench.workshop.bench, `scripts/benchmark.py scale`): params of the scale workspace, GPU samples,
 bare-compute floors, and one tiny CPU run of the whole benchmark through `dvc repro`."""
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from support.params import ROOT, repo_params
 
-from carbench.bench import bare as B
-from carbench.bench import gpu, workspace
-from carbench.bench.overrides import deep_merge, dotted
+from carbench.workshop.bench import bare as B
+from carbench.workshop.bench import gpu, workspace
+from carbench.workshop.bench.overrides import deep_merge, dotted
 
 
 def test_overrides_merge_key_by_key():
@@ -74,10 +74,10 @@ def test_workspace_copies_the_project_not_hidden_folders_or_outputs(tmp_path):
 
 def test_crop_benchmark_refuses_a_raw_folder_that_is_not_there(tmp_path):
     """`benchmark.py crop --raw DIR` with a wrong DIR says so, instead of timing generated photos in its place."""
-    from carbench.bench import crop
+    from carbench.workshop.bench import crop_pool
 
     with pytest.raises(SystemExit, match=r"error: .*no-such-folder is not a folder of photos \(--raw\)"):
-        crop.measure_crop(tmp_path / "no-such-folder")
+        crop_pool.measure_crop(tmp_path / "no-such-folder")
 
 
 def test_nvidia_smi_samples_and_busy_fraction():
@@ -112,7 +112,7 @@ def test_bare_rates_start_no_network_after_the_deadline(synthetic_crops, tmp_pat
     stages get no floor (instead of a phase running on for minutes after its budget)."""
     import yaml
 
-    from carbench.bench import scale
+    from carbench.workshop.bench import scale
 
     repo = tmp_path / "repo"
     (repo / "data").mkdir(parents=True)
@@ -135,7 +135,7 @@ def test_a_baseline_embedding_with_pretrained_weights(synthetic_crops, tmp_path)
     import yaml
 
     from carbench import config
-    from carbench.bench import scale
+    from carbench.workshop.bench import scale
 
     if not hasattr(config, "EmbedWithConfig"):
         pytest.skip("this version has no dag.pretrained")

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from carbench.config import DataConfig, build
-from carbench.data.download import acquire
-from carbench.data.matfiles import MatAnnotation, read_annotations, write_annotations
+from carbench.download.acquire import acquire
+from carbench.download.matfiles import MatAnnotation, read_annotations, write_annotations
 from support.params import repo_params
 
 SYNTHETIC_TINY = {"num_classes": 4, "train_per_class": 6, "test_per_class": 3,

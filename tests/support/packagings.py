@@ -20,7 +20,7 @@ import tarfile
 from pathlib import Path
 from typing import Callable, Optional
 
-from carbench.data.matfiles import (
+from carbench.download.matfiles import (
     AllInOneAnnotation,
     read_annotations,
     read_class_names,
@@ -38,7 +38,7 @@ def annotations(source: Path) -> list[tuple[str, object]]:
 
 
 def reference_lines(source: Path) -> list[str]:
-    """The fingerprint lines, computed here independently of carbench.data.fingerprint."""
+    """The fingerprint lines, computed here independently of carbench.download.fingerprint."""
     return [f"{split},{a.official_class}," + ",".join(str(v) for v in a.box) for split, a in annotations(source)]
 
 

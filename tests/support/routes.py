@@ -10,8 +10,8 @@ import numpy as np
 
 from carbench.config import DataConfig, build
 from carbench.data.crop import write_crops
-from carbench.data.download import acquire
-from carbench.data.sources import ExpectedData, Route, Sources
+from carbench.download.acquire import acquire
+from carbench.download.sources import ExpectedData, Route, Sources
 from carbench.data.split import write_split
 from carbench.data.store import SPLITS, load_split
 from support import packagings

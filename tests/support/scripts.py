@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import subprocess
+import textwrap
 import sys
 from pathlib import Path
 
@@ -36,3 +37,13 @@ def fake_dvc(folder: Path, stdout: str = "", stderr: str = "", code: int = 0) ->
     fake.write_text(f"#!/bin/sh\ncat '{folder / 'dvc.stdout'}'\ncat '{folder / 'dvc.stderr'}' >&2\nexit {code}\n")
     fake.chmod(0o755)
     return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+
+
+def run_stage_script(tmp_path, body: str, env_extra: dict | None = None, argv: tuple = ()) -> subprocess.CompletedProcess:
+    """``body`` as a script of its own process (named like a stage script), run with ``env_extra`` added."""
+    script = tmp_path / "stage_x.py"
+    script.write_text(textwrap.dedent(body))
+    import os
+
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True, env=env)

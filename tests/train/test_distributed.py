@@ -15,7 +15,7 @@ import yaml
 from support.params import ROOT, repo_params
 from support.training import DDP_COUNTS, STAGE_MODEL, STAGE_TRAIN, Interrupt, tiny
 
-from carbench import runtime
+from carbench.core import runtime
 from carbench.config import ConfigError
 from carbench.model.checkpoint import load_classifier
 from carbench.train import distributed
@@ -225,7 +225,7 @@ def test_cuda_auto_claims_a_different_gpu_per_holder_then_the_freest(two_gpus):
 def test_cuda_auto_lock_is_held_by_another_process_until_it_exits(two_gpus):
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, torch; torch.cuda.device_count = lambda: 2\n"
-         "from carbench.runtime import claim_gpu; print(claim_gpu(sys.argv[1]), flush=True); sys.stdin.read()",
+         "from carbench.core.runtime import claim_gpu; print(claim_gpu(sys.argv[1]), flush=True); sys.stdin.read()",
          str(two_gpus)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "CUDA_VISIBLE_DEVICES": ""})
     try:

@@ -31,7 +31,7 @@ from support.training import (
 from carbench.model.build import build_model
 from carbench.model.checkpoint import load_classifier
 from carbench.model.preprocess import eval_preprocess
-from carbench.runtime import seed_everything
+from carbench.core.runtime import seed_everything
 from carbench.train.augment import build_augmenter, stored_size
 from carbench.train.batches import Order, load_split_data
 from carbench.train.engine import setup_trainer, train_experiment
@@ -191,7 +191,7 @@ def test_cudnn_tunes_only_the_full_training_batch(store):
 
 
 def test_stage_log_records_the_training_work(tmp_path, store, monkeypatch):
-    from carbench import timing
+    from carbench.core import timing
 
     monkeypatch.setenv(timing.STAGE_LOG_ENV, str(tmp_path / "log.jsonl"))
     monkeypatch.setattr(timing, "_fields", {})

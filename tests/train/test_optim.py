@@ -11,7 +11,7 @@ from support.training import tiny
 
 from carbench.config import parse_params
 from carbench.model.build import build_model
-from carbench.runtime import seed_everything
+from carbench.core.runtime import seed_everything
 from carbench.train.engine import setup_trainer
 from carbench.train.optim import (
     PLATEAU_PATIENCE,

@@ -43,7 +43,7 @@ def test_resume_with_every_recipe_option_equals_an_uninterrupted_run(tmp_path, s
 _STOP_WHILE_WRITING = textwrap.dedent("""
     import os, pathlib, signal, sys
     import torch
-    from carbench import cli
+    from carbench.core import cli
     from carbench.model.checkpoint import save_checkpoint
     from carbench.train.resume import save_resume_file
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from support.training import run, tiny, weights_of
 
-from carbench.runtime import seed_everything
+from carbench.core.runtime import seed_everything
 from carbench.train.batches import Order
 from carbench.train.engine import setup_trainer, train_experiment
 

@@ -12,8 +12,8 @@ import argparse
 import threading
 from typing import Optional, Sequence
 
-from .. import cli, runtime
-from ..errors import UserError
+from ..core import cli, runtime
+from ..core.errors import UserError
 
 DEFAULT_PORT = 7860
 

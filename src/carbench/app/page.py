@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .showroom import Answer, Mistakes, Showroom
 
 TITLE = "carbench: try the models"

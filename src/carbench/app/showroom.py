@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..errors import UserError
+from ..core.errors import UserError
 from ..predict import predict as P
 
 #: Train crops shown as examples of the true and of the predicted class of a mistake.
@@ -87,7 +87,7 @@ class Showroom:
 
     def __init__(self, models_root: str | Path, crops_dir: str | Path, eval_dir: str | Path,
                  device: str = "auto") -> None:
-        from .. import runtime
+        from ..core import runtime
         from ..retrieval.predictor import load_predictor
 
         self.models_root, self.crops_dir, self.eval_dir = Path(models_root), Path(crops_dir), Path(eval_dir)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from .schema import EmbedConfig, EmbedWithConfig, KnnConfig, ModelConfig, TrainConfig
 from .validate import build, build_with_overrides, section
 
@@ -59,7 +59,7 @@ class RetrievalExperiment:
         return KnnJob(name=self.name, knn=self.knn)
 
 
-# A retrieval experiment's two stages each get only their part (and their own resolved file, carbench.resolved),
+# A retrieval experiment's two stages each get only their part (and their own resolved file, carbench.config.resolved),
 # so a knn knob does not rerun embed@ and an embed knob reaches knn@ only through the embeddings.
 @dataclass(frozen=True)
 class EmbedJob:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ConfigError, UserError
+from ..core.errors import ConfigError, UserError
 from .experiments import Experiment, RetrievalExperiment, TrainedExperiment, build_experiment, check_configuration, \
     check_dag
 from .schema import (MOVED_DATA_KEYS, SECTIONS, AggregateConfig, BaseConfig, CropConfig, DataConfig, EmbedConfig,

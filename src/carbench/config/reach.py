@@ -9,9 +9,9 @@ keys is kept here):
   values, e.g. ``data.path`` only while ``data.source`` is ``local``.
 
 :func:`unread` says, in one line each, why keys reach nothing; the scripts that start ``dvc exp run`` refuse such a
-``-S`` before DVC starts (:func:`carbench.exprun.check_params`), and the resolve stage warns about one that a plain
+``-S`` before DVC starts (:func:`carbench.workshop.runner.check_params`), and the resolve stage warns about one that a plain
 ``dvc exp run -S`` wrote into params.yaml (:func:`changed_keys` against the last commit's file, in
-:func:`carbench.resolve.warn_unread`).
+:func:`carbench.preflight.warn_unread`).
 """
 from __future__ import annotations
 

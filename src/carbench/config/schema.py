@@ -1,6 +1,6 @@
 """The schema of ``params.yaml``: one frozen dataclass per section, one field per key.
 
-Field metadata carries each key's doc string (``doc``, from which ``python -m carbench.reference`` writes
+Field metadata carries each key's doc string (``doc``, from which ``python -m carbench.workshop.reference`` writes
 docs/params.md) and its constraints: ``choices``, ``min``/``max`` (inclusive) and ``gt``/``lt`` (exclusive), which
 :func:`carbench.config.validate.build` applies. A section's ``check(where)`` holds the rules that span keys.
 ``read_when=(key, values)``: the code reads the field only while the sibling ``key`` has one of ``values``
@@ -14,11 +14,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 
 
 def _f(default: Any = dataclasses.MISSING, *, doc: str, factory: Any = dataclasses.MISSING, **meta: Any) -> Any:
-    """A dataclass field with its doc string (required: docs/params.md is generated from it, carbench.reference)
+    """A dataclass field with its doc string (required: docs/params.md is generated from it, carbench.workshop.reference)
     and metadata: validation (choices, min, max, gt, lt) and ``read_when``; ``factory`` for a mutable default."""
     if not doc.strip():
         raise TypeError("every schema field needs a doc string")
@@ -33,10 +33,10 @@ class BaseConfig:
     seed: int = _f(min=0, doc="one seed for every stage (split, synthetic data, init, augmentation, k-NN ties)")
     device: str = _f(choices=("auto", "cuda", "cuda:auto", "cpu"),
                      doc="auto = cuda when available; cuda:auto = claim a GPU no other carbench process holds "
-                         "(e.g. one per `dvc queue start -j N` worker; carbench.runtime.claim_gpu)")
+                         "(e.g. one per `dvc queue start -j N` worker; carbench.core.runtime.claim_gpu)")
     threads: int = _f(min=0, doc="CPU threads for torch; 0 = all cores")
     offline: bool = _f(doc="true: never download (data or weights); HF_HUB_OFFLINE=1 / CARBENCH_OFFLINE=1 do "
-                           "the same (carbench.runtime.is_offline)")
+                           "the same (carbench.core.runtime.is_offline)")
     gpus: int = _f(1, min=1, doc="train@: N > 1 runs N DDP processes under torchrun (one per GPU; on CPU: N gloo "
                                  "processes); train.batch_size is the global batch and must be divisible by N")
     nodes: int = _f(1, min=1, doc="train@: M > 1 runs base.gpus processes on each of M nodes (torchrun, c10d "
@@ -50,7 +50,7 @@ class BaseConfig:
 
 @dataclass(frozen=True)
 class SyntheticConfig:
-    """The generated dataset of `data.source: synthetic` (carbench.data.synthetic)."""
+    """The generated dataset of `data.source: synthetic` (carbench.download.synthetic)."""
 
     num_classes: int = _f(min=2, max=196, doc="classes generated")
     train_per_class: int = _f(min=2, doc="train images per class")
@@ -68,7 +68,7 @@ class SyntheticConfig:
 @dataclass(frozen=True)
 class DataConfig:
     """Where the images come from. The routes `auto` tries and the fingerprint they must match are the code's
-    data, in src/carbench/resources/sources.yaml (carbench.data.sources): add a route there."""
+    data, in src/carbench/resources/sources.yaml (carbench.download.sources): add a route there."""
 
     source: str = _f(choices=("auto", "local", "synthetic"),
                      doc="auto: try the routes of src/carbench/resources/sources.yaml in order | local: data.path "
@@ -81,7 +81,7 @@ class DataConfig:
     timeout_s: float = _f(gt=0.0, doc="network timeout per request (seconds)", read_when=("source", ("auto",)))
     synthetic: SyntheticConfig = _f(doc="the generated dataset", read_when=("source", ("synthetic",)))
     extra: Optional[str] = _f(None, doc="a folder of <class name>/*.jpg (+ optional boxes.csv): new classes after "
-                                        "the official ones (carbench.data.extra)")
+                                        "the official ones (carbench.download.extra)")
 
     def check(self, where: str) -> None:
         if self.source == "local" and not self.path:
@@ -131,8 +131,11 @@ class CropConfig:
     preview: int = _f(min=0, doc="crops in plots/crops_preview.png")
 
 
-#: The keys of the scratch CNN (carbench.model.scratch): read only for ``arch: cnn``.
-_CNN = ("arch", ("cnn",))
+#: ``model.arch`` of the configurable scratch CNN (carbench.model.scratch); every other name is a registered
+#: backbone family's (carbench.model.backbones).
+SCRATCH_ARCH = "cnn"
+#: The keys of the scratch CNN: read only for ``arch: cnn``.
+_CNN = ("arch", (SCRATCH_ARCH,))
 
 
 @dataclass(frozen=True)
@@ -164,7 +167,7 @@ class ModelConfig:
                                                "mode applies")
 
     def check(self, where: str) -> None:
-        if self.arch == "cnn" and not self.cnn_widths:
+        if self.arch == SCRATCH_ARCH and not self.cnn_widths:
             raise ConfigError(f"{where}.cnn_widths must list at least one block width for arch 'cnn'")
         if any(w < 1 for w in self.cnn_widths):
             raise ConfigError(f"{where}.cnn_widths must be positive, got {list(self.cnn_widths)}")
@@ -281,8 +284,8 @@ class EmbedWithConfig:
     def check(self, where: str) -> None:
         if self.weights == "none":
             raise ConfigError(f"{where}.weights must name pretrained weights (an untrained embedder is random)")
-        if self.arch == "cnn":
-            raise ConfigError(f"{where}.arch must be a torchvision model: 'cnn' has no pretrained weights")
+        if self.arch == SCRATCH_ARCH:
+            raise ConfigError(f"{where}.arch must be a torchvision model: {SCRATCH_ARCH!r} has no pretrained weights")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The one validator: YAML mappings into the schema's dataclasses (:mod:`carbench.config.schema`), and back.
 
 Unknown keys, missing keys, wrong types and out-of-range values raise :class:`ConfigError` naming the dotted key.
-The sources file (:mod:`carbench.data.sources`) and the stored k-NN config are built with it too.
+The sources file (:mod:`carbench.download.sources`) and the stored k-NN config are built with it too.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 
 
 def _type_name(tp: Any) -> str:

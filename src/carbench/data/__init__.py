@@ -1,1 +1,1 @@
-"""The data phase: download, split and crop stages (data/raw, data/split, data/crops)."""
+"""The data phase: the raw format (data/raw), the split and crop stages (data/split, data/crops) and their previews."""

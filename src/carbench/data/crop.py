@@ -1,6 +1,6 @@
 """The crop stage: crop every image of ``data/raw`` to its box once and write the crop store ``data/crops``.
 
-Images are decoded and cropped (:mod:`carbench.data.crops`) by a pool of processes that share a memory map of
+Images are decoded and cropped (:mod:`carbench.data.crop_geometry`) by a pool of processes that share a memory map of
 ``images.bin`` and write straight into the split arrays the store allocated (:mod:`carbench.data.store` owns the
 format: file names, meta, index); skipped images are compacted away at the end.
 """
@@ -15,12 +15,12 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
-from ..cli import release_stop_signals, stop_signals_held
+from ..core.signals import release_stop_signals, stop_signals_held
 from ..config import CropConfig, Params
-from .crops import Box, decode_crop
-from ..errors import DataError
+from .crop_geometry import Box, decode_crop
+from ..core.errors import DataError
 from .images import error_reason
-from ..runtime import configure
+from ..core.runtime import configure
 from .store import SPLITS, StoreMeta, allocate_split, compact_split, load_split, split_paths, write_index, write_meta
 
 CHUNK_IMAGES = 16              # images per pool task: small enough to balance, large enough to amortise IPC
@@ -48,7 +48,7 @@ def _init_worker(images_bin: str, margin: float, size: int, keep_aspect: bool) -
 
 
 def _start_worker(*init: object) -> None:
-    """A pool worker's start: stop signals as :func:`carbench.cli.release_stop_signals` leaves them, then
+    """A pool worker's start: stop signals as :func:`carbench.core.signals.release_stop_signals` leaves them, then
     :func:`_init_worker`."""
     release_stop_signals()
     _init_worker(*init)
@@ -169,7 +169,7 @@ def preview_rows(labels: np.ndarray, count: int) -> np.ndarray:
 
 def write_preview(out_dir: Path, class_names: list[str], count: int, path: str | Path) -> None:
     """Grid of up to ``count`` crops from the first non-empty store, titled with class names."""
-    from .plots import plot_crop_grid
+    from .previews import plot_crop_grid
 
     for split in SPLITS:
         data = load_split(out_dir, split)
@@ -195,7 +195,7 @@ def write_crops(crop: CropConfig, skip_bad: bool, raw_dir: str | Path, split_dir
     """
     import time
 
-    from ..io import atomic_dir, write_json
+    from ..core.io import atomic_dir, write_json
     from .raw import IMAGES_BIN, read_classes, read_manifest
     from .split import read_protocol, read_split
 

@@ -2,7 +2,7 @@
 
 Every stage and command that reads a photo (the download stage's header check, the crop stage, carbench-predict)
 opens it with :func:`open_image` and decodes it inside :func:`decoding`, so each refusal is one
-:class:`~carbench.errors.ImageError` whose message is a short reason (the caller names the photo and says what to
+:class:`~carbench.core.errors.ImageError` whose message is a short reason (the caller names the photo and says what to
 do), never a traceback.
 
 Pillow reports a damaged or odd file with many exception types, depending on the format plugin and on where the
@@ -33,7 +33,7 @@ from typing import IO, Iterator, Union
 
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import ImageError, UserError
+from ..core.errors import ImageError, UserError
 
 #: The repr PIL puts in its messages when it reads from memory (``<_io.BytesIO object at 0x7f...>``).
 _OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
@@ -64,7 +64,7 @@ def error_reason(exc: BaseException) -> str:
 @contextlib.contextmanager
 def pillow_errors() -> Iterator[None]:
     """Inside the block, whatever Pillow raises on a photo becomes an :class:`ImageError` (see the module docstring);
-    a :class:`~carbench.errors.UserError` (a box outside the image) passes unchanged."""
+    a :class:`~carbench.core.errors.UserError` (a box outside the image) passes unchanged."""
     logger = logging.getLogger("PIL")
     level = logger.level
     logger.setLevel(logging.CRITICAL)

@@ -1,7 +1,7 @@
 """The ``data/raw`` store's format, its one owner: ``images.bin`` (the original image bytes, concatenated),
 ``manifest.csv`` (one row per image: label, box, size and byte slice) and ``classes.json``.
 
-The download stage writes it (:mod:`carbench.data.manifest` checks and packs the photos, then calls the writers
+The download stage writes it (:mod:`carbench.download.manifest` checks and packs the photos, then calls the writers
 here); split and crop read it. Kept apart from the packing so that split and crop depend on the format alone,
 not on the download-side readers (layouts, .mat files, archives, fingerprint): a change to one of those reruns
 ``download`` and, only if ``data/raw`` changed, what follows.
@@ -12,8 +12,8 @@ import csv
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from ..errors import DataError
-from ..io import read_json, write_json
+from ..core.errors import DataError
+from ..core.io import read_json, write_json
 
 MANIFEST = "manifest.csv"
 IMAGES_BIN = "images.bin"

@@ -35,9 +35,9 @@ from typing import Any, Optional
 import numpy as np
 
 from ..config import SPLITS, Params, SplitConfig
-from ..errors import DataError, DataWarning
-from ..io import atomic_dir, write_json
-from ..runtime import configure
+from ..core.errors import DataError, DataWarning
+from ..core.io import atomic_dir, write_json
+from ..core.runtime import configure
 from .raw import read_classes, read_manifest
 from .store import CLASSIFICATION, DISJOINT
 
@@ -159,7 +159,7 @@ def write_split(cfg: SplitConfig, seed: int, raw_dir: str | Path, out_dir: str |
         write_protocol(tmp, train_classes)
     per_class = split_counts(class_ids, splits, len(names))
     if plot_path is not None:
-        from .plots import plot_class_distribution
+        from .previews import plot_class_distribution
 
         plot_class_distribution(per_class, names, plot_path)
     metrics = {"strategy": cfg.strategy, "seed": seed,
@@ -196,7 +196,7 @@ def write_protocol(split_dir: str | Path, train_classes: int) -> None:
 def read_protocol(split_dir: str | Path) -> int:
     """The train half's class count of a disjoint split, 0 for the classification protocol (also for a split
     directory written before ``protocol.json`` existed)."""
-    from ..io import read_json
+    from ..core.io import read_json
 
     path = Path(split_dir) / PROTOCOL_JSON
     if not path.is_file():

@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..config import SPLITS
-from ..errors import DataError
+from ..core.errors import DataError
 
 META_FILE = "meta.json"
 META_KEYS = ("size", "margin", "keep_aspect", "class_names", "num_classes", "counts")
@@ -126,7 +126,7 @@ def write_index(store_dir: str | Path, split: str, names: Sequence[str], labels:
 
 def write_meta(store_dir: str | Path, meta: StoreMeta) -> None:
     """``meta.json`` (sorted, indented: byte-identical on reruns)."""
-    from ..io import write_json
+    from ..core.io import write_json
 
     write_json(Path(store_dir) / META_FILE, meta.to_json())
 

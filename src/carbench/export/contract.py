@@ -18,8 +18,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import UserError
-from ..io import read_json, write_json
+from ..core.errors import UserError
+from ..core.io import read_json, write_json
 
 FORMAT = "carbench-export/1"
 CONTRACT = "contract.json"
@@ -48,7 +48,7 @@ def build_contract(experiment: str, kind: str, crop: dict[str, Any], image_size:
         "files": {**RUNTIME_FILES, "probe": PROBE_FILE, **({"knn": list(knn_files)} if knn_files else {})},
         "crop": {"box": "the car's box x1,y1,x2,y2 (1-based, inclusive; default: the whole photo)",
                  "margin": float(crop["margin"]), "size": int(crop["size"]), "keep_aspect": bool(crop["keep_aspect"]),
-                 "resample": "bilinear, antialiased when shrinking (carbench.data.crops.decode_crop)"},
+                 "resample": "bilinear, antialiased when shrinking (carbench.data.crop_geometry.decode_crop)"},
         "input": {"name": INPUT_NAME, "dtype": "float32", "layout": "NCHW", "channel_order": "RGB",
                   "shape": ["batch", 3, int(image_size), int(image_size)]},
         "preprocess": {"centre_crop": ({"resize_size": int(resize_size), "fraction": image_size / resize_size,

@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import UserError
-from ..io import atomic_dir, write_json
+from ..core.errors import UserError
+from ..core.io import atomic_dir, write_json
 from ..retrieval.knn import KNN_ARRAYS, KNN_META
 from ..retrieval.predictor import ClassifierPredictor, KnnPredictor, Predictor, load_predictor
-from ..runtime import configure
+from ..core.runtime import configure
 from . import contract as C
 from .runtime import PROBE_ATOL, ExportedModel, load_exported
 

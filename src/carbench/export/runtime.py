@@ -16,7 +16,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from ..errors import UserError
+from ..core.errors import UserError
 from . import contract as C
 
 #: Largest absolute difference from PyTorch's outputs an export may show, on the probe or on the test crops.
@@ -83,7 +83,7 @@ class ExportedModel:
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
         """Retrieval: the embedding as the embed stage stores it (L2 when it was, float16 rounding)."""
-        from ..retrieval.embeddings import as_stored
+        from ..retrieval.embedding_store import as_stored
 
         return as_stored(self.outputs(crops), bool(self.contract["embedding"]["l2_normalize"]))
 
@@ -94,7 +94,7 @@ class ExportedModel:
         """The network's raw outputs -> class probabilities ``(N, C)`` float32: softmax of the logits, or the
         neighbours' vote on the embedding as stored."""
         if self.knn is not None:
-            from ..retrieval.embeddings import as_stored
+            from ..retrieval.embedding_store import as_stored
 
             stored = as_stored(outputs, bool(self.contract["embedding"]["l2_normalize"]))
             return torch.from_numpy(self.knn.predict_proba(stored))

@@ -3,8 +3,8 @@
 ``pretrained=False`` gives the same architecture with random weights (used when a checkpoint's state_dict is
 loaded next). Only ``pretrained=True`` may download torchvision weights, and not when ``offline``
 (``base.offline``) or the environment forbids it (:mod:`carbench.model.weights`). The backbone is the scratch CNN
-for ``model.arch: cnn`` (:mod:`carbench.model.scratch`), else a torchvision model
-(:mod:`carbench.model.torchvision_backbone`).
+the registered family's build of ``model.arch`` (:mod:`carbench.model.backbones`: the scratch CNN, a torchvision
+model).
 """
 from __future__ import annotations
 
@@ -13,14 +13,11 @@ from typing import Optional
 from torch import nn
 
 from ..config import ModelConfig
-from ..errors import WeightsError
+from ..core.errors import WeightsError
+from .backbones import build_backbone, family_of
 from .blocks import block_starts
 from .carnet import CarNet
-from .scratch import build_scratch_backbone
-from .torchvision_backbone import build_torchvision_backbone
 from .weights import ENUM_NAME, WeightsSpec, normalization, resolve_weights, weights_enum
-
-SCRATCH_ARCH = "cnn"
 
 
 def init_he(module: nn.Module) -> None:
@@ -37,7 +34,8 @@ def init_he(module: nn.Module) -> None:
 
 def _normalization_of(cfg: ModelConfig, spec: Optional[WeightsSpec]) -> tuple[tuple, tuple]:
     """Normalisation for ``cfg`` without loading weights (enum names are looked up, files are not read)."""
-    if spec is None and cfg.arch != SCRATCH_ARCH and ENUM_NAME.match(cfg.weights):
+    family = family_of(cfg.arch)
+    if spec is None and family is not None and family.named_weights and ENUM_NAME.match(cfg.weights):
         try:
             spec = WeightsSpec(cfg.arch, enum=weights_enum(cfg.arch, cfg.weights))
         except WeightsError:  # no weights are loaded here; a checkpoint restores its own mean/std
@@ -59,11 +57,7 @@ def build_model(model_cfg: ModelConfig, num_classes: int, pretrained: bool, offl
         spec = resolve_weights(model_cfg.arch, model_cfg.weights)
     elif not pretrained:
         spec = None
-    if model_cfg.arch == SCRATCH_ARCH:
-        backbone: nn.Module = build_scratch_backbone(model_cfg, spec)
-        dim = model_cfg.cnn_widths[-1]
-    else:
-        backbone, dim = build_torchvision_backbone(model_cfg.arch, spec or WeightsSpec(model_cfg.arch), offline)
+    backbone, dim = build_backbone(model_cfg, model_cfg.arch, spec, offline)
     mean, std = _normalization_of(model_cfg, spec)
     model = CarNet(backbone, dim, num_classes, model_cfg.head_hidden, model_cfg.head_dropout,
                    block_starts(backbone), mean, std)
@@ -77,6 +71,6 @@ def build_pretrained(arch: str, weights: str, offline: bool = False) -> CarNet:
     """The torchvision ``arch`` with pretrained ``weights`` as they are, for embedding only (a retrieval
     experiment of ``dag.pretrained``: nothing is trained); its head is a one-output placeholder that nothing reads."""
     spec = resolve_weights(arch, weights, "dag.pretrained")
-    backbone, dim = build_torchvision_backbone(arch, spec, offline)
+    backbone, dim = build_backbone(None, arch, spec, offline)
     mean, std = normalization(spec)
     return CarNet(backbone, dim, 1, 0, 0.0, block_starts(backbone), mean, std).eval()

@@ -16,8 +16,8 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import torch
 
 from ..config import ConfigError, ModelConfig, TrainConfig, build, to_dict
-from ..errors import UserError
-from ..io import atomic_torch_save
+from ..core.errors import UserError
+from ..core.io import atomic_torch_save
 from .build import build_model
 from .carnet import CarNet
 
@@ -73,7 +73,7 @@ def cpu_state(state: Any) -> Any:
 
 def save_checkpoint(ckpt: dict, path: Union[str, Path]) -> None:
     """Write ``ckpt`` atomically with torch.save (a stop meanwhile takes effect once it is whole:
-    :func:`carbench.io.atomic_torch_save`)."""
+    :func:`carbench.core.io.atomic_torch_save`)."""
     atomic_torch_save(ckpt, path)
 
 

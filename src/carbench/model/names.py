@@ -8,30 +8,21 @@ file); nothing is downloaded or loaded.
 """
 from __future__ import annotations
 
-import difflib
-
-from ..config import ConfigError, ModelConfig
-from ..errors import WeightsError
-
-#: ``model.arch`` of the configurable scratch CNN (carbench.model.scratch); every other value is torchvision's.
-SCRATCH_ARCH = "cnn"
+from ..config import SCRATCH_ARCH, ConfigError, ModelConfig
+from ..core.errors import WeightsError
 
 
 def check_model_names(models: dict[str, ModelConfig]) -> None:
     """Check each ``model`` config of ``models`` (dotted key of the section -> config); ConfigError on the first
     bad name."""
-    # Imported here: torchvision costs seconds, and carbench.resolve is imported by tests that never check names.
-    from .torchvision_backbone import classification_archs
+    # Imported here: torchvision costs seconds, and carbench.preflight is imported by tests that never check names.
+    from .backbones import family_of, unknown_arch_hint
     from .weights import resolve_weights
 
-    archs = classification_archs()
     for where, model in models.items():
-        if model.arch != SCRATCH_ARCH and model.arch not in archs:
-            close = difflib.get_close_matches(model.arch, [SCRATCH_ARCH, *archs], n=1)
-            hint = f"did you mean {close[0]!r}?" if close else \
-                "torchvision.models.list_models(module=torchvision.models) lists them"
-            raise ConfigError(f"{where}.arch must be 'cnn' or a torchvision classification model name, got "
-                              f"{model.arch!r} ({hint})")
+        if family_of(model.arch) is None:
+            raise ConfigError(f"{where}.arch must be {SCRATCH_ARCH!r} or a torchvision classification model name, "
+                              f"got {model.arch!r} ({unknown_arch_hint(model.arch)})")
         try:
             resolve_weights(model.arch, model.weights, where)
         except WeightsError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..errors import UserError, WeightsError
+from ..core.errors import UserError, WeightsError
 from .weights import WeightsSpec, ensure_weights_file, load_state_file
 
 #: torchvision builds its classifiers for ImageNet-1k when no weights say otherwise.

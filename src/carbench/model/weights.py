@@ -12,10 +12,10 @@ file (:data:`BUNDLED_WEIGHTS`) is copied there; failing that, the file is downlo
 the way torchvision does it (``torch.hub.download_url_to_file`` with the sha256 prefix in the file name
 checked, i.e. ``check_hash=True``; a progress bar on stderr; the file only appears in the cache once
 complete and verified). Downloads are forbidden in offline mode (``base.offline: true``, or
-``CARBENCH_OFFLINE`` / ``HF_HUB_OFFLINE`` set truthy: :func:`carbench.runtime.is_offline`). After that
+``CARBENCH_OFFLINE`` / ``HF_HUB_OFFLINE`` set truthy: :func:`carbench.core.runtime.is_offline`). After that
 torchvision loads the weights its usual way (it finds the cached file and does not download again).
 Weights that cannot be had (offline, no network, HTTP error, wrong hash) raise
-:class:`~carbench.errors.WeightsError` saying why and how to provide them; training never silently falls
+:class:`~carbench.core.errors.WeightsError` saying why and how to provide them; training never silently falls
 back to random weights. :func:`weights_record` names the file used and its sha256 (checkpoint, metrics).
 """
 from __future__ import annotations
@@ -30,9 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from ..errors import WeightsError
-from ..io import atomic_file, file_sha256
-from ..runtime import OFFLINE_ENV, is_offline
+from ..config import SCRATCH_ARCH
+from ..core.errors import WeightsError
+from ..core.io import atomic_file, file_sha256
+from ..core.runtime import OFFLINE_ENV, is_offline
 
 #: ``model.weights`` value for random initialisation.
 WEIGHTS_NONE = "none"
@@ -83,8 +84,8 @@ def resolve_weights(arch: str, weights: str, where: str = "model") -> WeightsSpe
     dotted key of the model section, e.g. ``experiments.<name>.model``)."""
     if weights == WEIGHTS_NONE:
         return WeightsSpec(arch)
-    if ENUM_NAME.match(weights) and arch == "cnn":
-        raise WeightsError(f"{where}.weights: arch 'cnn' has no torchvision weights ({weights!r}); "
+    if ENUM_NAME.match(weights) and arch == SCRATCH_ARCH:
+        raise WeightsError(f"{where}.weights: arch {SCRATCH_ARCH!r} has no torchvision weights ({weights!r}); "
                            "use 'none' or a path to a state_dict file")
     if ENUM_NAME.match(weights):
         return WeightsSpec(arch, enum=weights_enum(arch, weights, where))
@@ -126,7 +127,7 @@ def normalization(spec: WeightsSpec) -> tuple[tuple[float, ...], tuple[float, ..
 def ensure_weights_file(enum: Any, offline: bool = False) -> Path:
     """Make sure the enum's file is in the hub cache (copying a bundled copy, else downloading it); return its path.
 
-    ``offline`` is ``base.offline``; the environment can forbid downloads too (:func:`carbench.runtime.is_offline`).
+    ``offline`` is ``base.offline``; the environment can forbid downloads too (:func:`carbench.core.runtime.is_offline`).
     Raises WeightsError with instructions when the file is neither cached nor bundled and cannot be
     downloaded (offline mode, network or HTTP error, sha256 not matching the hash in the file name).
     """

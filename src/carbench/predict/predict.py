@@ -27,8 +27,8 @@ from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from .. import cli, runtime
-from ..errors import UserError
+from ..core import cli, runtime
+from ..core.errors import UserError
 
 TOP_CLASSES = 5
 #: A k-NN ranking first searches this many neighbours deep (at least knn.k) for the classes without a vote, then
@@ -72,7 +72,7 @@ def check_box(box: Sequence[int], width: int, height: int) -> None:
 def read_image(path: str | Path) -> tuple[bytes, int, int]:
     """The photo's encoded bytes and its (width, height); error when missing or not an image."""
     from ..data.images import read_header
-    from ..errors import ImageError
+    from ..core.errors import ImageError
 
     path = Path(path)
     if not path.exists():
@@ -126,8 +126,8 @@ def crop_photo(image: str | Path, box: Optional[Sequence[int]], meta: Any) -> np
     The encoded bytes go through ``crops.decode_crop`` with the store's margin / size / keep_aspect,
     so colour-mode handling and JPEG reduced-scale decoding match the crop store exactly.
     """
-    from ..data.crops import decode_crop
-    from ..errors import ImageError
+    from ..data.crop_geometry import decode_crop
+    from ..core.errors import ImageError
 
     data, width, height = read_image(image)
     box = tuple(box) if box is not None else (1, 1, width, height)
@@ -171,7 +171,7 @@ class Ranked:
 
 def top_classes(probs: np.ndarray, class_names: Sequence[str], n: int = TOP_CLASSES) -> list[Ranked]:
     """The ``n`` most probable (distinct) classes of one probability row ``(C,)`` (a classifier's softmax)."""
-    from ..metrics import rank_classes
+    from ..core.metrics import rank_classes
 
     return [Ranked(class_names[i], float(probs[i])) for i in rank_classes(probs[None], n)[0]]
 

@@ -19,9 +19,9 @@ from . import anchors
 from . import plots
 from . import stats
 from ..config import CONFIGURATIONS, AggregateConfig, Params, RetrievalExperiment, TrainedExperiment
-from ..errors import UserError
-from ..io import atomic_dir, read_json, write_json
-from ..runtime import configure
+from ..core.errors import UserError
+from ..core.io import atomic_dir, read_json, write_json
+from ..core.runtime import configure
 
 #: Columns from metrics/eval/<name>.json, in table order (every experiment has them).
 EVAL_COLUMNS = ("top1", "top5", "loss", "f1_macro", "f1_weighted", "precision_macro", "recall_macro",

@@ -15,8 +15,8 @@ from typing import Any, Optional
 
 import yaml
 
-from ..errors import UserError
-from ..io import read_json
+from ..core.errors import UserError
+from ..core.io import read_json
 
 ANCHORS_FILE = "anchors.yaml"
 ANCHORS = Path(__file__).resolve().parents[1] / "resources" / ANCHORS_FILE

@@ -16,9 +16,9 @@ from typing import Any, Optional
 import yaml
 
 from ..config import Params
-from ..errors import UserError
+from ..core.errors import UserError
 from ..export.contract import read_contract
-from ..io import atomic_dir, read_json
+from ..core.io import atomic_dir, read_json
 
 SYNTHETIC = "synthetic"
 #: Shown for the retrieval metrics a summary row may have (metrics/knn/<name>.json, through aggregate).
@@ -71,7 +71,7 @@ def backbone_of(resolved_dir: Path, recipe_files: dict[str, dict]) -> tuple[str,
 
 
 def stand_in(name: str, arch: str, archs: list[str]) -> Optional[str]:
-    """The torchvision backbone ``name`` is named after when the recipe ran another one, else None."""
+    """The backbone ``name`` is named after when the recipe ran another one, else None."""
     named = [token for token in name.split("_") if token in archs]
     return named[0] if named and arch not in named else None
 
@@ -198,9 +198,9 @@ def build_cards(params: Params, data_path: str | Path, resolved_dir: str | Path,
                 eval_dir: str | Path, exports_dir: str | Path, export_metrics_dir: str | Path,
                 out_dir: str | Path) -> dict[str, str]:
     """The cards stage's work: ``<out_dir>/<name>.md`` for every experiment; returns {name: text}."""
-    from ..model.torchvision_backbone import classification_archs
+    from ..model.backbones import known_archs
 
-    resolved_dir, archs = Path(resolved_dir), classification_archs()
+    resolved_dir, archs = Path(resolved_dir), known_archs()
     data = _read(Path(data_path), "data metrics")
     summary = _read(Path(summary_dir) / "summary.json", "summary")
     best = (summary.get("best") or {}).get("experiment")

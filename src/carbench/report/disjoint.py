@@ -16,8 +16,8 @@ import pandas as pd
 
 from . import plots, stats
 from ..config import CONFIGURATIONS, AggregateConfig, Params, TrainedExperiment
-from ..errors import UserError
-from ..io import atomic_dir, read_json, write_json
+from ..core.errors import UserError
+from ..core.io import atomic_dir, read_json, write_json
 
 DISJOINT = "disjoint"
 #: The row label of the protocol (the summary's ``protocol`` column).

@@ -23,18 +23,18 @@ from typing import Any
 
 import numpy as np
 
-from .. import metrics as M
-from .. import timing
+from ..core import metrics as M
+from ..core import timing
 from . import plots
 from ..config import Params, experiment
-from ..errors import UserError
-from ..io import atomic_dir, write_json
+from ..core.errors import UserError
+from ..core.io import atomic_dir, write_json
 from ..retrieval import loo
-from ..retrieval.embeddings import as_stored
+from ..retrieval.embedding_store import as_stored
 from ..retrieval.predictor import KnnPredictor, Predictor, load_predictor
 from ..data.store import DISJOINT, StoreMeta, load_meta, load_split
 from .stats import RETRIEVAL_CSV
-from ..runtime import configure, select_device
+from ..core.runtime import configure, select_device
 
 TEST_SPLIT = "test"
 BYTES_PER_MB = 1e6   # sizes are reported in decimal megabytes

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen befor
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ..io import atomic_file  # noqa: E402
+from ..core.io import atomic_file  # noqa: E402
 
 #: A class pair seen confused pulls harder than a shared make (first word of "Make Model Type Year"):
 #: affinities are confusion rate / max rate in [0, 1] plus this bonus for the same make, so

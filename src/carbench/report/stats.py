@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 PREDICTIONS_CSV = "predictions.csv"
 PREDICTION_COLUMNS = ("image", "true", "predicted", "correct")

@@ -16,16 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from .. import timing
+from ..core import timing
 from ..config import BaseConfig, EmbedConfig, EmbedJob, EmbedWithConfig, RetrievalExperiment
-from ..errors import UserError
-from ..io import atomic_dir
-from ..io import file_md5
+from ..core.errors import UserError
+from ..core.io import atomic_dir
+from ..core.io import file_md5
 from .predictor import CHECKPOINT, ClassifierPredictor, load_classifier_predictor, load_pretrained_embedder
-from .embeddings import Embeddings, as_stored, save_embeddings
+from .embedding_store import Embeddings, as_stored, save_embeddings
 from ..config import to_dict
 from ..data.store import load_meta, load_split
-from ..runtime import configure, select_device
+from ..core.runtime import configure, select_device
 
 QUERY_SPLIT = "test"
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 #: Budget for one block of the query x gallery distance matrix (float32), so a 8k x 16k search
 #: never materialises 0.5 GB at once; also bounds the (chunk, k, D) block of the exact re-scoring.

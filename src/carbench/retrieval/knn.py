@@ -1,6 +1,6 @@
 """The knn stage: exact k-nearest-neighbour retrieval and classification on stored embeddings.
 
-Reads the embedding store (:mod:`carbench.retrieval.embeddings`, docs/ARCHITECTURE.md §5) and writes the fitted
+Reads the embedding store (:mod:`carbench.retrieval.embedding_store`, docs/ARCHITECTURE.md §5) and writes the fitted
 k-NN model ``models/<name>/knn.{npz,json}`` (§6) and its retrieval metrics.
 
 Processing chain, fitted on the gallery ONLY: stored embedding (float16) -> float32 ->
@@ -18,14 +18,14 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .. import metrics as M
+from ..core import metrics as M
 from ..config import BaseConfig, KnnConfig, KnnJob, build, to_dict
-from .embeddings import Embeddings, l2_normalize, load_embeddings, read_checked_meta
-from ..errors import UserError
+from .embedding_store import Embeddings, l2_normalize, load_embeddings, read_checked_meta
+from ..core.errors import UserError
 from . import loo
 from .index import ExactIndex, faiss_available, resolve_backend
-from ..io import atomic_dir, write_json
-from ..runtime import configure, select_device
+from ..core.io import atomic_dir, write_json
+from ..core.runtime import configure, select_device
 
 KNN_FORMAT = "carbench-knn/1"
 KNN_ARRAYS = "knn.npz"

@@ -2,7 +2,7 @@
 
 Under ``split.strategy: disjoint`` the embedder never saw a test class, so the test photos are not classified: each
 one is a query against all the *other* test photos (itself left out), as in the retrieval papers on Cars196
-(docs/retrieval_eval.md). Scores use :mod:`carbench.metrics`' definitions: Recall@K (a same-class photo among the K
+(docs/retrieval_eval.md). Scores use :mod:`carbench.core.metrics`' definitions: Recall@K (a same-class photo among the K
 nearest), MAP@R (R = the other photos of the query's class; Musgrave et al., 2020) and P@1 (the nearest photo has
 the query's class: equal to Recall@1 by definition, reported because MAP@R papers print it). Per-query values are
 kept (:func:`loo_scores`) so the summary can bootstrap intervals over queries (:mod:`carbench.report.stats`).
@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .. import metrics as M
+from ..core import metrics as M
 from .index import ExactIndex
 
 #: The per-query column of MAP@R; Recall@K's are ``recall_at_<K>``.

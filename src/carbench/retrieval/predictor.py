@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from ..config import EmbedWithConfig, build
-from ..errors import UserError
-from .embeddings import as_stored
-from ..io import file_md5
+from ..core.errors import UserError
+from .embedding_store import as_stored
+from ..core.io import file_md5
 from .knn import KNN_ARRAYS, KNN_META, KnnModel, load_knn
 
 CHECKPOINT = "best.pt"

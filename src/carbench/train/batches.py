@@ -21,9 +21,9 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import torch
 
-from .. import timing
+from ..core import timing
 from ..model.preprocess import eval_preprocess, resize_nhwc_uint8
-from ..errors import DataError
+from ..core.errors import DataError
 from ..model.carnet import CarNet
 from ..data.store import load_split
 

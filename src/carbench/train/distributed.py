@@ -37,7 +37,7 @@ import torch
 import torch.distributed as dist
 
 from ..config import BaseConfig, ConfigError
-from ..runtime import DeviceError
+from ..core.runtime import DeviceError
 from .train_log import say
 
 #: Environment variables torchrun sets in every worker; either one means "already launched".

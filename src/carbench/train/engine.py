@@ -46,16 +46,16 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 
-from .. import timing
+from ..core import timing
 from ..config import BaseConfig, Experiment
 from ..data.store import StoreMeta, load_meta
-from ..errors import DataError
-from ..io import atomic_dir
+from ..core.errors import DataError
+from ..core.io import atomic_dir
 from ..model.build import build_model
 from ..model.carnet import CarNet, count_parameters
 from ..model.checkpoint import make_checkpoint, save_checkpoint
 from ..model.weights import WEIGHTS_NONE
-from ..runtime import seed_everything
+from ..core.runtime import seed_everything
 from .batches import ConcatData, FeatureData, compute_features, load_split_data
 from .distributed import SINGLE, Ddp, context
 from .freeze import apply_freeze
@@ -201,7 +201,7 @@ def write_checkpoint(trainer: Trainer, best: BestSoFar, meta: StoreMeta, out_dir
 
 
 def record_timing(trainer: Trainer, refit: Optional[Trainer]) -> None:
-    """The work this run did, for the benchmark's stage log (:mod:`carbench.timing`): epochs and images per epoch
+    """The work this run did, for the benchmark's stage log (:mod:`carbench.core.timing`): epochs and images per epoch
     of the fit and refit phases, validation images, backbone images of a feature cache, and the steady rate
     (median images/s of the fit epochs after the first, which pays for warm-up)."""
     if not timing.enabled():

@@ -18,7 +18,7 @@ import torch
 from ..config import BaseConfig, Experiment, TrainConfig
 from ..data.store import StoreMeta
 from ..model.weights import WeightsSpec, ensure_weights_file, resolve_weights, spec_record
-from ..runtime import cuda_settings, select_device
+from ..core.runtime import cuda_settings, select_device
 from .augment import AugmentPolicy, stored_size, train_policy
 from .distributed import SINGLE, Ddp, local_batch_size
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..config import BaseConfig, Experiment, to_dict
-from ..io import atomic_torch_save
+from ..core.io import atomic_torch_save
 from ..data.store import StoreMeta, store_files
 from .train_log import say
 
@@ -169,7 +169,7 @@ def load_resume_file(path: Path, key: str) -> Optional[dict]:
 
 def save_resume_file(path: Path, state: dict) -> None:
     """Write the resume state atomically; a Ctrl-C or SIGTERM meanwhile stops the run once the file is whole
-    (:func:`carbench.io.atomic_torch_save`), so the file is always the previous state or the new one, complete."""
+    (:func:`carbench.core.io.atomic_torch_save`), so the file is always the previous state or the new one, complete."""
     atomic_torch_save(state, path)
 
 

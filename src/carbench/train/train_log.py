@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..io import atomic_file
+from ..core.io import atomic_file
 from ..model.carnet import count_parameters
 
 #: Per-epoch metric names (dvclive), in logging order.

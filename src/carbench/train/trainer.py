@@ -14,11 +14,11 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 import torch.nn.functional as F
 
-from .. import timing
+from ..core import timing
 from ..model.carnet import CarNet
 from ..model.checkpoint import cpu_state
 from ..model.preprocess import eval_preprocess
-from ..runtime import generator
+from ..core.runtime import generator
 from .augment import BatchMixer, build_augmenter
 from .batches import BatchSource, Order, batches
 from .freeze import apply_freeze
