@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from carbench.core import cli
-from carbench import config, preflight as resolve
+from carbench import config, preflight
 
 
 def main() -> None:
@@ -10,8 +10,8 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="resolved configs directory (data/resolved)")
     args = parser.parse_args()
     params = config.load_params(args.params)
-    resolve.warn_unread(args.params)      # a knob a plain `dvc exp run -S` set that no stage reads
-    resolve.run(params, args.out)
+    preflight.warn_unread(args.params)      # a knob a plain `dvc exp run -S` set that no stage reads
+    preflight.run(params, args.out)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from support.params import deep_merge, repo_params
 
-from carbench import preflight as resolve
+from carbench import preflight
 from carbench.config import (
     ConfigError,
     EmbedJob,
@@ -29,7 +29,7 @@ RETRIEVAL = {"knn_resnet50_k3", "knn_resnet50_k10", "knn_densenet121_cosine", "k
 
 
 def _texts(raw: dict, out) -> dict[str, str]:
-    resolve.run(parse_params(raw), out)
+    preflight.run(parse_params(raw), out)
     return {p.relative_to(out).as_posix(): p.read_text() for p in sorted(out.rglob("*.yaml"))}
 
 
@@ -41,7 +41,7 @@ def test_one_file_per_stage_instance():
 
 def test_written_files_load_back_to_the_same_experiments(tmp_path):
     params = parse_params(repo_params())
-    resolve.run(params, tmp_path / "resolved")
+    preflight.run(params, tmp_path / "resolved")
     for name in TRAINED:
         base, exp = load_resolved(tmp_path / "resolved" / "train" / f"{name}.yaml")
         assert base == params.base
@@ -74,7 +74,7 @@ def test_knn_and_embed_knobs_reach_only_their_stage(tmp_path):
 
 
 def test_a_bad_value_in_a_resolved_file_names_the_file_and_key(tmp_path):
-    resolve.run(parse_params(repo_params()), tmp_path)
+    preflight.run(parse_params(repo_params()), tmp_path)
     path = tmp_path / "train" / "cnn_basic.yaml"
     raw = yaml.safe_load(path.read_text())
     raw["train"]["lr"] = -1
@@ -98,7 +98,7 @@ def test_a_bad_value_in_a_resolved_file_names_the_file_and_key(tmp_path):
 
 
 def test_stage_readers_prefer_the_resolved_file_and_check_its_name(tmp_path, params_path):
-    resolve.run(parse_params(repo_params({"train": {"lr": 0.5}})), tmp_path)
+    preflight.run(parse_params(repo_params({"train": {"lr": 0.5}})), tmp_path)
     _, exp = train_stage(params_path, tmp_path / "train" / "tl_densenet121_progressive.yaml",
                          "tl_densenet121_progressive")
     assert exp.train.lr == 0.5                      # from the resolved file, not from params_path
@@ -109,7 +109,7 @@ def test_stage_readers_prefer_the_resolved_file_and_check_its_name(tmp_path, par
 
 
 def test_each_stage_reader_returns_its_own_type_or_refuses(tmp_path, params_path):
-    resolve.run(parse_params(repo_params()), tmp_path)
+    preflight.run(parse_params(repo_params()), tmp_path)
     name = "knn_resnet50_k3"
     assert isinstance(train_stage(params_path, None, "cnn_basic")[1], TrainedExperiment)
     for reader, kind, cls in ((embed_stage, "embed", EmbedJob), (knn_stage, "knn", KnnJob)):
@@ -161,7 +161,7 @@ def test_resolve_stage_script(tmp_path, params_path, monkeypatch):
 def test_a_bad_arch_or_weights_name_fails_in_resolve_before_anything_is_written(tmp_path, overrides, message):
     params = parse_params(repo_params(overrides))     # loading params stays torch-free and lets it through
     with pytest.raises(ConfigError) as caught:
-        resolve.run(params, tmp_path / "resolved")
+        preflight.run(params, tmp_path / "resolved")
     assert message in str(caught.value)
     assert not (tmp_path / "resolved").exists()
 
@@ -207,13 +207,13 @@ def test_a_changed_key_that_reaches_no_stage_is_one_warning_line_under_a_plain_d
     subprocess.run([*git, "init", "-q"], cwd=tmp_path, check=True)
     subprocess.run([*git, "add", "-A"], cwd=tmp_path, check=True)
     subprocess.run([*git, "commit", "-qm", "init"], cwd=tmp_path, check=True)
-    assert resolve.warn_unread(params) == []
+    assert preflight.warn_unread(params) == []
     params.write_text(yaml.safe_dump(deep_merge(repo_params(), {"data": {"path": "/no/such"},
                                                                 "train": {"epochs": 3, "lr": 0.02}})))
-    lines = resolve.warn_unread(params)
+    lines = preflight.warn_unread(params)
     assert capsys.readouterr().err.splitlines() == lines
     assert [line.split(" ", 2)[1] for line in lines] == ["data.path=/no/such", "train.epochs=3"]
     assert lines[0].endswith("is ignored while data.source=auto (read only while it is 'local')")
     assert lines[1].endswith("set experiments.<name>.train.epochs instead")
     monkeypatch.setenv(STOP_FILE_ENV, str(tmp_path / "stop"))     # under the scripts: they already said it
-    assert resolve.warn_unread(params) == []
+    assert preflight.warn_unread(params) == []

@@ -101,7 +101,7 @@ def test_a_signal_while_a_finished_stage_exits_does_not_turn_its_success_into_a_
     would count a finished stage as failed and run it again."""
     (tmp_path / "stages").mkdir()
     script = tmp_path / "stages" / "done.py"
-    script.write_text("from carbench import cli\ncli.run(lambda: None)\n")
+    script.write_text("from carbench.core import cli\ncli.run(lambda: None)\n")
     log = tmp_path / "stages.jsonl"
     proc = subprocess.Popen([sys.executable, str(script)], env=_env(CARBENCH_STAGE_LOG=str(log)),
                             stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals)
@@ -120,7 +120,7 @@ def test_a_process_the_stage_forks_dies_of_sigterm_silently(tmp_path):
     raise the stage's Interrupted (a traceback per worker)."""
     (tmp_path / "stages").mkdir()
     script = tmp_path / "stages" / "fork.py"
-    script.write_text("import multiprocessing, time\nfrom carbench import cli\n"
+    script.write_text("import multiprocessing, time\nfrom carbench.core import cli\n"
                       "def main():\n    child = multiprocessing.get_context('fork').Process(target=time.sleep, "
                       "args=(30,))\n    child.start()\n    time.sleep(0.5)\n    child.terminate()\n"
                       "    child.join()\n    print(child.exitcode)\n"
@@ -342,7 +342,7 @@ def _wrapper(repo: Path, work: Path) -> subprocess.Popen:
     (work / "stages").mkdir()
     (work / "stages" / "fake.py").write_text(FAKE_STAGE)
     (work / "dvc.py").write_text(FAKE_DVC)
-    wrapper = ("import sys; from pathlib import Path; from carbench import cli, exprun; "
+    wrapper = ("import sys; from pathlib import Path; from carbench.core import cli; from carbench.workshop import runner; "
                f"cli.run_command(lambda: runner.run_guarded([sys.executable, {str(work / 'dvc.py')!r}, "
                f"{str(work)!r}], Path('.')))")
     return subprocess.Popen([sys.executable, "-c", wrapper], cwd=repo, env=_env(), stdout=subprocess.PIPE,
