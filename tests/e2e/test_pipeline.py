@@ -252,6 +252,22 @@ def test_lr_knob_marks_only_the_experiments_that_take_it(project):
     assert status_stages(path, environ) == set()
 
 
+@pytest.mark.parametrize("module, changed", [
+    ("src/carbench/train/augment.py", {f"train@{name}" for name in TRAINED}),     # mixup: only what trains
+    ("src/carbench/download/layouts.py", {"download"}),       # a download-only reader: what follows waits for data/raw
+])
+def test_a_code_edit_marks_only_the_stages_that_import_it(project, module, changed):
+    """dvc.yaml's folder deps, as `dvc status` reads them after a run (Python's caches beside the code included)."""
+    path, environ, _ = project
+    original = (path / module).read_bytes()
+    try:
+        (path / module).write_bytes(original + b"# an edit\n")
+        assert status_stages(path, environ) == changed
+    finally:
+        (path / module).write_bytes(original)
+    assert status_stages(path, environ) == set()
+
+
 # ----------------------------------------------------------------------------- the offline demo
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
