@@ -12,7 +12,6 @@ from typing import Callable, Iterator
 
 from .errors import Interrupted
 
-INTERRUPTED_STATUS = 130
 #: Set by scripts/offline.py for the `dvc exp run` it starts: a path that exists once the run was interrupted. A stage
 #: started after that stops before doing anything, so DVC ends at a stage boundary without being signalled itself
 #: (a signal to DVC between stages could cut its write of dvc.lock or the cache short). Under it, stages also stay
@@ -131,7 +130,7 @@ early_signals: list[int] = []
 def _remember_early_signals() -> None:
     """In a stage script, note SIGINT/SIGTERM from here on instead of acting on it: the heavy imports that follow
     (torch: seconds) would otherwise end in a KeyboardInterrupt traceback, or, for SIGTERM, no message at all.
-    :func:`carbench.core.cli` then stops before ``main`` with the one ``interrupted:`` line."""
+    :mod:`carbench.core.cli` then stops before ``main`` with the one ``interrupted:`` line."""
     owner = os.getpid()
 
     def remember(signum, frame):  # noqa: ANN001 (signal's signature)
@@ -146,8 +145,8 @@ def _remember_early_signals() -> None:
             signal.signal(sig, remember)
 
 
-#: True in a stage script's own process (stages/*.py import this module first); a library import, or a test that
-#: runs a stage in its process, must not take over that process's signals.
+#: True in a stage script's own process (stages/*.py import carbench.core.cli, and so this module, first); a library
+#: import, or a test that runs a stage in its process, must not take over that process's signals.
 STAGE_PROCESS = Path(sys.argv[0] if sys.argv else "").parent.name == "stages" and \
     threading.current_thread() is threading.main_thread()
 if STAGE_PROCESS:
