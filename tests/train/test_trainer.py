@@ -76,3 +76,31 @@ def test_refit_on_cached_features(tmp_path, store, capsys):
     summary = train_experiment(exp, base, store, tmp_path / "m", tmp_path / "live", resume_dir=tmp_path / "r")
     err = capsys.readouterr().err
     assert "feature cache" in err and "train+val (36 crops)" in err and summary["refit_epochs"] >= 1
+
+
+def test_a_retrieval_selection_keeps_the_epoch_with_the_best_val_score(tmp_path, store, monkeypatch):
+    """Crafted val scores: top-1 is best at epoch 1, MAP@R at epoch 3; each selection keeps its own epoch."""
+    from carbench.train import selection
+    from carbench.train.trainer import Trainer
+
+    top1, map_r = iter([0.9, 0.1, 0.5] * 2), iter([0.1, 0.2, 0.8] * 2)
+    monkeypatch.setattr(Trainer, "evaluate", lambda self: (1.0, next(top1)))
+    monkeypatch.setattr(Trainer, "val_retrieval", lambda self: {"val/recall_at_1": 0.5, "val/map_at_r": next(map_r)})
+    for select, want in (("map_at_r", 3), ("top1", 1)):
+        exp, base = tiny(train={"epochs": 3, "select": select})
+        summary = train_experiment(exp, base, store, tmp_path / select / "model", tmp_path / select / "live",
+                                   resume_dir=tmp_path / "resume")
+        assert summary["best_epoch"] == want
+        assert torch.load(tmp_path / select / "model" / "best.pt", weights_only=True)["epoch"] == want
+    assert summary["best_val_top1"] == 0.9 and "selected_on" not in summary
+    assert selection.best_epoch([{"val/map_at_r": v} for v in (0.1, 0.2, 0.8)], "map_at_r") == 3
+
+
+def test_a_metric_loss_trains_an_embedding_with_the_class_balanced_sampler(tmp_path, store):
+    exp, base = tiny(model={"embedding_dim": 8},
+                     train={"loss": "multi_similarity", "sampler": "m_per_class", "m_per_class": 2, "epochs": 3,
+                            "select": "map_at_r", "optimizer": "adam", "lr": 0.01})
+    summary = train_experiment(exp, base, store, tmp_path / "model", tmp_path / "live", resume_dir=tmp_path / "resume")
+    assert summary["selected_on"] == "val/map_at_r" and 0 < summary["best_val_map_at_r"] <= 1
+    ckpt = torch.load(tmp_path / "model" / "best.pt", weights_only=True)
+    assert ckpt["state_dict"]["head.hidden.0.weight"].shape[0] == 8
