@@ -49,12 +49,14 @@ def test_each_metric_loss_lowers_its_loss_on_generated_data(loss):
             embedding, _ = forward(x)
             return float(criterion.loss(embedding, y, criterion.miner(embedding, y) if criterion.miner else None))
 
-    before = metric_term()
+    before, projection = metric_term(), model.head.hidden[0].weight.detach().clone()
     for _ in range(60):
         optimizer.zero_grad()
         criterion(forward(x), y).backward()
         optimizer.step()
     assert metric_term() < 0.5 * before, (loss, before, metric_term())
+    # the model learnt it, not the loss's proxies alone: the projection moved
+    assert (model.head.hidden[0].weight - projection).norm() > 0.1 * projection.norm()
 
 
 @pytest.mark.parametrize("loss", METRIC_LOSSES)
@@ -92,3 +94,18 @@ def test_frozen_batchnorm_keeps_statistics_and_affine_parameters():
     for m, mean in zip(norms, before):
         assert not m.training and torch.equal(m.running_mean, mean)
         assert not m.weight.requires_grad and not m.bias.requires_grad
+
+
+def test_multi_similarity_learns_from_the_pairs_its_miner_keeps():
+    from pytorch_metric_learning.miners import MultiSimilarityMiner
+
+    criterion = build_criterion(train_cfg(loss="multi_similarity"), CLASSES, DIM)
+    assert isinstance(criterion.miner, MultiSimilarityMiner)
+    torch.manual_seed(0)
+    embedding = torch.nn.functional.normalize(torch.randn(CLASSES * PER_CLASS, DIM), dim=1)
+    y = torch.arange(CLASSES).repeat_interleave(PER_CLASS)
+    logits = torch.zeros(len(y), CLASSES)
+    metric = criterion((embedding, logits), y) - torch.nn.functional.cross_entropy(logits, y)
+    mined = criterion.loss(embedding, y, criterion.miner(embedding, y))
+    assert metric == pytest.approx(float(mined), abs=1e-5)
+    assert abs(float(mined) - float(criterion.loss(embedding, y))) > 1e-4   # the miner dropped pairs
