@@ -37,3 +37,34 @@ def test_resize_size_must_exceed_image_size_and_lr_scaling_is_a_choice():
         parse({"image_size": 448, "resize_size": 448})
     with pytest.raises(ConfigError, match="lr_scaling"):
         parse({"lr_scaling": "sqrt"})
+
+
+def test_metric_learning_keys_default_to_todays_cross_entropy_and_are_checked():
+    import pytest
+    from support.params import with_dotted
+
+    from carbench.config import ConfigError
+
+    params = parse_params(repo_params())
+    for exp in params.experiments.values():
+        if exp.trained:       # the default pipeline trains and selects exactly as before these keys existed
+            assert (exp.train.loss, exp.train.sampler, exp.train.freeze_bn, exp.train.select) == \
+                ("cross_entropy", "random", False, "auto")
+            assert exp.model.embedding_dim == 0
+    assert params.split.disjoint_val == "photos"
+    raw = repo_params()
+    with pytest.raises(ConfigError, match=r"experiments\.cnn_basic\.train\.loss 'proxy_anchor' trains an embedding: "
+                                          r"set experiments\.cnn_basic\.model\.embedding_dim"):
+        parse_params(with_dotted(raw, "experiments.cnn_basic.train.loss", "proxy_anchor"))
+    with_embedding = with_dotted(raw, "experiments.cnn_basic.model.embedding_dim", 16)
+    ok = parse_params(with_dotted(with_embedding, "experiments.cnn_basic.train.loss", "arcface"))
+    assert ok.experiments["cnn_basic"].train.metric_loss
+    with pytest.raises(ConfigError, match="takes hard labels"):
+        parse_params(with_dotted(with_dotted(with_embedding, "experiments.cnn_basic.train.loss", "multi_similarity"),
+                                 "experiments.cnn_basic.train.mixup_alpha", 0.2))
+    with pytest.raises(ConfigError, match=r"m_per_class \(5\) must divide .*batch_size \(32\)"):
+        parse_params(with_dotted(with_dotted(raw, "train.sampler", "m_per_class"), "train.m_per_class", 5))
+    with pytest.raises(ConfigError, match="embedding_dim and .*head_hidden are both"):
+        parse_params(with_dotted(with_dotted(raw, "model.embedding_dim", 8), "model.head_hidden", 8))
+    with pytest.raises(ConfigError, match="loss must be one of"):
+        parse_params(with_dotted(raw, "train.loss", "triplet"))

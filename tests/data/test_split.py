@@ -152,3 +152,23 @@ def test_disjoint_split_of_a_source_records_its_protocol_and_refuses_a_point_lea
     assert read_protocol(tmp_path / "official") == 0
     with pytest.raises(DataError, match=r"split.disjoint_at \(4\) leaves no test class: .* lists 4 classes"):
         write_split(split_config(strategy="disjoint", disjoint_at=4), 0, synthetic_raw, tmp_path / "bad", None, None)
+
+
+def test_disjoint_val_by_class_holds_out_whole_train_half_classes(synthetic_raw, tmp_path):
+    ids, official = _labels()
+    cfg = split_config(strategy="disjoint", disjoint_at=4, val_fraction=0.3, disjoint_val="classes")
+    splits = assign_splits(ids, official, cfg, seed=0)
+    assert np.array_equal(splits == "test", ids >= 4)                  # the test half is untouched
+    val, train = set(ids[splits == "val"].tolist()), set(ids[splits == "train"].tolist())
+    assert len(val) == holdout_count(4, 0.3) and not val & train       # whole classes, none of them trained
+    assert val | train == {0, 1, 2, 3}
+    for c in val:                                                      # every photo of a val class
+        assert (splits[ids == c] == "val").all()
+    other = assign_splits(ids, official, cfg, seed=3)
+    assert {tuple(sorted(set(ids[assign_splits(ids, official, cfg, seed=s) == "val"].tolist()))) for s in range(6)} \
+        != {tuple(sorted(val))}                                       # the draw follows the seed
+    assert np.array_equal(other == "test", splits == "test")
+    metrics = write_split(split_config(strategy="disjoint", disjoint_at=2, disjoint_val="classes"), 0, synthetic_raw,
+                          tmp_path / "split", None, None)
+    assert metrics["classes"] == {"train": 1, "val": 1, "test": 2} and metrics["missing_classes"] == {}
+    assert len(metrics["val_classes"]) == 1

@@ -79,3 +79,14 @@ def test_model_without_final_linear_is_rejected():
 def test_unknown_arch_names_the_key():
     with pytest.raises(UserError, match=r"model\.arch: 'resnet5' is built by no backbone family \(did you mean"):
         build_model(cfg(arch="resnet5", weights="none"), NUM_CLASSES, pretrained=False)
+
+
+def test_an_embedding_head_projects_and_l2_normalises_before_the_classifier():
+    model = build_model(cfg(embedding_dim=6), NUM_CLASSES, pretrained=False).eval()
+    x = torch.rand(4, 3, SIZE, SIZE)
+    embedding = model.penultimate(x)
+    assert embedding.shape == (4, 6) and model.embedding_dim == 6
+    assert torch.allclose(embedding.norm(dim=1), torch.ones(4), atol=1e-5)
+    assert torch.allclose(model(x), model.head.fc(embedding), atol=1e-6)
+    plain = build_model(cfg(), NUM_CLASSES, pretrained=False)
+    assert plain.embedding_dim == 0 and isinstance(plain.head.hidden, nn.Identity)

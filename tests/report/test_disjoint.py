@@ -67,3 +67,18 @@ def test_evaluations_of_two_protocols_are_refused(inputs):
     (ev / f"{name}.json").write_text(json.dumps({"top1": 0.5}))
     with pytest.raises(UserError, match="follow different protocols"):
         A.build_summary(params, ev, train, root / "metrics" / "knn", root / "summary", root / "plots")
+
+
+def test_each_row_is_tested_against_the_best_on_the_same_queries(inputs):
+    from scipy.stats import binomtest
+
+    params, ev, train, root = inputs
+    table = A.build_summary(params, ev, train, root / "metrics" / "knn", root / "summary", root / "plots")
+    first, best = list(params.experiments)[0], list(params.experiments)[-1]
+    rows = table.set_index("experiment")
+    # the first finds 4 of the 40 queries at rank 1, the best all 40: 36 discordant queries, all the best's
+    assert rows.loc[first, "p_r1_vs_best"] == pytest.approx(binomtest(0, 36, 0.5).pvalue)
+    assert rows.loc[first, "p_map_vs_best"] < 1e-6 and pd.isna(rows.loc[best, "p_r1_vs_best"])
+    md = (root / "summary" / "summary.md").read_text()
+    assert f"## Paired tests against the best row ({best})" in md
+    assert f"| {first} | 0 / 36 | {binomtest(0, 36, 0.5).pvalue:.3g} | -0.4500 | 0.0 |" in md

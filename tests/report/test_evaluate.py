@@ -206,3 +206,23 @@ def test_a_model_that_records_no_training_data_takes_the_scored_photos_source(tm
     meta_path.write_text(json.dumps({**meta, "source": "synthetic"}))
     result, _ = run_evaluate(world, RETRIEVAL)
     assert result["model_data_source"] == "synthetic"
+
+
+@pytest.mark.parametrize("embedding_dim, layer", [(0, "backbone"), (8, "penultimate")])
+def test_a_trained_model_is_scored_on_its_embedding_when_its_head_has_one(embedding_dim, layer):
+    from types import SimpleNamespace
+
+    class Embedder:   # a classifier predictor: what test_embeddings reads of it
+        model = SimpleNamespace(embedding_dim=embedding_dim)
+        layers: list = []
+
+        def embed(self, images, layer):
+            self.layers.append(layer)
+            return np.full((len(images), 4), 3.0)
+
+    test = SimpleNamespace(images=np.zeros((5, 2, 2, 3), np.uint8), labels=np.arange(5))
+    embedder = Embedder()
+    vectors, metric, space = E.test_embeddings(embedder, test, batch_size=2)
+    assert set(embedder.layers) == {layer} and vectors.shape == (5, 4) and metric == "euclidean"
+    assert np.allclose(np.linalg.norm(vectors.astype(np.float32), axis=1), 1.0, atol=1e-3)   # L2-normalised
+    assert ("embedding" in space) == bool(embedding_dim)

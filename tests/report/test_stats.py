@@ -58,3 +58,28 @@ def test_bootstrap_mean_ci_brackets_each_mean_leaves_nan_out_and_is_seeded():
     assert bootstrap_mean_ci(frame, 500, 0.95, seed=3) == ci
     scores = pd.DataFrame({"x": np.random.default_rng(0).random(50)})
     assert bootstrap_mean_ci(scores, 500, 0.95, seed=3) != bootstrap_mean_ci(scores, 500, 0.95, seed=4)
+
+
+def test_paired_retrieval_aligns_on_the_image_and_tests_both_scores():
+    from scipy.stats import binomtest, wilcoxon
+
+    rng = np.random.default_rng(0)
+    n = 50
+    a = pd.DataFrame({"image": [f"q{i}" for i in range(n)], "recall_at_1": (rng.random(n) < 0.7).astype(float),
+                      "ap_at_r": rng.random(n)})
+    b = a.assign(recall_at_1=(rng.random(n) < 0.4).astype(float), ap_at_r=rng.random(n) * 0.6)
+    b.loc[3, "ap_at_r"] = np.nan                                  # a photo alone in its class: left out
+    shuffled = b.sample(frac=1.0, random_state=1)                 # another row order: aligned on the image
+    result = stats.paired_retrieval(a, shuffled, "a vs b")
+    hits_a, hits_b = a["recall_at_1"] > 0, b["recall_at_1"] > 0
+    assert (result.only_a, result.only_b) == ((hits_a & ~hits_b).sum(), (~hits_a & hits_b).sum())
+    assert result.p_recall_at_1 == pytest.approx(binomtest(result.only_a, result.only_a + result.only_b).pvalue)
+    keep = b["ap_at_r"].notna()
+    want = wilcoxon(a["ap_at_r"][keep], b["ap_at_r"][keep])
+    assert result.ap_pairs == n - 1 and result.p_map_at_r == pytest.approx(want.pvalue)
+    assert result.wilcoxon_statistic == pytest.approx(want.statistic)
+    assert result.ap_mean_diff == pytest.approx((a["ap_at_r"] - b["ap_at_r"])[keep].mean())
+    same = stats.paired_retrieval(a, a, "a vs a")
+    assert same.p_recall_at_1 == 1.0 and same.p_map_at_r == 1.0
+    with pytest.raises(stats.UserError, match="same query photos"):
+        stats.paired_retrieval(a, b.iloc[1:], "a vs b")

@@ -88,6 +88,19 @@ _STOP_WHILE_WRITING = textwrap.dedent("""
 """)
 
 
+def test_a_metric_learning_run_resumes_with_its_proxies_and_sampler_to_the_uninterrupted_result(tmp_path, store):
+    # proxies at 100x the lr: a resume that lost them (or redrew the class-balanced order) ends elsewhere
+    exp, base = tiny(model={"embedding_dim": 8, "head_warmup_epochs": 1},
+                     train={"epochs": 3, "loss": "proxy_anchor", "proxy_lr_mult": 100.0, "sampler": "m_per_class",
+                            "m_per_class": 2, "freeze_bn": True, "select": "map_at_r", "augment": "light"})
+    out_a, live_a = run(tmp_path, store, exp, base, "a")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, store, exp, base, "b", on_epoch_end=Interrupt(after=1))
+    out_b, live_b = run(tmp_path, store, exp, base, "b")
+    assert_same_weights(weights_of(out_a), weights_of(out_b))
+    assert deterministic_metrics(live_a) == deterministic_metrics(live_b)
+
+
 @pytest.mark.parametrize("writer", ["resume", "checkpoint"])
 def test_ctrl_c_while_a_file_is_written_is_one_line_and_leaves_it_whole(tmp_path, writer):
     path = tmp_path / "state.pt"

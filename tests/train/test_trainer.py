@@ -76,3 +76,57 @@ def test_refit_on_cached_features(tmp_path, store, capsys):
     summary = train_experiment(exp, base, store, tmp_path / "m", tmp_path / "live", resume_dir=tmp_path / "r")
     err = capsys.readouterr().err
     assert "feature cache" in err and "train+val (36 crops)" in err and summary["refit_epochs"] >= 1
+
+
+def test_a_retrieval_selection_keeps_the_epoch_with_the_best_val_score(tmp_path, store, monkeypatch):
+    """Crafted val scores: top-1 is best at epoch 1, MAP@R at epoch 2; each selection keeps its own epoch."""
+    from carbench.train import selection
+    from carbench.train.trainer import Trainer
+
+    top1, map_r = iter([0.9, 0.1, 0.5] * 2), iter([0.1, 0.95, 0.3] * 2)
+    monkeypatch.setattr(Trainer, "evaluate", lambda self: (1.0, next(top1)))
+    monkeypatch.setattr(Trainer, "val_retrieval", lambda self: {"val/recall_at_1": 0.5, "val/map_at_r": next(map_r)})
+    for select, want in (("map_at_r", 2), ("top1", 1)):
+        exp, base = tiny(train={"epochs": 3, "select": select})
+        summary = train_experiment(exp, base, store, tmp_path / select / "model", tmp_path / select / "live",
+                                   resume_dir=tmp_path / "resume")
+        assert summary["best_epoch"] == want
+        assert torch.load(tmp_path / select / "model" / "best.pt", weights_only=True)["epoch"] == want
+        if select == "map_at_r":   # the chosen epoch's top-1 beside the score that chose it
+            assert summary["best_val_top1"] == 0.1 and summary["best_val_map_at_r"] == 0.95
+    assert summary["best_val_top1"] == 0.9 and "selected_on" not in summary
+    assert selection.best_epoch([{"val/map_at_r": v} for v in (0.1, 0.95, 0.3)], "map_at_r") == 2
+
+
+def test_a_metric_loss_trains_an_embedding_on_class_balanced_batches(tmp_path, store, monkeypatch):
+    from collections import Counter
+
+    from carbench.train.trainer import Trainer
+
+    seen, step = [], Trainer.train_step
+    monkeypatch.setattr(Trainer, "train_step", lambda self, x, y: seen.append(y.tolist()) or step(self, x, y))
+    exp, base = tiny(model={"embedding_dim": 8},
+                     train={"loss": "multi_similarity", "sampler": "m_per_class", "m_per_class": 2, "epochs": 3,
+                            "select": "map_at_r", "optimizer": "adam", "lr": 0.01})
+    summary = train_experiment(exp, base, store, tmp_path / "model", tmp_path / "live", resume_dir=tmp_path / "resume")
+    assert summary["selected_on"] == "val/map_at_r" and 0 < summary["best_val_map_at_r"] <= 1
+    ckpt = torch.load(tmp_path / "model" / "best.pt", weights_only=True)
+    assert ckpt["state_dict"]["head.hidden.0.weight"].shape[0] == 8
+    assert len(seen) == 9                        # 24 photos, batches of 8, 3 epochs: each batch 4 classes x 2
+    assert all(sorted(Counter(labels).values()) == [2, 2, 2, 2] for labels in seen), seen
+
+
+def test_plateau_and_patience_follow_the_selection_score(tmp_path, store, monkeypatch):
+    """top-1 keeps rising while MAP@R falls after epoch 1: selected on MAP@R, the lr decays after two epochs
+    without a better MAP@R and patience 3 stops the run at epoch 4."""
+    from carbench.train.trainer import Trainer
+
+    top1, map_r = iter([0.1, 0.2, 0.3, 0.4, 0.5]), iter([0.9, 0.5, 0.4, 0.3, 0.2])
+    monkeypatch.setattr(Trainer, "evaluate", lambda self: (1.0, next(top1)))
+    monkeypatch.setattr(Trainer, "val_retrieval", lambda self: {"val/recall_at_1": 0.5, "val/map_at_r": next(map_r)})
+    rows = []
+    exp, base = tiny(train={"epochs": 5, "select": "map_at_r", "scheduler": "plateau", "gamma": 0.1, "patience": 3})
+    train_experiment(exp, base, store, tmp_path / "model", tmp_path / "live", resume_dir=tmp_path / "resume",
+                     on_epoch_end=lambda epoch, row: rows.append(row))
+    assert len(rows) == 4                                        # stopped: 3 epochs without a better MAP@R
+    assert rows[3]["lr"] == pytest.approx(0.1 * rows[2]["lr"])   # decayed after epochs 2 and 3 did not improve

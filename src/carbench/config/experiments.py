@@ -114,6 +114,9 @@ def build_trained(name: str, config: str, raw: dict, params: dict) -> TrainedExp
     if config == "transfer" and model.weights == "none":
         raise ConfigError(f"{where}.model.weights must name pretrained weights for a transfer experiment")
     train = build_with_overrides(TrainConfig, section(params, "train"), raw["train"], f"{where}.train")
+    if train.metric_loss and not model.embedding_dim:
+        raise ConfigError(f"{where}.train.loss {train.loss!r} trains an embedding: set {where}.model.embedding_dim "
+                          "(e.g. 512)")
     return TrainedExperiment(name=name, config=config, model=model, train=train)
 
 

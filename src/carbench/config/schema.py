@@ -113,6 +113,11 @@ class SplitConfig:
     disjoint_at: int = _f(98, min=1, doc="disjoint only: the last official class number of the train half "
                                          "(98: classes 1-98 train, 99-196 test, as published)",
                           read_when=("strategy", ("disjoint",)))
+    disjoint_val: str = _f("photos", choices=("photos", "classes"),
+                           doc="disjoint only: photos: val is val_fraction of each train-half class's photos | "
+                               "classes: val is round(val_fraction x disjoint_at) whole train-half classes (seeded), "
+                               "never trained, so model selection scores retrieval on unseen classes as the test "
+                               "does (train.select)", read_when=("strategy", ("disjoint",)))
 
     def check(self, where: str) -> None:
         if self.fold >= self.folds:
@@ -164,9 +169,16 @@ class ModelConfig:
     layer_decay: float = _f(1.0, gt=0.0, max=1.0, doc="layer-wise lr decay: backbone block i of n gets "
                                                       "lr * backbone_lr_mult * this**(n-i); 1 = off")
     head_warmup_epochs: int = _f(0, min=0, doc="head only (backbone frozen) for the first N epochs, then the freeze "
-                                               "mode applies")
+                                               "mode applies (with a metric-learning train.loss: the proxies' "
+                                               "warm-up of Proxy-Anchor, head and proxies alone)")
+    embedding_dim: int = _f(0, min=0, doc="0 = off | N: the head projects the backbone features linearly to N and "
+                                          "L2-normalises them (the embedding: embed.layer penultimate reads it); the "
+                                          "classifier sits on it. A metric-learning train.loss needs it")
 
     def check(self, where: str) -> None:
+        if self.embedding_dim and self.head_hidden:
+            raise ConfigError(f"{where}.embedding_dim and {where}.head_hidden are both the head's inner layer: set "
+                              "one of them to 0")
         if self.arch == SCRATCH_ARCH and not self.cnn_widths:
             raise ConfigError(f"{where}.cnn_widths must list at least one block width for arch 'cnn'")
         if any(w < 1 for w in self.cnn_widths):
@@ -175,6 +187,10 @@ class ModelConfig:
 
 #: The batch size at which ``train.lr_scaling: linear`` uses ``train.lr`` as it is.
 LR_SCALING_BATCH = 256
+#: ``train.loss`` values that train an embedding with a pytorch-metric-learning loss (carbench.train.metric_losses).
+METRIC_LOSSES = ("proxy_anchor", "multi_similarity", "arcface")
+#: ``train.loss`` values whose loss holds a learned vector per class (proxies, ArcFace's class centres).
+PROXY_LOSSES = ("proxy_anchor", "arcface")
 
 
 @dataclass(frozen=True)
@@ -227,6 +243,28 @@ class TrainConfig:
                                                   "CenterCrop")
     lr_scaling: str = _f("none", choices=("none", "linear"), doc="linear: the lr used is lr x batch_size / 256 "
                                                                  "(Goyal et al. 2017, batch_size global)")
+    loss: str = _f("cross_entropy", choices=("cross_entropy",) + METRIC_LOSSES,
+                   doc="cross_entropy (label smoothing, focal) | a metric-learning loss of pytorch-metric-learning on "
+                       "the L2-normalised embedding (model.embedding_dim): proxy_anchor (Kim et al. 2020), "
+                       "multi_similarity (Wang et al. 2019, with its pair miner), arcface (Deng et al. 2019); the "
+                       "classifier then trains on the detached embedding, a probe that leaves the embedding alone "
+                       "(carbench.train.metric_losses)")
+    sampler: str = _f("random", choices=("random", "m_per_class"),
+                      doc="random: a seeded permutation per epoch | m_per_class: every batch holds batch_size / "
+                          "m_per_class classes with m_per_class photos each (pytorch-metric-learning's "
+                          "MPerClassSampler; pair-based losses need positives in the batch)")
+    m_per_class: int = _f(4, min=1, doc="m_per_class sampler: photos per class in a batch (divides batch_size)",
+                          read_when=("sampler", ("m_per_class",)))
+    proxy_lr_mult: float = _f(1.0, gt=0.0, doc="lr of the loss's proxies (proxy_anchor) or class centres (arcface) "
+                                               "= train.lr x this (Proxy-Anchor trains them 100x faster)",
+                              read_when=("loss", PROXY_LOSSES))
+    freeze_bn: bool = _f(False, doc="true: BatchNorm layers keep their pretrained statistics and affine parameters "
+                                    "while training (the metric-learning papers' frozen BatchNorm)")
+    select: str = _f("auto", choices=("auto", "top1", "recall_at_1", "map_at_r"),
+                     doc="the val score that picks the best epoch (and drives patience and plateau): top1 | "
+                         "recall_at_1 / map_at_r: leave-one-out retrieval among the val photos on the embedding "
+                         "(carbench.train.selection) | auto: top1, or map_at_r when val holds only untrained classes "
+                         "(split.disjoint_val: classes)")
 
     def check(self, where: str) -> None:
         for key, hi in (("crop_scale", 1.0), ("crop_ratio", None)):
@@ -243,6 +281,17 @@ class TrainConfig:
             raise ConfigError(f"{where}.refit cannot use scheduler 'plateau' (the refit has no validation split)")
         if self.focal_gamma > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0):
             raise ConfigError(f"{where}.focal_gamma cannot be combined with mixup_alpha / cutmix_alpha (soft targets)")
+        if self.metric_loss and (self.mixing or self.focal_gamma > 0):
+            raise ConfigError(f"{where}.loss {self.loss!r} takes hard labels: set mixup_alpha, cutmix_alpha and "
+                              "focal_gamma to 0")
+        if self.sampler == "m_per_class" and self.batch_size % self.m_per_class:
+            raise ConfigError(f"{where}.m_per_class ({self.m_per_class}) must divide {where}.batch_size "
+                              f"({self.batch_size})")
+
+    @property
+    def metric_loss(self) -> bool:
+        """``loss`` is a metric-learning loss (an embedding is trained, the classifier is a probe on it)."""
+        return self.loss in METRIC_LOSSES
 
     @property
     def effective_lr(self) -> float:

@@ -16,6 +16,9 @@ Strategies (``split.strategy``):
 - ``disjoint``: the class-disjoint protocol of the retrieval papers. Classes split by id: official class numbers
   1..``disjoint_at`` form the train half (all their photos, official train and test pooled; per class
   ``round(val_fraction * n)`` become ``val``, the rest ``train``), every photo of the later classes is ``test``.
+  With ``split.disjoint_val: classes`` val is instead ``round(val_fraction * disjoint_at)`` whole train-half classes
+  (a seeded draw, at least one, never all): model selection then scores retrieval on classes training never saw,
+  as the test does (:func:`val_classes`).
   Trained models never see a test class, so test-set classification is undefined; the test photos are scored by
   leave-one-out retrieval among themselves (:mod:`carbench.retrieval.loo`). ``protocol.json`` records the split
   point for the later stages (:func:`read_protocol`).
@@ -30,7 +33,7 @@ from __future__ import annotations
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -70,6 +73,9 @@ def assign_splits(class_ids: np.ndarray, official_split: np.ndarray, cfg: SplitC
     out = np.full(len(class_ids), "train", dtype=object)
     if cfg.strategy == DISJOINT:
         out[class_ids >= cfg.disjoint_at] = "test"     # ids are 0-based: official class disjoint_at + 1 onwards
+        if cfg.disjoint_val == "classes":
+            out[np.isin(class_ids, val_classes(cfg, rng))] = "val"
+            return out
         for c in np.unique(class_ids[class_ids < cfg.disjoint_at]):
             _, val = _hold_out(np.flatnonzero(class_ids == c), cfg.val_fraction, rng)
             out[val] = "val"
@@ -95,6 +101,12 @@ def assign_splits(class_ids: np.ndarray, official_split: np.ndarray, cfg: SplitC
     return out
 
 
+def val_classes(cfg: SplitConfig, rng: np.random.Generator) -> np.ndarray:
+    """``split.disjoint_val: classes``: the sorted ids of the train-half classes held out whole as val,
+    ``holdout_count(disjoint_at, val_fraction)`` of them drawn from ``rng``."""
+    return np.sort(rng.permutation(cfg.disjoint_at)[:holdout_count(cfg.disjoint_at, cfg.val_fraction)])
+
+
 def fold_ids(class_ids: np.ndarray, folds: int, rng: np.random.Generator) -> np.ndarray:
     """Per row, its fold ``0..folds-1``: per class (in class-id order) a shuffle dealt round-robin."""
     out = np.zeros(len(class_ids), dtype=np.int64)
@@ -105,15 +117,18 @@ def fold_ids(class_ids: np.ndarray, folds: int, rng: np.random.Generator) -> np.
 
 
 def missing_classes(class_ids: np.ndarray, splits: np.ndarray, class_names: list[str],
-                    train_classes: int = 0) -> dict[str, list[str]]:
+                    train_classes: int = 0, held_out: Sequence[int] = ()) -> dict[str, list[str]]:
     """For each split, the classes (as ``"<id> <name>"``) with no image there; with ``train_classes`` (disjoint)
-    only the classes that split should hold: ids below it in train and val, the others in test."""
+    only the classes that split should hold: ids below it in train and val, the others in test; with
+    ``held_out`` (val classes held out whole) those in val and the other train-half classes in train."""
     missing = {}
     for split in SPLITS:
         present = set(np.unique(class_ids[splits == split]).tolist())
-        expected = range(len(class_names))
+        expected: Sequence[int] = range(len(class_names))
         if train_classes:
             expected = range(train_classes, len(class_names)) if split == "test" else range(train_classes)
+        if len(held_out) and split != "test":
+            expected = [c for c in expected if (c in set(held_out)) == (split == "val")]
         absent = [f"{c} {class_names[c]}" for c in expected if c not in present]
         if absent:
             missing[split] = absent
@@ -151,7 +166,9 @@ def write_split(cfg: SplitConfig, seed: int, raw_dir: str | Path, out_dir: str |
         raise DataError(f"{Path(raw_dir) / 'manifest.csv'}: class_id outside 0..{len(names) - 1}")
     train_classes = check_disjoint_at(cfg, len(names), Path(raw_dir) / "classes.json")
     splits = assign_splits(class_ids, manifest["official_split"].to_numpy(), cfg, seed)
-    missing = missing_classes(class_ids, splits, names, train_classes)
+    held_out = (np.unique(class_ids[splits == "val"]).tolist()
+                if train_classes and cfg.disjoint_val == "classes" else [])
+    missing = missing_classes(class_ids, splits, names, train_classes, held_out)
     _check_missing(missing, cfg.allow_missing_classes, Path(raw_dir) / "manifest.csv")
     with atomic_dir(out_dir) as tmp:
         frame = manifest[["image", "class_id"]].assign(split=splits)
@@ -164,7 +181,8 @@ def write_split(cfg: SplitConfig, seed: int, raw_dir: str | Path, out_dir: str |
         plot_class_distribution(per_class, names, plot_path)
     metrics = {"strategy": cfg.strategy, "seed": seed,
                **({"folds": cfg.folds, "fold": cfg.fold} if cfg.strategy == "kfold" else {}),
-               **({"disjoint_at": cfg.disjoint_at} if train_classes else {}),
+               **({"disjoint_at": cfg.disjoint_at, "disjoint_val": cfg.disjoint_val} if train_classes else {}),
+               **({"val_classes": [names[c] for c in held_out]} if held_out else {}),
                "counts": {s: int(per_class[s].sum()) for s in SPLITS},
                "classes": {s: int((per_class[s] > 0).sum()) for s in SPLITS}, "num_classes": len(names),
                "missing_classes": missing, "seconds": round(time.perf_counter() - started, 3)}

@@ -60,7 +60,7 @@ def build_model(model_cfg: ModelConfig, num_classes: int, pretrained: bool, offl
     backbone, dim = build_backbone(model_cfg, model_cfg.arch, spec, offline)
     mean, std = _normalization_of(model_cfg, spec)
     model = CarNet(backbone, dim, num_classes, model_cfg.head_hidden, model_cfg.head_dropout,
-                   block_starts(backbone), mean, std)
+                   block_starts(backbone), mean, std, model_cfg.embedding_dim)
     if model_cfg.init == "he":
         # Pretrained backbones keep their weights; only freshly initialised parts get Kaiming init.
         init_he(model.head if spec is not None and spec.pretrained else model)

@@ -15,15 +15,28 @@ from torch import nn
 from .blocks import partition_blocks
 
 
-class ClassifierHead(nn.Module):
-    """dropout -> optional hidden Linear + ReLU -> Linear to ``num_classes``. (N, D) -> (N, C)."""
+class L2Normalize(nn.Module):
+    """(N, D) -> rows scaled to unit length (the metric-learning embedding)."""
 
-    def __init__(self, in_features: int, num_classes: int, hidden: int = 0, dropout: float = 0.0) -> None:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(x.float(), dim=1)
+
+
+class ClassifierHead(nn.Module):
+    """dropout -> optional hidden Linear + ReLU, or an embedding (Linear to ``embedding_dim``, L2-normalised) ->
+    Linear to ``num_classes``. (N, D) -> (N, C)."""
+
+    def __init__(self, in_features: int, num_classes: int, hidden: int = 0, dropout: float = 0.0,
+                 embedding_dim: int = 0) -> None:
         super().__init__()
         self.dropout = nn.Dropout(dropout)
-        self.hidden: nn.Module = (nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True))
-                                  if hidden > 0 else nn.Identity())
-        self.fc = nn.Linear(hidden if hidden > 0 else in_features, num_classes)
+        if embedding_dim > 0:
+            self.hidden: nn.Module = nn.Sequential(nn.Linear(in_features, embedding_dim), L2Normalize())
+        else:
+            self.hidden = (nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True))
+                           if hidden > 0 else nn.Identity())
+        inner = embedding_dim or hidden
+        self.fc = nn.Linear(inner if inner > 0 else in_features, num_classes)
 
     def penultimate(self, x: torch.Tensor) -> torch.Tensor:
         """(N, D) backbone features -> (N, D') input of the final Linear."""
@@ -38,16 +51,17 @@ class CarNet(nn.Module):
 
     ``forward(x)``: (N, 3, H, W) normalised float -> logits (N, C). ``features(x)``: -> (N, D) backbone
     output = head input. ``penultimate(x)``: -> (N, D') after the head's hidden layer (= features when
-    the head has none).
+    the head has none; the L2-normalised embedding with ``embedding_dim``).
     """
 
     def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int, head_hidden: int,
                  head_dropout: float, block_starts: Sequence[str],
-                 mean: Sequence[float], std: Sequence[float]) -> None:
+                 mean: Sequence[float], std: Sequence[float], embedding_dim: int = 0) -> None:
         super().__init__()
         self.backbone = backbone
-        self.head = ClassifierHead(feature_dim, num_classes, head_hidden, head_dropout)
+        self.head = ClassifierHead(feature_dim, num_classes, head_hidden, head_dropout, embedding_dim)
         self.feature_dim = feature_dim
+        self.embedding_dim = embedding_dim
         self.num_classes = num_classes
         self.mean = tuple(float(v) for v in mean)
         self.std = tuple(float(v) for v in std)

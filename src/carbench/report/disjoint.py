@@ -4,7 +4,9 @@ The aggregate stage (:mod:`carbench.report.aggregate`) hands over here when the 
 ``protocol`` of ``metrics/eval/<name>.json``). Every experiment was scored by leave-one-out retrieval among the test
 photos (:mod:`carbench.retrieval.loo`): Recall@K, MAP@R and P@1 come from ``metrics/eval/<name>.json``, their
 percentile bootstrap intervals over the query photos from ``metrics/eval/<name>/retrieval.csv``
-(:func:`carbench.report.stats.bootstrap_mean_ci`, ``aggregate.bootstrap`` / ``confidence`` / ``seed``). Test-set
+(:func:`carbench.report.stats.bootstrap_mean_ci`, ``aggregate.bootstrap`` / ``confidence`` / ``seed``), and each row's
+paired tests against the best row on the same queries (:func:`carbench.report.stats.paired_retrieval`: McNemar on
+the Recall@1 hits, Wilcoxon signed-rank on AP@R; columns ``p_r1_vs_best``, ``p_map_vs_best``). Test-set
 classification is undefined (the test classes were never trained): one line says so where its numbers would stand.
 """
 from __future__ import annotations
@@ -28,6 +30,8 @@ UNDEFINED_KEY = "classification"
 #: Per experiment, besides the retrieval scores and their intervals.
 OTHER_COLUMNS = ("params_count", "size_mb", "latency_ms", "images_per_second")
 BAR_COLUMNS = ("recall_at_1", "map_at_r")
+#: Each row against the best one (stats.paired_retrieval): McNemar on Recall@1, Wilcoxon signed-rank on AP@R.
+PAIRED_COLUMNS = ("p_r1_vs_best", "p_map_vs_best")
 FLOAT_DIGITS = 4
 
 
@@ -54,7 +58,7 @@ def table_columns(ks: list[int]) -> list[str]:
     """The summary's columns: each score followed by its interval, then P@1 and the cost columns."""
     scored = [f"recall_at_{k}" for k in ks] + ["map_at_r"]
     return ["experiment", "config", "protocol", *[c for s in scored for c in (s, f"{s}_ci_low", f"{s}_ci_high")],
-            "precision_at_1", *OTHER_COLUMNS, "best_val_top1", "k"]
+            "precision_at_1", *PAIRED_COLUMNS, *OTHER_COLUMNS, "best_val_top1", "k"]
 
 
 def _read(path: Path, what: str) -> dict:
@@ -64,18 +68,20 @@ def _read(path: Path, what: str) -> dict:
 
 
 def build_table(params: Params, eval_dir: Path, train_dir: Path, cfg: AggregateConfig) -> tuple[pd.DataFrame, str]:
-    """One row per experiment (grouped by configuration as the classification summary), and the undefined line."""
+    """One row per experiment (grouped by configuration as the classification summary), and the undefined line.
+    The paired tests against the best row are in :func:`paired_tests`."""
     rank = {c: i for i, c in enumerate(CONFIGURATIONS)}
     names = sorted(params.experiments, key=lambda n: rank[params.experiments[n].config])
     evaluations = {n: _read(Path(eval_dir) / f"{n}.json", f"evaluation metrics of {n!r}") for n in names}
     ks = _ks(evaluations)
-    rows = []
+    rows, per_query = [], {}
     for name in names:
         exp, evaluated = params.experiments[name], evaluations[name]
         row: dict[str, Any] = {"experiment": name, "config": exp.config, "protocol": PROTOCOL_LABEL}
         row.update({key: evaluated.get(key) for key in [f"recall_at_{k}" for k in ks] + ["map_at_r", "precision_at_1",
                                                                                           *OTHER_COLUMNS]})
         scores = stats.read_retrieval(Path(eval_dir) / name / stats.RETRIEVAL_CSV)
+        per_query[name] = scores
         columns = {c: s for c, s in [(f"recall_at_{k}", f"recall_at_{k}") for k in ks] + [("map_at_r", "ap_at_r")]
                    if s in scores.columns}
         intervals = stats.bootstrap_mean_ci(scores[list(columns.values())], cfg.bootstrap, cfg.confidence, cfg.seed)
@@ -88,6 +94,11 @@ def build_table(params: Params, eval_dir: Path, train_dir: Path, cfg: AggregateC
             row["k"] = exp.knn.k
         rows.append(row)
     table = pd.DataFrame(rows).reindex(columns=table_columns(ks))
+    tests = paired_tests(table, per_query)
+    table.attrs["paired"] = tests    # the details for the summary's paired-tests section
+    for result in tests.values():
+        i = table.index[table["experiment"] == result["experiment"]][0]
+        table.loc[i, "p_r1_vs_best"], table.loc[i, "p_map_vs_best"] = result["p_r1"], result["p_map"]
     for col in ("params_count", "k"):
         table[col] = pd.to_numeric(table[col]).round().astype("Int64")
     undefined = next((e[UNDEFINED_KEY] for e in evaluations.values() if e.get(UNDEFINED_KEY)), "")
@@ -102,6 +113,40 @@ def best_experiment(table: pd.DataFrame) -> Optional[dict[str, Any]]:
     i = int(r1.fillna(-1.0).to_numpy().argmax())
     return {"experiment": table["experiment"].iloc[i], "config": table["config"].iloc[i],
             "recall_at_1": float(r1.iloc[i])}
+
+
+def paired_tests(table: pd.DataFrame, per_query: dict[str, pd.DataFrame]) -> dict[str, dict[str, Any]]:
+    """Per experiment other than the best (:func:`best_experiment`): its paired tests against the best row on the
+    same query photos (:func:`carbench.report.stats.paired_retrieval`, the experiment as A, the best as B)."""
+    best = best_experiment(table)
+    if best is None:
+        return {}
+    out = {}
+    for name in table["experiment"]:
+        if name == best["experiment"]:
+            continue
+        test = stats.paired_retrieval(per_query[name], per_query[best["experiment"]], f"{name} vs {best['experiment']}")
+        out[name] = {"experiment": name, "best": best["experiment"], "test": test, "p_r1": test.p_recall_at_1,
+                     "p_map": test.p_map_at_r}
+    return out
+
+
+def paired_markdown(tests: dict[str, dict[str, Any]]) -> str:
+    """The paired-tests section: each experiment against the best row on the same query photos."""
+    if not tests:
+        return ""
+    best = next(iter(tests.values()))["best"]
+    lines = [f"## Paired tests against the best row ({best})\n",
+             "Same query photos. Recall@1: exact McNemar test on the queries where exactly one of the two finds a "
+             "same-class photo first. MAP@R: Wilcoxon signed-rank test on the per-query AP@R (zero differences "
+             "dropped).\n",
+             "| experiment | R@1: only it / only best | McNemar p | mean AP@R difference (it - best) | Wilcoxon W "
+             "| Wilcoxon p |", "|---|---|---|---|---|---|"]
+    for name, result in tests.items():
+        t = result["test"]
+        lines.append(f"| {name} | {t.only_a} / {t.only_b} | {t.p_recall_at_1:.3g} | {t.ap_mean_diff:+.4f} | "
+                     f"{t.wilcoxon_statistic:.1f} | {t.p_map_at_r:.3g} |")
+    return "\n".join(lines) + "\n"
 
 
 def _with_ci(row: pd.Series, metric: str) -> str:
@@ -138,7 +183,8 @@ def summary_markdown(table: pd.DataFrame, undefined: str, cfg: AggregateConfig) 
             "trained ones on their L2-normalised backbone features.\n\n"
             + scores_markdown(table, cfg.confidence)
             + f"\n{100 * cfg.confidence:g}% percentile bootstrap intervals over the query photos ({cfg.bootstrap} "
-              f"resamples, seed {cfg.seed}).\n\n## All columns\n\n" + to_markdown(table))
+              f"resamples, seed {cfg.seed}).\n\n" + paired_markdown(table.attrs.get("paired", {}))
+            + "\n## All columns\n\n" + to_markdown(table))
 
 
 def write_summary(table: pd.DataFrame, undefined: str, out_dir: str | Path, cfg: AggregateConfig) -> None:

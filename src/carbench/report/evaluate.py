@@ -170,16 +170,20 @@ def test_embeddings(predictor: Predictor, test: Any, batch_size: int) -> tuple[n
     """The test photos in a retrieval space, for leave-one-out scoring: (vectors, metric, what they are).
 
     A k-NN model's gallery is the test split's stored embeddings under this protocol (checked row for row); a
-    classifier embeds them now with its backbone features, L2-normalised (the embed stage's defaults)."""
+    classifier embeds them now with its backbone features, L2-normalised (the embed stage's defaults), or with its
+    embedding when its head has one."""
     if isinstance(predictor, KnnPredictor):
         knn = predictor.knn
         if len(knn.gallery_labels) != len(test.labels) or not np.array_equal(knn.gallery_labels, test.labels):
             raise UserError("the k-NN model's gallery is not the test split of the crop store (it was fitted under "
                             "the classification protocol?); re-run embed and knn (dvc repro)")
         return knn.gallery, knn.config.metric, f"its k-NN space ({knn.info.get('layer')} features)"
-    parts = [as_stored(predictor.embed(np.ascontiguousarray(test.images[i:i + batch_size]), "backbone"), True)
+    # a head with an embedding (model.embedding_dim, metric-learning losses) is scored on it: what it was trained for
+    layer = "penultimate" if getattr(predictor.model, "embedding_dim", 0) else "backbone"
+    parts = [as_stored(predictor.embed(np.ascontiguousarray(test.images[i:i + batch_size]), layer), True)
              for i in range(0, len(test.labels), batch_size)]
-    return np.concatenate(parts), "euclidean", "backbone features, L2-normalised"
+    space = "its embedding (model.embedding_dim)" if layer == "penultimate" else "backbone features, L2-normalised"
+    return np.concatenate(parts), "euclidean", space
 
 
 def write_retrieval_table(images: list[str], labels: np.ndarray, scores: dict[str, np.ndarray], path: Path) -> None:

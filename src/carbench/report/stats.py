@@ -14,6 +14,8 @@ Everything works on per-test-image predictions (``metrics/eval/<name>/prediction
 - :func:`bootstrap_mean_ci`: the same percentile bootstrap for means of per-query scores (the class-disjoint
   protocol's leave-one-out Recall@K and MAP@R, ``metrics/eval/<name>/retrieval.csv``); NaN scores (AP@R of a
   photo alone in its class) are left out of each resample's mean.
+- :func:`paired_retrieval`: two experiments' leave-one-out scores on the same query photos: McNemar on the
+  Recall@1 hits and the Wilcoxon signed-rank test on the per-query AP@R (queries with an AP@R in both).
 """
 from __future__ import annotations
 
@@ -150,3 +152,43 @@ def paired(a: pd.DataFrame, b: pd.DataFrame, what: str) -> tuple[np.ndarray, np.
                         f"({len(a)} vs {len(b)}); a paired test needs the same split")
     right = b.set_index("image")["correct"]
     return a["correct"].to_numpy(bool), right.loc[a["image"]].to_numpy(bool)
+
+
+@dataclass(frozen=True)
+class PairedRetrieval:
+    """Paired tests of experiment A against B on the same query photos (:func:`paired_retrieval`)."""
+
+    queries: int
+    #: Recall@1: queries only A gets right, only B gets right; McNemar's exact two-sided p
+    only_a: int
+    only_b: int
+    p_recall_at_1: float
+    #: AP@R: mean of A - B over the queries with a value in both; Wilcoxon signed-rank statistic and two-sided p
+    ap_pairs: int
+    ap_mean_diff: float
+    wilcoxon_statistic: float
+    p_map_at_r: float
+
+
+def paired_retrieval(a: pd.DataFrame, b: pd.DataFrame, what: str) -> PairedRetrieval:
+    """Paired tests of two ``retrieval.csv`` tables (:func:`read_retrieval`), aligned on ``image``: exact McNemar
+    on ``recall_at_1`` and the Wilcoxon signed-rank test (zero differences dropped, scipy's default) on
+    ``ap_at_r``; p = 1 where the two never differ."""
+    from scipy.stats import wilcoxon
+
+    if len(a) != len(b) or set(a["image"]) != set(b["image"]):
+        raise UserError(f"{what}: the two experiments were not scored on the same query photos "
+                        f"({len(a)} vs {len(b)}); a paired test needs the same split")
+    b = b.set_index("image").loc[a["image"]]
+    hits_a, hits_b = a["recall_at_1"].to_numpy(float) > 0, b["recall_at_1"].to_numpy(float) > 0
+    ap_a, ap_b = a["ap_at_r"].to_numpy(float), b["ap_at_r"].to_numpy(float)
+    both = np.isfinite(ap_a) & np.isfinite(ap_b)
+    diff = ap_a[both] - ap_b[both]
+    if np.any(diff != 0):
+        test = wilcoxon(ap_a[both], ap_b[both])
+        statistic, p_ap = float(test.statistic), float(test.pvalue)
+    else:
+        statistic, p_ap = 0.0, 1.0
+    return PairedRetrieval(len(a), int((hits_a & ~hits_b).sum()), int((~hits_a & hits_b).sum()),
+                           mcnemar(hits_a, hits_b), int(both.sum()), float(diff.mean()) if len(diff) else 0.0,
+                           statistic, p_ap)

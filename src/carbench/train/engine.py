@@ -276,6 +276,8 @@ def train_experiment(exp: Experiment, base: BaseConfig, crops_dir: PathLike, out
     if ddp.main:
         resume_path.unlink(missing_ok=True)
     ddp.barrier()  # no rank leaves before the outputs are written
-    say(f"[{exp.name}] best val top1 {summary['best_val_top1']:.4f} at epoch {summary['best_epoch']}; "
+    chosen = summary.get("selected_on", "val/top1")   # train.select: the score that picked the epoch
+    score = summary.get(f"best_{chosen.replace('/', '_')}", summary["best_val_top1"])
+    say(f"[{exp.name}] best {chosen.replace('/', ' ')} {score:.4f} at epoch {summary['best_epoch']}; "
         f"wrote {out_dir / 'best.pt'}")
     return summary

@@ -87,6 +87,8 @@ class ResumeState:
     ema: Optional[dict] = None
     ranks: Optional[list] = None
     fit: Optional[TrainState] = None
+    #: the loss's own parameters (a metric-learning loss's proxies); None when it has none
+    loss: Optional[dict] = None
 
     def streams_of(self, rank: int) -> Streams:
         return self.ranks[rank] if self.ranks is not None else self.streams
@@ -103,6 +105,8 @@ class ResumeState:
             out["ranks"] = [streams.to_file() for streams in self.ranks]
         if self.fit is not None:
             out.update(phase="refit", fit=self.fit.record())
+        if self.loss is not None:
+            out["loss"] = self.loss
         return out
 
     @classmethod
@@ -115,7 +119,8 @@ class ResumeState:
         return cls(saved["key"], state, saved["model"], saved["optimizer"], saved["scheduler"], saved["scaler"],
                    saved["shuffle_gen"], streams(saved), saved["ema"],
                    [streams(r) for r in saved["ranks"]] if "ranks" in saved else None,
-                   TrainState.from_record(saved["fit"]) if saved.get("phase") == "refit" else None)
+                   TrainState.from_record(saved["fit"]) if saved.get("phase") == "refit" else None,
+                   saved.get("loss"))
 
 
 # ----------------------------------------------------------------------------- RNG state

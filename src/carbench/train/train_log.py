@@ -13,6 +13,8 @@ from ..model.carnet import count_parameters
 
 #: Per-epoch metric names (dvclive), in logging order.
 METRIC_KEYS = ("train/loss", "train/top1", "val/loss", "val/top1", "lr", "epoch_seconds", "images_per_second")
+#: Logged after them when the epoch has them: the val retrieval scores of a retrieval selection (train.select).
+OPTIONAL_KEYS = ("val/recall_at_1", "val/map_at_r")
 #: Overlaid train/val curves written for dvc.yaml's top-level plots: file stem -> (train key, val key).
 CURVES = {"top1": ("train/top1", "val/top1"), "loss": ("train/loss", "val/loss")}
 #: Metrics that measure time and so differ between otherwise identical runs.
@@ -62,6 +64,9 @@ def log_epoch(live: Any, row: dict) -> None:
     """Log one epoch's metrics as one dvclive step."""
     for key in METRIC_KEYS:
         live.log_metric(key, float(row[key]))
+    for key in OPTIONAL_KEYS:
+        if key in row:
+            live.log_metric(key, float(row[key]))
     live.next_step()
 
 
@@ -79,9 +84,15 @@ def finish_live(live: Any, trainer: Any) -> dict:
     """Add the run summary of ``trainer`` (a :class:`carbench.train.trainer.Trainer`) to metrics.json and close
     the logger; returns the summary values."""
     st = trainer.state
-    summary = {"best_val_top1": max(st.best.top1, 0.0), "best_epoch": st.best.epoch,
+    select = getattr(trainer, "select", "top1")
+    chosen = st.history[st.best.epoch - 1] if 0 < st.best.epoch <= len(st.history) else {}
+    # under a retrieval selection best.top1 holds that score: report the chosen epoch's top-1 beside it
+    top1 = st.best.top1 if select == "top1" else chosen.get("val/top1", 0.0)
+    summary = {"best_val_top1": max(top1, 0.0), "best_epoch": st.best.epoch,
                "params_count": count_parameters(trainer.model), "train_seconds": st.train_seconds,
                **(trainer.weights or {})}
+    if select != "top1":
+        summary.update({"selected_on": f"val/{select}", f"best_val_{select}": max(st.best.top1, 0.0)})
     if trainer.cfg.refit:  # epochs the final model was refitted for on train+val (0: none)
         summary["refit_epochs"] = st.best.epoch
     live.summary.update(summary)
@@ -112,7 +123,9 @@ def progress_bar(epoch: int, epochs: int, steps: int) -> Any:
 def epoch_line(name: str, epoch: int, epochs: int, row: dict, blocks: str) -> str:
     """The one summary line logged per epoch (``blocks``: trainable backbone blocks, or empty)."""
     return (f"[{name}] epoch {epoch + 1}/{epochs}: train loss {row['train/loss']:.4f} top1 {row['train/top1']:.4f}"
-            f" | val loss {row['val/loss']:.4f} top1 {row['val/top1']:.4f} | lr {row['lr']:.3g}{blocks}"
+            f" | val loss {row['val/loss']:.4f} top1 {row['val/top1']:.4f}"
+            + (f" R@1 {row['val/recall_at_1']:.4f} MAP@R {row['val/map_at_r']:.4f}" if "val/map_at_r" in row else "")
+            + f" | lr {row['lr']:.3g}{blocks}"
             f" | {row['epoch_seconds']:.1f}s, {row['images_per_second']:.0f} img/s")
 
 

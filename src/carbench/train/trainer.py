@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core import timing
+from ..core.errors import DataError
 from ..model.carnet import CarNet
 from ..model.checkpoint import cpu_state
 from ..model.preprocess import eval_preprocess
@@ -22,10 +23,13 @@ from ..core.runtime import generator
 from .augment import BatchMixer, build_augmenter
 from .batches import BatchSource, Order, batches
 from .freeze import apply_freeze
+from . import selection
 from .losses import build_loss
+from .metric_losses import EmbeddingForward, build_criterion, freeze_batchnorm, loss_param_groups
 from .optim import build_optimizer, build_scheduler, param_groups
 from .plan import Phase, RunPlan
 from .resume import BestSoFar, ResumeState, Streams, TrainState, capture_rng, restore_rng
+from .sampler import m_per_class_order
 
 #: A last training batch smaller than this is dropped (BatchNorm cannot train on one sample).
 MIN_TRAIN_BATCH = 2
@@ -77,9 +81,20 @@ class Trainer:
         # DDP: each rank takes an equal shard, so every rank runs the same number of steps
         self.steps_per_epoch = batches_per_epoch(len(self.ddp.shard(torch.arange(len(train)), even=True)),
                                                  self.batch_size)
-        self.optimizer = build_optimizer(param_groups(model, self.exp.model, self.cfg), self.cfg)
+        groups = param_groups(model, self.exp.model, self.cfg)
+        if self.cfg.metric_loss:   # the embedding trains with the metric loss, its proxies in their own group
+            if self.ddp.enabled:
+                raise DataError("a metric-learning train.loss runs in one process (base.gpus: 1): its proxies are "
+                                "not synchronised across DDP ranks")
+            self.criterion: torch.nn.Module = build_criterion(self.cfg, model.num_classes,
+                                                              model.embedding_dim).to(self.device)
+            groups += loss_param_groups(self.criterion, self.cfg)
+        else:
+            self.criterion = build_loss(self.cfg)
+        self.optimizer = build_optimizer(groups, self.cfg)
         self.schedule = build_scheduler(self.optimizer, self.cfg, self.steps_per_epoch)
-        self.criterion = build_loss(self.cfg)
+        # which val score picks the best epoch: top1 only where the val photos' classes are trained
+        self.select = selection.resolve(self.cfg.select, bool(torch.isin(val.labels, train.labels).any()))
         self.amp_dtype = plan.amp
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.channels_last, self.cudnn_tune = plan.channels_last, plan.cudnn_tune
@@ -89,6 +104,10 @@ class Trainer:
         if plan.compile:
             self.forward = torch.compile(self.forward)
         self.train_forward, self.trainable = self.forward, trainable_names(model)  # DDP-wrapped under DDP
+        if self.cfg.metric_loss:   # -> (embedding, probe logits)
+            self.train_forward = EmbeddingForward(model, head_only=self.feature_mode)
+            if plan.compile:
+                self.train_forward = torch.compile(self.train_forward)
         if self.ddp.enabled:
             self.train_forward = self.wrap()
         rank = self.ddp.rank
@@ -148,26 +167,38 @@ class Trainer:
         else:
             self.ddp.broadcast_buffers(self.final_module())  # every rank validates rank 0's BatchNorm statistics
             val_loss, val_top1 = self.evaluate()
-            self.schedule.epoch_end(val_top1)
             row = {"train/loss": stats["loss"], "train/top1": stats["top1"], "val/loss": val_loss,
                    "val/top1": val_top1, "lr": self.last_lr, "epoch_seconds": stats["seconds"],
                    "images_per_second": stats["images"] / stats["seconds"] if stats["seconds"] > 0 else 0.0}
+            if self.select != "top1":
+                row.update(self.val_retrieval())
+            self.schedule.epoch_end(selection.score(row, self.select))
         st.epoch, st.train_seconds = epoch + 1, st.train_seconds + stats["seconds"]
         st.history.append(row)
-        if self.phase.validated and row["val/top1"] > st.best.top1:
-            st.best = self.snapshot(row["val/top1"], epoch + 1)
+        # BestSoFar.top1 holds the selection score (val top-1 unless train.select says otherwise)
+        if self.phase.validated and selection.score(row, self.select) > st.best.top1:
+            st.best = self.snapshot(selection.score(row, self.select), epoch + 1)
         return row
 
     def train_epoch(self, epoch: int, progress: Any) -> dict:
         """One pass over the training split (0-based ``epoch``); returns loss, top-1, images and seconds."""
         if not self.feature_mode:
             apply_freeze(self.model, self.exp.model, epoch)
+            if self.cfg.freeze_bn:
+                freeze_batchnorm(self.model)
             if self.ddp.enabled and trainable_names(self.model) != self.trainable:
                 # DDP's reducer covers the parameters that required grad when it was built: build it anew
                 self.train_forward, self.trainable = self.wrap(), trainable_names(self.model)
         self.model.train()
+        if self.cfg.freeze_bn:
+            freeze_batchnorm(self.model)
         start = time.perf_counter()
-        perm = self.ddp.shard(torch.randperm(len(self.train_data), generator=self.shuffle_gen), even=True)
+        if self.cfg.sampler == "m_per_class":
+            drawn = m_per_class_order(self.train_data.labels, self.cfg.m_per_class, self.cfg.batch_size,
+                                      self.steps_per_epoch, self.shuffle_gen)
+        else:
+            drawn = torch.randperm(len(self.train_data), generator=self.shuffle_gen)
+        perm = self.ddp.shard(drawn, even=True)
         order = Order.make(perm, self.device)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
@@ -193,8 +224,9 @@ class Trainer:
         (B, C)); updates the EMA; returns (loss, logits)."""
         self.tune_cudnn(len(x) == self.batch_size)
         with self.autocast():
-            logits = self.train_forward(x)
-            loss = self.criterion(logits, y)
+            output = self.train_forward(x)
+            loss = self.criterion(output, y)
+        logits = output[1] if isinstance(output, tuple) else output   # a metric loss's: (embedding, probe logits)
         self.optimizer.zero_grad(set_to_none=True)
         self.last_lr = self.schedule.last_lr()  # the lr this step uses (a Python float: no sync)
         self.scaler.scale(loss).backward()
@@ -243,6 +275,20 @@ class Trainer:
         return loss_total / len(data), correct_total / len(data)
 
     @torch.inference_mode()
+    def val_retrieval(self) -> dict[str, float]:
+        """Leave-one-out ``val/recall_at_1`` and ``val/map_at_r`` among the val photos, on the embedding the
+        retrieval experiments use (the head's L2-normalised projection, else the backbone features)."""
+        module = self.final_module().eval()
+        embed = module.head.penultimate if module.embedding_dim else (lambda f: f)
+        chunks = []
+        for raw, _ in batches(self.val_data, Order.make(torch.arange(len(self.val_data)), self.device),
+                              self.cfg.eval_batch_size):
+            x = self.prepare(raw, train=False)
+            with self.autocast():
+                chunks.append(embed(x if self.feature_mode else module.features(x)).float())
+        return selection.loo_retrieval(torch.cat(chunks), self.val_data.labels)
+
+    @torch.inference_mode()
     def predict(self, module: CarNet, data: BatchSource) -> tuple[torch.Tensor, torch.Tensor]:
         """(softmax probabilities (N, C) float32, labels (N,)) of the whole ``module`` on an image split (e.g.
         test), on the CPU, preprocessed as for inference (NCHW input, as the predictor feeds it)."""
@@ -267,7 +313,8 @@ class Trainer:
         return ResumeState(key, self.state, cpu_state(self.model.state_dict()),
                            cpu_state(self.optimizer.state_dict()), self.schedule.state_dict(),
                            self.scaler.state_dict(), self.shuffle_gen.get_state(), self.streams(),
-                           None if self.ema is None else cpu_state(self.ema.state_dict()), ranks, fit)
+                           None if self.ema is None else cpu_state(self.ema.state_dict()), ranks, fit,
+                           cpu_state(self.criterion.state_dict()) if self.cfg.metric_loss else None)
 
     def load_resume_state(self, saved: ResumeState) -> None:
         """Restore :meth:`resume_state` output."""
@@ -282,4 +329,6 @@ class Trainer:
         self.mix_gen.set_state(streams.mix_gen)
         if self.ema is not None:
             self.ema.load_state_dict(saved.ema)
+        if saved.loss is not None:
+            self.criterion.load_state_dict(saved.loss)
         self.state = saved.state
